@@ -90,7 +90,9 @@ def ioctl_rows(module: Module) -> list[dict]:
     """What the IOCTL table needs per ioctl: generic-check inputs in the kernel's terms."""
     rows = []
     for io in module.ioctls.values():
-        row = {"io": io, "size": 0, "reserved": [], "flags": [], "ids": [], "pointers": [], "outputs": []}
+        row = {"io": io, "size": 0, "reserved": [], "flags": [], "ids": [], "pointers": [], "outputs": [],
+               "departures": []}
+        departs = {name: (check, src) for name, check, src in io.field_checks}
         if io.struct:
             rec = module.records[io.struct]
             row["size"] = rec.size
@@ -98,6 +100,9 @@ def ioctl_rows(module: Module) -> list[dict]:
                 if f.type.kind not in ("int", "enum", "array"):
                     continue
                 spec = (name, off, f.type.size)
+                if name in departs and ("reserved" in f.roles or "flags" in f.roles):
+                    row["departures"].append((*spec, *departs[name]))
+                    continue
                 if "reserved" in f.roles:
                     row["reserved"].append(spec)
                 if "flags" in f.roles and "." not in name:

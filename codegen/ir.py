@@ -131,6 +131,9 @@ class Ioctl:
     handler: str | None
     source: str | None  # citation of the fact
     coord: Coord
+    # Fields a handler checks out of the generic order (handler_facts.json):
+    # (field, "unchecked" | "after_lookup", citation).
+    field_checks: tuple[tuple[str, str, str], ...] = ()
 
 
 @dataclass(frozen=True)

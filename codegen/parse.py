@@ -372,6 +372,27 @@ def load_facts(path: Path, root: Path, b: Builder) -> dict[str, Ioctl]:
     return out
 
 
+FIELD_CHECKS = ("unchecked", "after_lookup")
+
+
+def load_handler_facts(path: Path, root: Path, b: Builder, ioctls: dict[str, Ioctl]) -> dict[str, Ioctl]:
+    """Join handler_facts.json: per-field departures from the generic check order."""
+    disp = display_path(path, root)
+    text = path.read_text()
+    out = dict(ioctls)
+    for f in json.loads(text)["fields"]:
+        coord = Coord(disp, _json_line(text, f'"field": "{f["field"]}"'))
+        io = out.get(f["ioctl"])
+        if io is None or io.struct is None:
+            raise HeaderError(coord, f"fact names ioctl {f['ioctl']}, which has no IOCTL_OP row")
+        if b.records[io.struct].field(f["field"]) is None:
+            raise HeaderError(coord, f"fact names field {io.struct}.{f['field']}, which does not exist")
+        if f["check"] not in FIELD_CHECKS:
+            raise HeaderError(coord, f"check must be one of {', '.join(FIELD_CHECKS)}, not {f['check']!r}")
+        out[io.name] = replace(io, field_checks=io.field_checks + ((f["field"], f["check"], f["source"]),))
+    return out
+
+
 def parse_version(version_dir: Path, root: Path) -> Module:
     """Parse headers/linux_X_Y/ into a Module."""
     version = version_dir.name.removeprefix("linux_").replace("_", ".")
@@ -391,6 +412,9 @@ def parse_version(version_dir: Path, root: Path) -> Module:
     facts = version_dir / "ioctl_facts.json"
     if facts.exists():
         ioctls = load_facts(facts, root, b)
+    hfacts = version_dir / "handler_facts.json"
+    if hfacts.exists():
+        ioctls = load_handler_facts(hfacts, root, b, ioctls)
     # Every ioctl-number macro is an ioctl, with or without facts (e.g. one the table lacks).
     for m in macros:
         if re.search(r"\b_IO[RW]{0,2}\s*\(", m.body) and m.name not in ioctls and m.name in b.constants:
@@ -406,7 +430,7 @@ def parse_version(version_dir: Path, root: Path) -> Module:
         enums[k] = Enum(e.name, e.enumerators, e.size, e.signed, e.coord, e.anonymous, e.doc, is_flags)
     files = tuple(
         HeaderFile(h.name, hashlib.sha256(h.read_bytes()).hexdigest())
-        for h in headers + ([mm] if mm else []) + [facts]
+        for h in headers + ([mm] if mm else []) + [facts, hfacts]
         if h.exists()
     )
     return Module(

@@ -1,0 +1,60 @@
+"""`run`: the conformance suite against a target (model by default, kernel, or vm)."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "conformance" / "tests"
+
+
+def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: float = 1500) -> int:
+    """Run `python -m pytest ARGS --iommufd-target kernel` in the test kernel's VM.
+
+    Returns pytest's exit status, or 1 when the guest kernel logged a WARNING/BUG/oops
+    (each shown with the test that was running).
+    """
+    from conformance import kernel as kbuild
+    from conformance import vm
+
+    image = Path(kernel) if kernel else kbuild.build_kernel(log=lambda s: print(s, file=sys.stderr))
+    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, "--iommufd-target=kernel"]
+    try:
+        res = vm.run_in_vm(image, argv, timeout=timeout, cwd=os.getcwd(), hugepages=64,
+                           on_output=lambda s: print(s, end="", flush=True))
+    except vm.VmError as e:
+        print(f"\niommufd-conformance: the VM run failed: {e}", file=sys.stderr)
+        return 3
+    if res.findings:
+        print("\niommufd-conformance: the guest kernel reported problems during the run:", file=sys.stderr)
+        for f in res.findings:
+            print(f, file=sys.stderr)
+        return 1
+    return res.returncode if res.returncode is not None else 3
+
+
+def cmd_run(args) -> int:
+    import pytest
+
+    from conformance.targets import parse_target
+
+    try:
+        parse_target(args.target)
+    except ValueError as e:
+        print(f"iommufd-conformance: {e}", file=sys.stderr)
+        return 2
+    pargs = [str(SUITE.relative_to(Path.cwd())) if SUITE.is_relative_to(Path.cwd()) else str(SUITE),
+             f"--iommufd-target={args.target}", "-q", *args.pytest_args]
+    if args.junit_xml:
+        pargs.append(f"--junit-xml={args.junit_xml}")
+    return int(pytest.main(pargs))
+
+
+def register(sub) -> None:
+    r = sub.add_parser("run", help="run the conformance suite (default target: the model)")
+    r.add_argument("--target", default=os.environ.get("IOMMUFD_CONFORMANCE_TARGET", "model"),
+                   help="model (default), kernel (this machine's /dev/iommu), vm[=BZIMAGE] (the test kernel in QEMU)")
+    r.add_argument("--junit-xml", metavar="FILE", help="also write a JUnit XML report")
+    r.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    r.set_defaults(func=cmd_run)

@@ -1,0 +1,158 @@
+"""The /dev/iommu file: open, ioctl dispatch, close (drivers/iommu/iommufd/main.c).
+
+Dispatch is iommufd_fops_ioctl(): the IOCTL table comes from the generated bindings
+(one row per IOCTL_OP: struct, size, min_size), the handlers from HANDLERS below,
+each named after the kernel function it models.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+
+import generated
+
+from model import ioas
+from model.objects import IommufdError, ObjectTable
+from model.uaccess import UserFault, UserMemory
+
+B = generated.load("7.2")
+IOMMUFD_CMD_BASE = B.IOMMUFD_CMD_BASE
+
+# iommufd_ioctl_ops[]: _IOC_NR - IOMMUFD_CMD_BASE -> row; rows carry the facts of main.c.
+_TABLE = {row.nr - IOMMUFD_CMD_BASE: row for row in B.IOCTLS if row.struct and row.name != "IOMMU_TEST_CMD"}
+_TABLE_LEN = max(_TABLE) + 1
+# IOMMU_TEST_CMD sits at IOMMUFD_CMD_BASE + 32 only with CONFIG_IOMMUFD_TEST; the model
+# is a CONFIG_IOMMUFD_TEST kernel, as the project's test kernel is.
+_TEST = B.BY_NAME["IOMMU_TEST_CMD"]
+_TABLE[_TEST.nr - IOMMUFD_CMD_BASE] = _TEST
+_TABLE_LEN = max(_TABLE) + 1
+
+
+class NotModelled(OSError):
+    """An ioctl the model does not implement yet: ENOSYS, never a made-up answer."""
+
+    def __init__(self, name: str):
+        super().__init__(errno.ENOSYS, f"model: {name} is not modelled yet")
+        self.ioctl = name
+
+
+class Ucmd:
+    """struct iommufd_ucmd: the context, the user buffer and the kernel's copy of the cmd."""
+
+    def __init__(self, ictx: "IommufdCtx", ubuffer: int, user_size: int, row, cmd):
+        self.ictx = ictx
+        self.ubuffer = ubuffer
+        self.user_size = user_size
+        self.row = row
+        self.cmd = cmd
+
+    def respond(self, cmd_len: int | None = None) -> None:
+        """iommufd_ucmd_respond(): copy min(user_size, cmd_len) bytes back, or EFAULT."""
+        n = ctypes.sizeof(self.cmd) if cmd_len is None else cmd_len
+        self.ictx.mem.write(self.ubuffer, bytes(self.cmd)[: min(self.user_size, n)])
+
+
+class IommufdCtx:
+    """struct iommufd_ctx."""
+
+    def __init__(self, pid: int | None = None):
+        self.mem = UserMemory(pid)
+        self.objects = ObjectTable()
+
+
+def iommufd_destroy(ucmd: Ucmd) -> int:
+    """iommufd_destroy() -> iommufd_object_remove(): ENOENT unknown ID, EBUSY while used."""
+    ucmd.ictx.objects.remove(ucmd.cmd.id)
+    return 0
+
+
+HANDLERS = {
+    "IOMMU_DESTROY": iommufd_destroy,
+    "IOMMU_IOAS_ALLOC": ioas.iommufd_ioas_alloc_ioctl,
+    "IOMMU_IOAS_IOVA_RANGES": ioas.iommufd_ioas_iova_ranges,
+}
+
+
+def _user_address(arg) -> tuple[int, object]:
+    """The user pointer an ioctl argument stands for, and a keep-alive reference."""
+    if isinstance(arg, int):
+        return arg, None
+    if isinstance(arg, (ctypes.Structure, ctypes.Union, ctypes.Array)):
+        return ctypes.addressof(arg), arg
+    if isinstance(arg, (bytearray, memoryview)):
+        view = (ctypes.c_char * len(arg)).from_buffer(arg)
+        return ctypes.addressof(view), view
+    raise TypeError(f"ioctl argument must be an int or a writable buffer, not {type(arg).__name__}")
+
+
+class IommufdFile:
+    """An open /dev/iommu: ioctl() like fcntl.ioctl(fd, request, arg, True)."""
+
+    def __init__(self, pid: int | None = None):
+        self.ictx: IommufdCtx | None = IommufdCtx(pid)
+
+    def ioctl(self, request: int, arg=0, mutate_flag: bool = True) -> int:
+        if self.ictx is None:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        if isinstance(arg, bytes):  # fcntl copies an immutable buffer and returns the copy
+            buf = bytearray(arg)
+            self.ioctl(request, buf)
+            return bytes(buf)
+        addr, keep = _user_address(arg)
+        try:
+            rc = self._fops_ioctl(request & 0xFFFFFFFF, addr)
+        except IommufdError as e:
+            raise OSError(e.errno, os.strerror(e.errno)) from None
+        except UserFault:
+            raise OSError(errno.EFAULT, os.strerror(errno.EFAULT)) from None
+        del keep
+        return rc
+
+    def _fops_ioctl(self, cmd: int, arg: int) -> int:
+        """iommufd_fops_ioctl()."""
+        ictx = self.ictx
+        nr = cmd & 0xFF
+        if nr < IOMMUFD_CMD_BASE or nr - IOMMUFD_CMD_BASE >= _TABLE_LEN:
+            return self._vfio_ioctl(cmd, arg)
+        user_size = int.from_bytes(ictx.mem.read(arg, 4), "little")  # get_user() -> EFAULT
+        row = _TABLE.get(nr - IOMMUFD_CMD_BASE)
+        if row is None or row.number != cmd:
+            raise IommufdError(errno.ENOTTY)  # -ENOIOCTLCMD reaches userspace as ENOTTY
+        if user_size < row.min_size:
+            raise IommufdError(errno.EINVAL)
+        data = self._copy_struct_from_user(row.size, arg, user_size)
+        cmd_struct = B.bindings.STRUCTS[row.struct].from_buffer_copy(data)
+        handler = HANDLERS.get(row.name)
+        if handler is None:
+            raise NotModelled(row.name)
+        return handler(Ucmd(ictx, arg, user_size, row, cmd_struct))
+
+    def _copy_struct_from_user(self, ksize: int, src: int, usize: int) -> bytes:
+        """copy_struct_from_user() (include/linux/uaccess.h): E2BIG on a nonzero tail."""
+        mem = self.ictx.mem
+        if usize > ksize:
+            tail = mem.read(src + ksize, usize - ksize)
+            if any(tail):
+                raise IommufdError(errno.E2BIG)
+        data = mem.read(src, min(ksize, usize))
+        return data.ljust(ksize, b"\0")
+
+    def _vfio_ioctl(self, cmd: int, arg: int) -> int:
+        """iommufd_vfio_ioctl() (vfio_compat.c): not modelled yet; unknown numbers are ENOTTY."""
+        raise IommufdError(errno.ENOTTY)
+
+    def close(self) -> None:
+        """iommufd_fops_release(): every object goes with the file."""
+        self.ictx = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def open_iommufd(pid: int | None = None) -> IommufdFile:
+    """open("/dev/iommu"): a new, independent context. `pid`: whose memory user pointers address."""
+    return IommufdFile(pid)
