@@ -12,7 +12,7 @@ import os
 
 import generated
 
-from model import ioas
+from model import ioas, vfio_compat
 from model.objects import IommufdError, ObjectTable
 from model.uaccess import UserFault, UserMemory
 
@@ -67,10 +67,11 @@ def iommufd_destroy(ucmd: Ucmd) -> int:
     return 0
 
 
+# ioctl name -> handler. Each object family's module keeps its own HANDLERS dict
+# (one file per family, like drivers/iommu/iommufd/*.c); main.c's own are here.
 HANDLERS = {
     "IOMMU_DESTROY": iommufd_destroy,
-    "IOMMU_IOAS_ALLOC": ioas.iommufd_ioas_alloc_ioctl,
-    "IOMMU_IOAS_IOVA_RANGES": ioas.iommufd_ioas_iova_ranges,
+    **ioas.HANDLERS,
 }
 
 
@@ -139,8 +140,8 @@ class IommufdFile:
         return data.ljust(ksize, b"\0")
 
     def _vfio_ioctl(self, cmd: int, arg: int) -> int:
-        """iommufd_vfio_ioctl() (vfio_compat.c): not modelled yet; unknown numbers are ENOTTY."""
-        raise IommufdError(errno.ENOTTY)
+        """iommufd_vfio_ioctl() (vfio_compat.c): the VFIO type1 ioctls /dev/iommu answers."""
+        return vfio_compat.iommufd_vfio_ioctl(self.ictx, cmd, arg)
 
     def close(self) -> None:
         """iommufd_fops_release(): every object goes with the file."""

@@ -39,3 +39,9 @@ def iommufd_ioas_iova_ranges(ucmd) -> int:
     if cmd.num_iovas > max_iovas:
         raise IommufdError(errno.EMSGSIZE)
     return 0
+
+
+HANDLERS = {
+    "IOMMU_IOAS_ALLOC": iommufd_ioas_alloc_ioctl,
+    "IOMMU_IOAS_IOVA_RANGES": iommufd_ioas_iova_ranges,
+}
