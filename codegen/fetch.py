@@ -20,6 +20,8 @@ HEADER_FILES = {
         ("include/uapi/linux/iommufd.h", "iommufd.h"),
         ("drivers/iommu/iommufd/iommufd_test.h", "iommufd_test.h"),
         ("include/linux/mm_types.h", "mm_types.h"),
+        # The VFIO type1 ioctls /dev/iommu answers (vfio_compat.c) are declared here.
+        ("include/uapi/linux/vfio.h", "vfio.h"),
     ],
     "6.12": [
         ("include/uapi/linux/iommufd.h", "iommufd.h"),

@@ -115,7 +115,7 @@ class Enum:
 @dataclass(frozen=True)
 class Constant:
     name: str
-    value: int
+    value: int | str  # str for a string #define
     expr: str
     coord: Coord
 

@@ -14,14 +14,14 @@ import tempfile
 from pathlib import Path
 
 from codegen.ir import Module
-from codegen.preprocess import slice_mm_types
+from codegen.preprocess import HEADERS_INSTALL_STRIPS, slice_mm_types
 
 
 def probe_source(module: Module, version_dir: Path) -> tuple[str, dict[str, str]]:
     """(C source, {include path: file text}) of the probe program."""
     files = {}
     inc = ["#include <stdio.h>", "#include <stddef.h>"]
-    for name in ("iommufd.h", "iommufd_test.h"):
+    for name in ("iommufd.h", "iommufd_test.h", "vfio.h"):
         if (version_dir / name).exists():
             files[f"linux/{name}"] = (version_dir / name).read_text()
             inc.append(f"#include <linux/{name}>")
@@ -52,7 +52,10 @@ def probe_source(module: Module, version_dir: Path) -> tuple[str, dict[str, str]
         for x in e.enumerators:
             body.append(f'printf("enum {x.name} %lld\\n", (long long)({x.name}));')
     for c in module.constants.values():
-        body.append(f'printf("define {c.name} %lld\\n", (long long)({c.name}));')
+        if isinstance(c.value, str):
+            body.append(f'printf("string {c.name} %s\\n", {c.name});')
+        else:
+            body.append(f'printf("define {c.name} %lld\\n", (long long)({c.name}));')
     src = "\n".join(inc) + "\nint main(void)\n{\n\t" + "\n\t".join(body) + "\n\treturn 0;\n}\n"
     return src, files
 
@@ -69,13 +72,20 @@ def run_probe(module: Module, version_dir: Path) -> dict[str, int]:
             (t / rel).parent.mkdir(parents=True, exist_ok=True)
             (t / rel).write_text(text)
         (t / "probe.c").write_text(src)
-        p = subprocess.run([gcc, "-std=gnu11", "-Wall", "-Werror", "-I", tmp, "-o", str(t / "probe"), str(t / "probe.c")],
+        strips = [f"-D{name}=" for name in HEADERS_INSTALL_STRIPS]  # as headers_install does
+        # 7.2's uapi <linux/stddef.h> defines these empty; the system's may be older.
+        strips += [f"-D{m}(x)=" for m in ("__counted_by", "__counted_by_le", "__counted_by_be")]
+        p = subprocess.run([gcc, "-std=gnu11", "-Wall", "-Werror", *strips, "-I", tmp, "-o", str(t / "probe"), str(t / "probe.c")],
                            capture_output=True, text=True)
         if p.returncode != 0:
             raise RuntimeError(f"the layout probe does not compile:\n{p.stderr[-3000:]}")
         out = subprocess.run([str(t / "probe")], capture_output=True, text=True, check=True).stdout
-    result = {}
+    result: dict[str, int | str] = {}
     for line in out.splitlines():
+        if line.startswith("string "):
+            _, name, text = line.split(" ", 2)
+            result[f"string {name}"] = text
+            continue
         m = re.match(r"^(\w+ \S+) (-?\d+)$", line)
         if m:
             result[m.group(1)] = int(m.group(2))

@@ -64,50 +64,104 @@ class Builder:
         self.record_order: list[str] = []
         self.enums: dict[str, Enum] = {}
         self.values: dict[str, int] = {}  # enumerators and constants, for expressions
+        self.types: dict[str, tuple] = {}  # their C types (see _eval)
         self.constants: dict[str, Constant] = {}
         self.docs: dict[str, dict] = {}  # display file -> kerneldoc docs
         self.origin: dict[str, str] = {}
 
     # -- constant expressions -------------------------------------------------
+    # C integer arithmetic on LP64: a value carries its type (bits, signed, rank), and
+    # operators apply the integer promotions and usual arithmetic conversions, so
+    # `(1 << 31)` is INT_MIN as gcc computes it, not 2**31.
+    INT, UINT, LONG, ULONG, LLONG, ULLONG = (32, True, 1), (32, False, 1), (64, True, 2), (64, False, 2), (64, True, 3), (64, False, 3)
+
+    @staticmethod
+    def _wrap(v: int, t) -> int:
+        bits, signed, _ = t
+        v &= (1 << bits) - 1
+        return v - (1 << bits) if signed and v >> (bits - 1) else v
+
+    def _literal_type(self, text: str, v: int):
+        suffix = text.lower().lstrip("0123456789abcdefx'\\").replace("'", "")
+        decimal = not text.lower().startswith("0") or text == "0"
+        u, l = "u" in suffix, suffix.count("l")
+        order = [self.INT, self.UINT, self.LONG, self.ULONG, self.LLONG, self.ULLONG]
+        order = [t for t in order if t[2] >= (1 + min(l, 2)) and (not u or not t[1])]
+        if decimal and not u:
+            order = [t for t in order if t[1]]
+        for t in order:
+            if self._wrap(v, t) == v:
+                return t
+        return self.ULLONG
+
+    def _convert(self, a, b):
+        (_, ta), (_, tb) = a, b
+        ta = ta if ta[2] >= 1 else self.INT
+        tb = tb if tb[2] >= 1 else self.INT
+        if ta[1] == tb[1]:
+            return ta if ta[2] >= tb[2] else tb
+        s_, u_ = (ta, tb) if ta[1] else (tb, ta)
+        if u_[2] >= s_[2]:
+            return u_
+        if s_[0] > u_[0]:
+            return s_
+        return (s_[0], False, s_[2])
+
     def eval(self, node) -> int:
+        return self._eval(node)[0]
+
+    def _eval(self, node):
         if isinstance(node, c_ast.Constant):
             if node.type in ("string",):
                 raise HeaderError(_coord(node), "a string is not an integer constant")
-            return _int_literal(node.value, _coord(node))
+            v = _int_literal(node.value, _coord(node))
+            if node.value.startswith("'"):
+                return v, self.INT
+            return v, self._literal_type(node.value, v)
         if isinstance(node, c_ast.ID):
             if node.name not in self.values:
                 raise HeaderError(_coord(node), f"unknown constant '{node.name}'")
-            return self.values[node.name]
+            return self.values[node.name], self.types.get(node.name, self.INT)
         if isinstance(node, c_ast.UnaryOp):
             if node.op == "sizeof":
-                return self.ctype(node.expr).size
-            v = self.eval(node.expr)
-            ops = {"-": lambda: -v, "+": lambda: v, "~": lambda: ~v & (2**64 - 1), "!": lambda: int(not v)}
+                return self.ctype(node.expr).size, self.ULONG
+            v, t = self._eval(node.expr)
+            t = t if t[2] >= 1 else self.INT
+            ops = {"-": lambda: -v, "+": lambda: v, "~": lambda: ~v, "!": lambda: int(not v)}
             if node.op not in ops:
                 raise HeaderError(_coord(node), f"unsupported operator '{node.op}' in a constant")
-            return ops[node.op]()
+            if node.op == "!":
+                return int(not v), self.INT
+            return self._wrap(ops[node.op](), t), t
         if isinstance(node, c_ast.BinaryOp):
-            a, b = self.eval(node.left), self.eval(node.right)
+            a, b = self._eval(node.left), self._eval(node.right)
+            x, y = a[0], b[0]
+            if node.op in ("<<", ">>"):
+                t = a[1] if a[1][2] >= 1 else self.INT
+                v = x << y if node.op == "<<" else x >> y
+                return self._wrap(v, t), t
+            if node.op in ("&&", "||"):
+                return int(bool(x and y) if node.op == "&&" else bool(x or y)), self.INT
+            t = self._convert(a, b)
+            x, y = self._wrap(x, t), self._wrap(y, t)
+            cmp = {"==": x == y, "!=": x != y, "<": x < y, ">": x > y, "<=": x <= y, ">=": x >= y}
+            if node.op in cmp:
+                return int(cmp[node.op]), self.INT
             ops = {
-                "+": lambda: a + b, "-": lambda: a - b, "*": lambda: a * b,
-                "/": lambda: int(a / b), "%": lambda: a % b, "<<": lambda: a << b, ">>": lambda: a >> b,
-                "&": lambda: a & b, "|": lambda: a | b, "^": lambda: a ^ b,
-                "&&": lambda: int(bool(a and b)), "||": lambda: int(bool(a or b)),
-                "==": lambda: int(a == b), "!=": lambda: int(a != b), "<": lambda: int(a < b),
-                ">": lambda: int(a > b), "<=": lambda: int(a <= b), ">=": lambda: int(a >= b),
+                "+": lambda: x + y, "-": lambda: x - y, "*": lambda: x * y,
+                "/": lambda: int(x / y), "%": lambda: x - int(x / y) * y,
+                "&": lambda: x & y, "|": lambda: x | y, "^": lambda: x ^ y,
             }
             if node.op not in ops:
                 raise HeaderError(_coord(node), f"unsupported operator '{node.op}' in a constant")
-            return ops[node.op]()
+            return self._wrap(ops[node.op](), t), t
         if isinstance(node, c_ast.TernaryOp):
-            return self.eval(node.iftrue) if self.eval(node.cond) else self.eval(node.iffalse)
+            return self._eval(node.iftrue) if self.eval(node.cond) else self._eval(node.iffalse)
         if isinstance(node, c_ast.Cast):
-            v = self.eval(node.expr)
-            t = self.ctype(node.to_type)
-            v &= (1 << (8 * t.size)) - 1
-            if t.signed and v >= 1 << (8 * t.size - 1):
-                v -= 1 << (8 * t.size)
-            return v
+            v, _ = self._eval(node.expr)
+            ct = self.ctype(node.to_type)
+            t = (ct.size * 8, ct.signed, 1 if ct.size <= 4 else 2)
+            return self._wrap(v, t), t
         raise HeaderError(_coord(node), f"unsupported construct {type(node).__name__} in a constant expression")
 
     # -- types ----------------------------------------------------------------
@@ -276,11 +330,17 @@ class Builder:
                 raise HeaderError(coord, f"unsupported top-level construct {type(ext).__name__}")
             if ext.name and ext.name.startswith(CONST_PREFIX):
                 name = ext.name[len(CONST_PREFIX):]
+                init = ext.init
+                if isinstance(init, c_ast.Constant) and init.type == "string":
+                    # A string #define (VFIO_DEVICE_API_PCI_STRING): kept as text.
+                    self.constants[name] = Constant(name, init.value[1:-1], macro_bodies.get(name, ""), coord)
+                    continue
                 try:
-                    value = self.eval(ext.init)
+                    value, ctype = self._eval(ext.init)
                 except HeaderError as e:
                     raise HeaderError(coord, f"#define {name}: {e.message}") from None
                 self.values[name] = value
+                self.types[name] = ctype
                 self.constants[name] = Constant(name, value, macro_bodies.get(name, ""), coord)
                 continue
             t = ext.type
@@ -400,7 +460,8 @@ def parse_version(version_dir: Path, root: Path) -> Module:
     if not manifest_path.exists():
         raise HeaderError(None, f"{display_path(version_dir, root)}: no MANIFEST.json; run `iommufd-conformance headers fetch`")
     manifest = json.loads(manifest_path.read_text())
-    headers = [version_dir / n for n in ("iommufd.h", "iommufd_test.h") if (version_dir / n).exists() or n == "iommufd.h"]
+    headers = [version_dir / n for n in ("iommufd.h", "iommufd_test.h", "vfio.h")
+               if (version_dir / n).exists() or n == "iommufd.h"]
     mm = version_dir / "mm_types.h"
     mm = mm if mm.exists() else None
     text, macros = preprocess(headers, root, mm)

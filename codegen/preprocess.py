@@ -69,6 +69,15 @@ IOCTL_H = """\
 #define _IOWR(type, nr, size) _IOC(_IOC_READ | _IOC_WRITE, (type), (nr), sizeof(size))
 """
 
+# Stub <linux/stddef.h> (vfio.h includes it): the annotation macros expand to nothing.
+STDDEF_H = """\
+#define __counted_by(m)
+#define __counted_by_le(m)
+#define __counted_by_be(m)
+"""
+# What scripts/headers_install.sh strips from uapi headers before installing them.
+HEADERS_INSTALL_STRIPS = ("__user", "__force", "__iomem")
+
 # Kernel-only types that the mm_types.h slice references, as they are on x86_64:
 # pgprot_t (arch/x86/include/asm/pgtable_types.h), phys_addr_t with
 # CONFIG_PHYS_ADDR_T_64BIT (include/linux/types.h), pgoff_t (include/linux/types.h),
@@ -249,6 +258,7 @@ def preprocess(headers: list[Path], root: Path, mm_types: Path | None = None) ->
         (t / "linux").mkdir()
         (t / "linux" / "types.h").write_text(TYPES_H)
         (t / "linux" / "ioctl.h").write_text(IOCTL_H)
+        (t / "linux" / "stddef.h").write_text(STDDEF_H)
         # iommufd_test.h includes <linux/iommufd.h>: the version's own copy.
         for h in headers:
             if h.name == "iommufd.h":
@@ -264,7 +274,8 @@ def preprocess(headers: list[Path], root: Path, mm_types: Path | None = None) ->
             seen.add(m.name)
             tu.append(f'#line {m.coord.line} "{m.coord.file}"\nlong long {CONST_PREFIX}{m.name} = ({m.name});')
         (t / "tu.c").write_text("\n".join(tu) + "\n")
-        cmd = [cpp] + (["-E"] if cpp.endswith("gcc") else []) + ["-nostdinc", "-undef", "-I", tmp, str(t / "tu.c")]
+        strips = [f"-D{name}=" for name in HEADERS_INSTALL_STRIPS]
+        cmd = [cpp] + (["-E"] if cpp.endswith("gcc") else []) + ["-nostdinc", "-undef", *strips, "-I", tmp, str(t / "tu.c")]
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             raise HeaderError(None, f"the C preprocessor failed:\n{p.stderr.strip()}")

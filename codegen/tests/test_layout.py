@@ -76,7 +76,8 @@ def test_enums_and_constants_match_gcc(probed):
         for x in e.enumerators:
             assert c[f"enum {x.name}"] == x.value == getattr(gen.bindings, x.name), x.name
     for k in module.constants.values():
-        assert c[f"define {k.name}"] == k.value == getattr(gen.bindings, k.name), k.name
+        key = f"string {k.name}" if isinstance(k.value, str) else f"define {k.name}"
+        assert c[key] == k.value == getattr(gen.bindings, k.name), k.name
 
 
 def test_ioctl_numbers_match_gcc(probed):
