@@ -12,7 +12,7 @@ import os
 
 import generated
 
-from model import ioas, vfio_compat
+from model import ioas, option, vfio_compat
 from model.objects import IommufdError, ObjectTable
 from model.uaccess import UserFault, UserMemory
 
@@ -59,11 +59,17 @@ class IommufdCtx:
     def __init__(self, pid: int | None = None):
         self.mem = UserMemory(pid)
         self.objects = ObjectTable()
+        self.account_mode = option.ACCOUNT_USER  # iommufd_fops_open(): per-user unless /dev/vfio/vfio
+        self.vfio_ioas = None  # IOMMU_VFIO_IOAS SET
 
 
 def iommufd_destroy(ucmd: Ucmd) -> int:
-    """iommufd_destroy() -> iommufd_object_remove(): ENOENT unknown ID, EBUSY while used."""
-    ucmd.ictx.objects.remove(ucmd.cmd.id)
+    """iommufd_destroy() -> iommufd_object_remove(): ENOENT unknown ID, EBUSY while used.
+    Destroying the compatibility IOAS clears it (main.c: ictx->vfio_ioas = NULL)."""
+    ictx = ucmd.ictx
+    obj = ictx.objects.remove(ucmd.cmd.id)
+    if ictx.vfio_ioas is obj:
+        ictx.vfio_ioas = None
     return 0
 
 
@@ -72,6 +78,8 @@ def iommufd_destroy(ucmd: Ucmd) -> int:
 HANDLERS = {
     "IOMMU_DESTROY": iommufd_destroy,
     **ioas.HANDLERS,
+    **option.HANDLERS,
+    **vfio_compat.HANDLERS,
 }
 
 

@@ -33,7 +33,13 @@ class UserMemory:
     """The address space of process `pid` (default: this one)."""
 
     def __init__(self, pid: int | None = None):
-        self.pid = os.getpid() if pid is None else pid
+        self._pid = pid
+
+    @property
+    def pid(self) -> int:
+        """The fixed pid, or the caller's: uaccess goes to current->mm, and after fork()
+        the child calling ioctl() on an inherited fd is current."""
+        return os.getpid() if self._pid is None else self._pid
 
     def _xfer(self, fn, addr: int, buf, n: int) -> None:
         if n == 0:

@@ -1,11 +1,152 @@
-"""VFIO type1 compatibility on /dev/iommu (drivers/iommu/iommufd/vfio_compat.c)."""
+"""VFIO type1 compatibility on /dev/iommu (drivers/iommu/iommufd/vfio_compat.c).
+
+Modelled as the project's test kernel is configured: CONFIG_VFIO_NOIOMMU=n, no devices
+(so no domains: iommufd_get_pagesizes() is PAGE_SIZE | larger, cache coherency holds).
+"""
 from __future__ import annotations
 
+import ctypes
 import errno
 
+import generated
+
 from model.objects import IommufdError
+from model.option import PAGE_SIZE, iopt_disable_large_pages
+
+B = generated.load("7.2")
+ULONG_MAX = (1 << 64) - 1
+U32_MAX = (1 << 32) - 1
+
+
+def get_compat_ioas(ictx):
+    """get_compat_ioas(): the IOAS IOMMU_VFIO_IOAS set, or ENODEV."""
+    obj = ictx.vfio_ioas
+    if obj is None or ictx.objects.objects.get(obj.id) is not obj:
+        raise IommufdError(errno.ENODEV)
+    return obj
+
+
+def iommufd_vfio_ioas(ucmd) -> int:
+    """iommufd_vfio_ioas(): GET / SET / CLEAR the compatibility IOAS."""
+    cmd, ictx = ucmd.cmd, ucmd.ictx
+    if cmd.__reserved:
+        raise IommufdError(errno.EOPNOTSUPP)
+    if cmd.op == B.IOMMU_VFIO_IOAS_GET:
+        cmd.ioas_id = get_compat_ioas(ictx).id
+        ucmd.respond()
+        return 0
+    if cmd.op == B.IOMMU_VFIO_IOAS_SET:
+        ictx.vfio_ioas = ictx.objects.get(cmd.ioas_id, "IOAS")
+        return 0
+    if cmd.op == B.IOMMU_VFIO_IOAS_CLEAR:
+        ictx.vfio_ioas = None
+        return 0
+    raise IommufdError(errno.EOPNOTSUPP)
+
+
+def iommufd_vfio_check_extension(ictx, type: int) -> int:
+    if type in (B.VFIO_TYPE1_IOMMU, B.VFIO_TYPE1v2_IOMMU, B.VFIO_UNMAP_ALL):
+        return 1  # !ictx->no_iommu_mode: only a no-iommu VFIO device sets it
+    if type == B.VFIO_DMA_CC_IOMMU:
+        get_compat_ioas(ictx)  # iommufd_vfio_cc_iommu(): ENODEV without a compat IOAS
+        return 1  # no HWPT that fails to enforce coherency
+    return 0  # NOIOMMU (CONFIG_VFIO_NOIOMMU=n), nesting, UPDATE_VADDR, unknown
+
+
+def iommufd_vfio_set_iommu(ictx, type: int) -> int:
+    if type not in (B.VFIO_TYPE1_IOMMU, B.VFIO_TYPE1v2_IOMMU):
+        raise IommufdError(errno.EINVAL)
+    ioas = get_compat_ioas(ictx)
+    if type == B.VFIO_TYPE1_IOMMU:
+        iopt_disable_large_pages(ioas.data)  # type1 may unmap in the middle: no large IOPTEs
+    return 0
+
+
+def iommufd_get_pagesizes(iopt) -> int:
+    pgsize_bitmap = ULONG_MAX  # no domains to narrow it
+    if pgsize_bitmap & (PAGE_SIZE - 1):
+        pgsize_bitmap = (pgsize_bitmap & ~(PAGE_SIZE - 1) & ULONG_MAX) | PAGE_SIZE
+    return max(pgsize_bitmap, iopt.iova_alignment)
+
+
+def iommufd_vfio_iommu_get_info(ictx, arg: int) -> int:
+    """iommufd_vfio_iommu_get_info(): flags, page sizes and the DMA_AVAIL and IOVA_RANGE
+    capability chain, written only as far as argsz reaches; argsz answers the full size."""
+    mem = ictx.mem
+    info_t = B.vfio_iommu_type1_info
+    minsz = info_t.iova_pgsizes.offset + 8
+    info = info_t.from_buffer_copy(mem.read(arg, minsz).ljust(ctypes.sizeof(info_t), b"\0"))
+    if info.argsz < minsz:
+        raise IommufdError(errno.EINVAL)
+    minsz = min(info.argsz, ctypes.sizeof(info_t))
+    ioas = get_compat_ioas(ictx)
+    iopt = ioas.data
+    info.flags = B.VFIO_IOMMU_INFO_PGSIZES
+    info.iova_pgsizes = iommufd_get_pagesizes(iopt)
+    info.cap_offset = 0
+    argsz = info.argsz
+
+    def fill_dma_avail(cur, avail):
+        cap = B.vfio_iommu_type1_info_dma_avail()
+        cap.header.id = B.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL
+        cap.header.version = 1
+        cap.avail = U32_MAX
+        if avail >= ctypes.sizeof(cap):
+            mem.write(cur, bytes(cap))
+        return ctypes.sizeof(cap)
+
+    def fill_iova(cur, avail):
+        cap_t = B.vfio_iommu_type1_info_cap_iova_range
+        cap = cap_t()
+        cap.header.id = B.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE
+        cap.header.version = 1
+        rsize = ctypes.sizeof(B.vfio_iova_range)
+        base = ctypes.sizeof(cap_t)
+        n = 0
+        for start, last in iopt.allowed_holes(0, ULONG_MAX):
+            if avail >= base + rsize * (n + 1):
+                mem.write(cur + base + rsize * n, start.to_bytes(8, "little") + last.to_bytes(8, "little"))
+            n += 1
+        cap.nr_iovas = n
+        if avail >= base + rsize * n:
+            mem.write(cur, bytes(cap))
+        return base + rsize * n
+
+    total = ctypes.sizeof(info_t)
+    last_cap = None
+    for fill in (fill_dma_avail, fill_iova):
+        if argsz > total:
+            size = fill(arg + total, argsz - total)
+        else:
+            size = fill(None, 0)
+        size = (size + 7) & ~7
+        if last_cap is not None and argsz >= total:
+            mem.write(last_cap + B.vfio_info_cap_header.next.offset, total.to_bytes(4, "little"))
+        last_cap = arg + total
+        total += size
+    if argsz >= total:
+        info.cap_offset = ctypes.sizeof(info_t)
+    info.argsz = total
+    info.flags |= B.VFIO_IOMMU_INFO_CAPS
+    mem.write(arg, bytes(info)[:minsz])
+    return 0
 
 
 def iommufd_vfio_ioctl(ictx, cmd: int, arg: int) -> int:
     """iommufd_vfio_ioctl(): numbers it does not know are -ENOIOCTLCMD, ENOTTY to userspace."""
+    if cmd == B.VFIO_GET_API_VERSION:
+        return B.VFIO_API_VERSION
+    if cmd == B.VFIO_SET_IOMMU:
+        return iommufd_vfio_set_iommu(ictx, arg)
+    if cmd == B.VFIO_CHECK_EXTENSION:
+        return iommufd_vfio_check_extension(ictx, arg)
+    if cmd == B.VFIO_IOMMU_GET_INFO:
+        return iommufd_vfio_iommu_get_info(ictx, arg)
+    if cmd in (B.VFIO_IOMMU_MAP_DMA, B.VFIO_IOMMU_UNMAP_DMA):
+        from model.device import NotModelled
+
+        raise NotModelled("VFIO_IOMMU_MAP_DMA" if cmd == B.VFIO_IOMMU_MAP_DMA else "VFIO_IOMMU_UNMAP_DMA")
     raise IommufdError(errno.ENOTTY)
+
+
+HANDLERS = {"IOMMU_VFIO_IOAS": iommufd_vfio_ioas}

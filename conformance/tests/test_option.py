@@ -1,0 +1,135 @@
+"""IOMMU_OPTION: RLIMIT_MODE per context, HUGE_PAGES per IOAS (main.c iommufd_option,
+ioas.c iommufd_option_rlimit_mode / iommufd_ioas_option)."""
+import ctypes
+import errno
+import mmap
+import os
+
+import pytest
+
+import generated
+
+B = generated.load()
+
+
+def ioas_alloc(fd):
+    cmd = B.iommu_ioas_alloc(size=ctypes.sizeof(B.iommu_ioas_alloc))
+    fd.ioctl(B.IOMMU_IOAS_ALLOC, cmd)
+    return cmd.out_ioas_id
+
+
+def option(fd, option_id, op, object_id=0, val64=0, reserved=0):
+    cmd = B.iommu_option(size=ctypes.sizeof(B.iommu_option), option_id=option_id, op=op,
+                         object_id=object_id, val64=val64, __reserved=reserved)
+    fd.ioctl(B.IOMMU_OPTION, cmd)
+    return cmd.val64
+
+
+def err(fn, *a, **kw):
+    with pytest.raises(OSError) as e:
+        fn(*a, **kw)
+    return e.value.errno
+
+
+def _has_cap_sys_resource():
+    with open("/proc/self/status") as f:
+        eff = next(int(ln.split()[1], 16) for ln in f if ln.startswith("CapEff:"))
+    return bool(eff >> 24 & 1)
+
+
+needs_cap_sys_resource = pytest.mark.skipif(
+    not _has_cap_sys_resource(),
+    reason="RLIMIT_MODE SET needs CAP_SYS_RESOURCE, which this process lacks (it gets EPERM: "
+           "test_rlimit_mode_set_needs_cap_sys_resource covers that)",
+)
+
+RLIMIT, HUGE = B.IOMMU_OPTION_RLIMIT_MODE, B.IOMMU_OPTION_HUGE_PAGES
+GET, SET = B.IOMMU_OPTION_OP_GET, B.IOMMU_OPTION_OP_SET
+
+
+@needs_cap_sys_resource
+def test_rlimit_mode_defaults_to_per_user_and_switches_while_empty(iommufd):
+    assert option(iommufd, RLIMIT, GET) == 0  # IOPT_PAGES_ACCOUNT_USER
+    option(iommufd, RLIMIT, SET, val64=1)
+    assert option(iommufd, RLIMIT, GET) == 1
+    option(iommufd, RLIMIT, SET, val64=0)
+    assert option(iommufd, RLIMIT, GET) == 0
+
+
+@needs_cap_sys_resource
+def test_rlimit_mode_is_ebusy_once_an_object_exists(iommufd):
+    ioas_alloc(iommufd)
+    assert err(option, iommufd, RLIMIT, SET, val64=1) == errno.EBUSY
+    assert option(iommufd, RLIMIT, GET) == 0
+
+
+@pytest.mark.parametrize("kw,expected", [
+    pytest.param(dict(option_id=RLIMIT, op=SET, val64=2), errno.EINVAL, marks=needs_cap_sys_resource),
+    (dict(option_id=RLIMIT, op=GET, object_id=1), errno.EOPNOTSUPP),
+    (dict(option_id=RLIMIT, op=7), errno.EOPNOTSUPP),
+    (dict(option_id=99, op=GET), errno.EOPNOTSUPP),
+    (dict(option_id=RLIMIT, op=GET, reserved=1), errno.EOPNOTSUPP),
+    (dict(option_id=HUGE, op=GET, object_id=1), errno.ENOENT),
+])
+def test_bad_option_arguments(iommufd, kw, expected):
+    assert err(option, iommufd, **kw) == expected
+    assert option(iommufd, RLIMIT, GET) == 0  # nothing changed
+
+
+def test_only_val64_is_written_back(iommufd):
+    cmd = B.iommu_option(size=ctypes.sizeof(B.iommu_option), option_id=RLIMIT, op=GET, val64=77)
+    before = bytearray(bytes(cmd))
+    iommufd.ioctl(B.IOMMU_OPTION, cmd)
+    after = bytes(cmd)
+    off = B.iommu_option.val64.offset
+    assert after[:off] == before[:off] and cmd.val64 == 0
+
+
+def test_rlimit_mode_set_needs_cap_sys_resource(iommufd):
+    """capable(CAP_SYS_RESOURCE) of the calling task: a child that dropped it gets EPERM."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child drops CAP_SYS_RESOURCE from its effective set, then asks
+        code = 99
+        try:
+            os.close(r)
+            hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
+            data = (ctypes.c_uint32 * 6)()
+            libc = ctypes.CDLL(None, use_errno=True)
+            assert libc.syscall(125, hdr, data) == 0  # capget
+            data[0] &= ~(1 << 24)  # effective, CAP_SYS_RESOURCE
+            assert libc.syscall(126, hdr, data) == 0  # capset
+            try:
+                option(iommufd, RLIMIT, SET, val64=1)
+                code = 0
+            except OSError as e:
+                code = e.errno
+        finally:
+            os.write(w, bytes([code]))
+            os._exit(0)
+    os.close(w)
+    code = os.read(r, 1)[0]
+    os.waitpid(pid, 0)
+    assert code == errno.EPERM
+    assert option(iommufd, RLIMIT, GET) == 0
+
+
+def test_huge_pages_per_ioas_and_its_effect_on_alignment(iommufd):
+    a, b = ioas_alloc(iommufd), ioas_alloc(iommufd)
+    assert option(iommufd, HUGE, GET, object_id=a) == 1
+
+    def alignment(id):
+        cmd = B.iommu_ioas_iova_ranges(size=ctypes.sizeof(B.iommu_ioas_iova_ranges), ioas_id=id)
+        with pytest.raises(OSError):
+            iommufd.ioctl(B.IOMMU_IOAS_IOVA_RANGES, cmd)  # EMSGSIZE: no room, but answered
+        return cmd.out_iova_alignment
+
+    option(iommufd, HUGE, SET, object_id=a, val64=0)
+    assert option(iommufd, HUGE, GET, object_id=a) == 0
+    assert option(iommufd, HUGE, GET, object_id=b) == 1
+    # iopt_calculate_iova_alignment(): batch_iommu_map_small() needs PAGE_SIZE.
+    assert alignment(a) == mmap.PAGESIZE and alignment(b) == 1
+    assert err(option, iommufd, HUGE, SET, object_id=a, val64=2) == errno.EINVAL
+    option(iommufd, HUGE, SET, object_id=a, val64=1)
+    assert alignment(a) == 1
+    assert err(option, iommufd, HUGE, 5, object_id=a) == errno.EOPNOTSUPP

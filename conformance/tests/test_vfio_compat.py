@@ -1,0 +1,119 @@
+"""IOMMU_VFIO_IOAS and the VFIO type1 ioctls /dev/iommu answers (vfio_compat.c)."""
+import ctypes
+import errno
+
+import pytest
+
+import generated
+
+B = generated.load()
+ULONG_MAX = (1 << 64) - 1
+
+
+def ioas_alloc(fd):
+    cmd = B.iommu_ioas_alloc(size=ctypes.sizeof(B.iommu_ioas_alloc))
+    fd.ioctl(B.IOMMU_IOAS_ALLOC, cmd)
+    return cmd.out_ioas_id
+
+
+def vfio_ioas(fd, op, ioas_id=0, reserved=0):
+    cmd = B.iommu_vfio_ioas(size=ctypes.sizeof(B.iommu_vfio_ioas), op=op, ioas_id=ioas_id, __reserved=reserved)
+    fd.ioctl(B.IOMMU_VFIO_IOAS, cmd)
+    return cmd.ioas_id
+
+
+def err(fn, *a, **kw):
+    with pytest.raises(OSError) as e:
+        fn(*a, **kw)
+    return e.value.errno
+
+
+GET, SET, CLEAR = B.IOMMU_VFIO_IOAS_GET, B.IOMMU_VFIO_IOAS_SET, B.IOMMU_VFIO_IOAS_CLEAR
+
+
+def test_compat_ioas_get_set_clear(iommufd):
+    assert err(vfio_ioas, iommufd, GET) == errno.ENODEV  # get_compat_ioas()
+    assert err(vfio_ioas, iommufd, SET, 5) == errno.ENOENT
+    a, b = ioas_alloc(iommufd), ioas_alloc(iommufd)
+    vfio_ioas(iommufd, SET, b)
+    assert vfio_ioas(iommufd, GET) == b
+    vfio_ioas(iommufd, CLEAR)
+    assert err(vfio_ioas, iommufd, GET) == errno.ENODEV
+    vfio_ioas(iommufd, SET, a)
+    assert err(vfio_ioas, iommufd, 9) == errno.EOPNOTSUPP
+    assert err(vfio_ioas, iommufd, GET, reserved=1) == errno.EOPNOTSUPP
+
+
+def test_destroying_the_compat_ioas_clears_it(iommufd):
+    a = ioas_alloc(iommufd)
+    vfio_ioas(iommufd, SET, a)
+    iommufd.ioctl(B.IOMMU_DESTROY, B.iommu_destroy(size=ctypes.sizeof(B.iommu_destroy), id=a))
+    assert err(vfio_ioas, iommufd, GET) == errno.ENODEV
+
+
+def test_api_version_and_extensions(iommufd):
+    assert iommufd.ioctl(B.VFIO_GET_API_VERSION, 0) == B.VFIO_API_VERSION
+    for ext in (B.VFIO_TYPE1_IOMMU, B.VFIO_TYPE1v2_IOMMU, B.VFIO_UNMAP_ALL):
+        assert iommufd.ioctl(B.VFIO_CHECK_EXTENSION, ext) == 1
+    for ext in (B.VFIO_NOIOMMU_IOMMU, B.VFIO_UPDATE_VADDR, getattr(B.bindings, "__VFIO_RESERVED_TYPE1_NESTING_IOMMU"), 1000):
+        assert iommufd.ioctl(B.VFIO_CHECK_EXTENSION, ext) == 0
+    # iommufd_vfio_cc_iommu() needs the compat IOAS.
+    assert err(iommufd.ioctl, B.VFIO_CHECK_EXTENSION, B.VFIO_DMA_CC_IOMMU) == errno.ENODEV
+    vfio_ioas(iommufd, SET, ioas_alloc(iommufd))
+    assert iommufd.ioctl(B.VFIO_CHECK_EXTENSION, B.VFIO_DMA_CC_IOMMU) == 1
+
+
+def test_unknown_vfio_ioctls_are_enotty(iommufd):
+    for name in ("VFIO_IOMMU_DIRTY_PAGES", "VFIO_GROUP_GET_STATUS", "VFIO_IOMMU_ENABLE"):
+        assert err(iommufd.ioctl, getattr(B, name), bytearray(64)) == errno.ENOTTY
+
+
+def test_set_iommu(iommufd):
+    assert err(iommufd.ioctl, B.VFIO_SET_IOMMU, B.VFIO_TYPE1v2_IOMMU) == errno.ENODEV
+    a = ioas_alloc(iommufd)
+    vfio_ioas(iommufd, SET, a)
+    assert err(iommufd.ioctl, B.VFIO_SET_IOMMU, B.VFIO_NOIOMMU_IOMMU) == errno.EINVAL
+    assert iommufd.ioctl(B.VFIO_SET_IOMMU, B.VFIO_TYPE1v2_IOMMU) == 0
+    huge = B.iommu_option(size=ctypes.sizeof(B.iommu_option), option_id=B.IOMMU_OPTION_HUGE_PAGES,
+                          op=B.IOMMU_OPTION_OP_GET, object_id=a)
+    iommufd.ioctl(B.IOMMU_OPTION, huge)
+    assert huge.val64 == 1
+    # Type1 may unmap in the middle of a mapping: iommufd disables large IOPTEs.
+    assert iommufd.ioctl(B.VFIO_SET_IOMMU, B.VFIO_TYPE1_IOMMU) == 0
+    iommufd.ioctl(B.IOMMU_OPTION, huge)
+    assert huge.val64 == 0
+
+
+def _info(fd, argsz):
+    buf = bytearray(max(argsz, ctypes.sizeof(B.vfio_iommu_type1_info)) + 64)
+    info = B.vfio_iommu_type1_info.from_buffer(buf)
+    info.argsz = argsz
+    fd.ioctl(B.VFIO_IOMMU_GET_INFO, buf)
+    return buf, info
+
+
+def test_get_info_capability_chain(iommufd):
+    assert err(_info, iommufd, 8) == errno.EINVAL
+    assert err(_info, iommufd, ctypes.sizeof(B.vfio_iommu_type1_info)) == errno.ENODEV
+    vfio_ioas(iommufd, SET, ioas_alloc(iommufd))
+    base = ctypes.sizeof(B.vfio_iommu_type1_info)
+    buf, info = _info(iommufd, base)  # no room for caps: argsz answers what is needed
+    needed = info.argsz
+    assert needed > base and info.cap_offset == 0
+    assert info.flags == B.VFIO_IOMMU_INFO_PGSIZES | B.VFIO_IOMMU_INFO_CAPS
+    assert info.iova_pgsizes & 4096
+    assert bytes(buf[base:]) == bytes(len(buf) - base)  # nothing written past argsz
+    buf, info = _info(iommufd, needed)
+    assert info.argsz == needed and info.cap_offset == base
+    caps, off = {}, info.cap_offset
+    while off:
+        hdr = B.vfio_info_cap_header.from_buffer(buf, off)
+        caps[hdr.id] = off
+        off = hdr.next
+    avail = B.vfio_iommu_type1_info_dma_avail.from_buffer(buf, caps[B.VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL])
+    assert avail.avail == 0xFFFFFFFF
+    ranges = B.vfio_iommu_type1_info_cap_iova_range.from_buffer(buf, caps[B.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE])
+    assert ranges.nr_iovas == 1
+    first = B.vfio_iova_range.from_buffer(buf, caps[B.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE]
+                                          + ctypes.sizeof(B.vfio_iommu_type1_info_cap_iova_range))
+    assert (first.start, first.end) == (0, ULONG_MAX)
