@@ -29,6 +29,9 @@ _TABLE[_TEST.nr - IOMMUFD_CMD_BASE] = _TEST
 _TABLE_LEN = max(_TABLE) + 1
 
 
+IOCTL_BUFSZ = 1024  # CPython's fcntl.ioctl bounce buffer
+
+
 class NotModelled(OSError):
     """An ioctl the model does not implement yet: ENOSYS, never a made-up answer."""
 
@@ -109,13 +112,24 @@ class IommufdFile:
             self.ioctl(request, buf)
             return bytes(buf)
         addr, keep = _user_address(arg)
+        bounce = None
+        if keep is not None and ctypes.sizeof(keep) <= IOCTL_BUFSZ:
+            # fcntl.ioctl (Modules/fcntlmodule.c) copies a mutable buffer of up to
+            # IOCTL_BUFSZ bytes into its own, passes that, and copies it back afterwards:
+            # the kernel sees that copy, so writes aimed at the caller's buffer are lost.
+            n = ctypes.sizeof(keep)
+            bounce = ctypes.create_string_buffer(IOCTL_BUFSZ + 1)
+            ctypes.memmove(bounce, addr, n)
+            addr = ctypes.addressof(bounce)
         try:
             rc = self._fops_ioctl(request & 0xFFFFFFFF, addr)
         except IommufdError as e:
             raise OSError(e.errno, os.strerror(e.errno)) from None
         except UserFault:
             raise OSError(errno.EFAULT, os.strerror(errno.EFAULT)) from None
-        del keep
+        finally:
+            if bounce is not None:
+                ctypes.memmove(ctypes.addressof(keep), bounce, ctypes.sizeof(keep))
         return rc
 
     def _fops_ioctl(self, cmd: int, arg: int) -> int:

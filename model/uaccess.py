@@ -50,6 +50,12 @@ class UserMemory:
         remote = _Iovec(addr, n)
         done = fn(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
         if done != n:  # a partial copy is a fault too (copy_from_user returns the rest)
+            if done < 0 and ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):
+                # Not a bad pointer: this kernel or sandbox refuses the syscall itself.
+                raise RuntimeError(
+                    f"process_vm_readv/writev on pid {self.pid}: {os.strerror(ctypes.get_errno())}; "
+                    "the model needs them (CONFIG_CROSS_MEMORY_ATTACH, ptrace access to the pid)"
+                )
             raise UserFault()
 
     def read(self, addr: int, n: int) -> bytes:

@@ -105,3 +105,23 @@ def test_iova_ranges_bad_output_pointer_is_efault(iommufd):
     with pytest.raises(OSError) as e:
         iommufd.ioctl(B.IOMMU_IOAS_IOVA_RANGES, cmd)
     assert e.value.errno == errno.EFAULT
+
+
+def test_pointer_into_a_small_argument_buffer_sees_fcntls_copy(iommufd):
+    """fcntl.ioctl passes a copy of a buffer of up to 1024 bytes and copies it back after the
+    call: an output array placed inside the argument buffer is overwritten by that copy."""
+    id = ioas_alloc(iommufd)
+    hdr = ctypes.sizeof(B.iommu_ioas_iova_ranges)
+    for extra, survives in ((16, False), (1024, True)):
+        buf = bytearray(hdr + extra)
+        cmd = B.iommu_ioas_iova_ranges.from_buffer(buf)
+        cmd.size, cmd.ioas_id, cmd.num_iovas = hdr, id, 1
+        cmd.allowed_iovas = ctypes.addressof(ctypes.c_char.from_buffer(buf, hdr))
+        iommufd.ioctl(B.IOMMU_IOAS_IOVA_RANGES, buf)
+        del cmd
+        assert cmd_num(buf) == 1
+        assert (bytes(buf[hdr + 8:hdr + 16]) == b"\xff" * 8) == survives
+
+
+def cmd_num(buf):
+    return B.iommu_ioas_iova_ranges.from_buffer_copy(bytes(buf[:ctypes.sizeof(B.iommu_ioas_iova_ranges)])).num_iovas
