@@ -73,7 +73,14 @@ def iommufd_destroy(ucmd: Ucmd) -> int:
     obj = ictx.objects.remove(ucmd.cmd.id)
     if ictx.vfio_ioas is obj:
         ictx.vfio_ioas = None
+    _object_destroy(obj)
     return 0
+
+
+def _object_destroy(obj) -> None:
+    """iommufd_object_ops[type].destroy: an IOAS unmaps everything (iommufd_ioas_destroy)."""
+    if obj.type == "IOAS":
+        obj.data.destroy()
 
 
 # ioctl name -> handler. Each object family's module keeps its own HANDLERS dict
@@ -166,7 +173,10 @@ class IommufdFile:
         return vfio_compat.iommufd_vfio_ioctl(self.ictx, cmd, arg)
 
     def close(self) -> None:
-        """iommufd_fops_release(): every object goes with the file."""
+        """iommufd_fops_release(): every object goes with the file (and its pins)."""
+        if self.ictx is not None:
+            for obj in list(self.ictx.objects.objects.values()):
+                _object_destroy(obj)
         self.ictx = None
 
     def __enter__(self):

@@ -1,12 +1,22 @@
 """IOAS ioctl handlers (drivers/iommu/iommufd/ioas.c)."""
 from __future__ import annotations
 
+import bisect
 import errno
+import fcntl
+import os
 
-from model.io_pagetable import IoPagetable
+from model import pages as _pages
+from model.io_pagetable import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE, IoPagetable
 from model.objects import IommufdError, IommufdObject
+from model.pages import PAGE_SIZE
 
-ULONG_MAX = (1 << 64) - 1
+ULONG_MAX = U64_MAX = (1 << 64) - 1
+IOMMU_IOAS_MAP_FIXED_IOVA = 1 << 0
+IOMMU_IOAS_MAP_WRITEABLE = 1 << 1
+IOMMU_IOAS_MAP_READABLE = 1 << 2
+_MAP_FLAGS = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE
+MOCK_FLAGS_ACCESS_SYZ = 1 << 16  # iommufd_test.h, CONFIG_IOMMUFD_TEST
 
 
 def iommufd_ioas_alloc_ioctl(ucmd) -> int:
@@ -41,7 +51,250 @@ def iommufd_ioas_iova_ranges(ucmd) -> int:
     return 0
 
 
+def _get_iopt(ucmd, id: int) -> IoPagetable:
+    """iommufd_get_ioas(): ENOENT for an unknown ID or another type."""
+    return ucmd.ictx.objects.get(id, "IOAS").data
+
+
+def conv_iommu_prot(map_flags: int) -> int:
+    """conv_iommu_prot(): IOMMU_CACHE always, plus WRITE/READ from the flags."""
+    prot = IOMMU_CACHE
+    if map_flags & IOMMU_IOAS_MAP_WRITEABLE:
+        prot |= IOMMU_WRITE
+    if map_flags & IOMMU_IOAS_MAP_READABLE:
+        prot |= IOMMU_READ
+    return prot
+
+
+def _check_map_flags(flags: int, *sizes: int) -> None:
+    """The prologue iommufd_ioas_map(), _map_file() and _copy() share: unknown flags EOPNOTSUPP,
+    any value >= ULONG_MAX EOVERFLOW, neither READABLE nor WRITEABLE EINVAL."""
+    if flags & ~_MAP_FLAGS:
+        raise IommufdError(errno.EOPNOTSUPP)
+    if any(v >= ULONG_MAX for v in sizes):
+        raise IommufdError(errno.EOVERFLOW)
+    if not flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE):
+        raise IommufdError(errno.EINVAL)
+
+
+def iommufd_ioas_map(ucmd) -> int:
+    """iommufd_ioas_map() -> iopt_map_user_pages() (io_pagetable.c).
+
+    iopt_alloc_user_pages() does not touch the user VA: pages are pinned only when the area is
+    filled into a domain (iopt_area_fill_domains()), so without one any user_va maps.
+    The reply is written after the area is in: EFAULT there leaves the mapping in place."""
+    cmd = ucmd.cmd
+    if cmd.flags & ~_MAP_FLAGS or cmd.__reserved:
+        raise IommufdError(errno.EOPNOTSUPP)
+    _check_map_flags(cmd.flags, cmd.iova, cmd.length)
+    iopt = _get_iopt(ucmd, cmd.ioas_id)
+    cmd.iova = iopt_map_user_pages(ucmd.ictx, iopt, cmd.iova, cmd.user_va, cmd.length,
+                                   conv_iommu_prot(cmd.flags), not cmd.flags & IOMMU_IOAS_MAP_FIXED_IOVA)
+    ucmd.respond()
+    return 0
+
+
+def iopt_map_user_pages(ictx, iopt: IoPagetable, iova: int, uptr: int, length: int, prot: int,
+                        alloc_iova: bool) -> int:
+    """iopt_map_user_pages() (io_pagetable.c): pages for [uptr, uptr + length) mapped at iova, or
+    at an IOVA iopt_alloc_iova() picks (IOPT_ALLOC_IOVA). Returns the IOVA."""
+    pages = _pages.iopt_alloc_user_pages(ictx, ictx.mem.pid, uptr, length, bool(prot & IOMMU_WRITE))
+    # iopt_map_common(): start_byte = uptr - pages->uptr
+    iova = iopt.map_pages(ictx.mem, [(pages, uptr - pages.uptr, length)], length, iova, prot, alloc_iova)
+    pages.refs -= 1  # the list's reference moved into the area
+    return iova
+
+
+def _fget(pid: int, fd: int):
+    """dma_buf_get() then fget(): EBADF for a closed fd or an O_PATH one (fget skips FMODE_PATH).
+    The file is the fd of the calling process; the model keeps (st_dev, st_ino), no reference."""
+    own = pid == os.getpid()
+    if fd < 0:
+        raise IommufdError(errno.EBADF)
+    try:
+        if own:
+            st = os.fstat(fd)
+            fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+            link = os.readlink(f"/proc/self/fd/{fd}")
+        else:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                fl = int(next(l for l in f if l.startswith("flags:")).split()[1], 8)
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+    except OSError:
+        raise IommufdError(errno.EBADF) from None
+    if fl & getattr(os, "O_PATH", 0o10000000):
+        raise IommufdError(errno.EBADF)
+    if link.startswith(("/dmabuf:", "anon_inode:dmabuf")):  # a dma-buf file
+        e = OSError(errno.ENOSYS, "model: IOMMU_IOAS_MAP_FILE of a dma-buf is not modelled yet")
+        e.ioctl = "IOMMU_IOAS_MAP_FILE (dma-buf)"
+        raise e
+    return (st.st_dev, st.st_ino)
+
+
+def iommufd_ioas_map_file(ucmd) -> int:
+    """iommufd_ioas_map_file() -> iopt_map_file_pages(): EINVAL length 0, EOVERFLOW start+length,
+    then the fd (EBADF); the file's pages are read only when pinned into a domain."""
+    cmd = ucmd.cmd
+    _check_map_flags(cmd.flags, cmd.iova, cmd.length)
+    ictx = ucmd.ictx
+    iopt = _get_iopt(ucmd, cmd.ioas_id)
+    if not cmd.length:
+        raise IommufdError(errno.EINVAL)
+    if cmd.start + cmd.length - 1 > U64_MAX:
+        raise IommufdError(errno.EOVERFLOW)
+    start_byte = cmd.start % PAGE_SIZE
+    file = _fget(ictx.mem.pid, cmd.fd)
+    prot = conv_iommu_prot(cmd.flags)
+    pages = _pages.iopt_alloc_file_pages(ictx, ictx.mem.pid, file, start_byte, cmd.start, cmd.length,
+                                         bool(prot & IOMMU_WRITE))
+    cmd.iova = iopt.map_pages(ictx.mem, [(pages, start_byte, cmd.length)], cmd.length, cmd.iova, prot,
+                              not cmd.flags & IOMMU_IOAS_MAP_FIXED_IOVA)
+    pages.refs -= 1
+    ucmd.respond()
+    return 0
+
+
+def iommufd_ioas_copy(ucmd) -> int:
+    """iommufd_ioas_copy(): iopt_get_pages() on the source (any contiguous run of areas, parts
+    of areas included; ENOENT on a gap) before the destination is looked up, then
+    iopt_map_pages() into the destination sharing the same iopt_pages (nothing pinned twice).
+    WRITEABLE over pages mapped without it is EPERM (iopt_insert_area())."""
+    cmd = ucmd.cmd
+    objects = ucmd.ictx.objects
+    if cmd.flags & MOCK_FLAGS_ACCESS_SYZ:  # iommufd_test_syz_conv_iova_id()
+        cmd.flags &= ~MOCK_FLAGS_ACCESS_SYZ
+        src = objects.objects.get(cmd.src_ioas_id)
+        if src is not None and src.type == "IOAS":
+            nth, offset = cmd.src_iova & 0xFFFFFFFF, cmd.src_iova >> 32
+            base = src.data.nth_area_iova(nth)
+            cmd.src_iova = 0 if base is None else base + offset
+    _check_map_flags(cmd.flags, cmd.length, cmd.src_iova, cmd.dst_iova)
+    src_iopt = _get_iopt(ucmd, cmd.src_ioas_id)
+    pages_list = src_iopt.get_pages(cmd.src_iova, cmd.length)
+    dst_iopt = _get_iopt(ucmd, cmd.dst_ioas_id)
+    cmd.dst_iova = dst_iopt.map_pages(ucmd.ictx.mem, pages_list, cmd.length, cmd.dst_iova,
+                                      conv_iommu_prot(cmd.flags), not cmd.flags & IOMMU_IOAS_MAP_FIXED_IOVA)
+    ucmd.respond()
+    return 0
+
+
+def iommufd_ioas_unmap(ucmd) -> int:
+    """iommufd_ioas_unmap(): the IOAS first; iova 0 + length U64_MAX unmaps all (0 bytes is
+    success); otherwise EOVERFLOW >= ULONG_MAX, iopt_unmap_iova() (EINVAL length 0; ENOENT when
+    an area sticks out of the range, after unmapping the whole areas below it) and ENOENT when
+    nothing was unmapped. The unmapped length is written back in `length`."""
+    cmd = ucmd.cmd
+    iopt = _get_iopt(ucmd, cmd.ioas_id)
+    if cmd.iova == 0 and cmd.length == U64_MAX:
+        unmapped, rc = iopt.unmap_all()
+        if rc:
+            raise IommufdError(rc)
+    else:
+        if cmd.iova >= ULONG_MAX or cmd.length >= ULONG_MAX:
+            raise IommufdError(errno.EOVERFLOW)
+        unmapped, rc = iopt.unmap_iova(cmd.iova, cmd.length)
+        if rc:
+            raise IommufdError(rc)
+        if not unmapped:
+            raise IommufdError(errno.ENOENT)
+    cmd.length = unmapped
+    ucmd.respond()
+    return 0
+
+
+def iommufd_ioas_load_iovas(mem, ptr: int, num: int) -> list[tuple[int, int]]:
+    """iommufd_ioas_load_iovas(): range by range, EFAULT, then EINVAL for start >= last or an
+    overlap with a range loaded before (any order is fine)."""
+    loaded: list[tuple[int, int]] = []
+    chunk = 256
+    for base in range(0, num, chunk):
+        n = min(chunk, num - base)
+        try:
+            raw = mem.read(ptr + 16 * base, 16 * n)
+        except OSError:
+            raw = None  # fault somewhere in this chunk: read range by range to find where
+        for i in range(n):
+            if raw is None:
+                b = mem.read(ptr + 16 * (base + i), 16)
+            else:
+                b = raw[16 * i:16 * i + 16]
+            start, last = int.from_bytes(b[:8], "little"), int.from_bytes(b[8:], "little")
+            if start >= last:
+                raise IommufdError(errno.EINVAL)
+            k = bisect.bisect_left(loaded, (start, last))
+            if (k > 0 and loaded[k - 1][1] >= start) or (k < len(loaded) and loaded[k][0] <= last):
+                raise IommufdError(errno.EINVAL)
+            loaded.insert(k, (start, last))
+    return loaded
+
+
+def iommufd_ioas_allow_iovas(ucmd) -> int:
+    """iommufd_ioas_allow_iovas(): load the new set, then iopt_set_allow_iova() swaps it in
+    whole (EADDRINUSE over a reserved range). num_iovas 0 clears it. Existing areas are not
+    checked, and IOMMU_IOAS_IOVA_RANGES does not show allowed ranges (reserved tree only)."""
+    cmd = ucmd.cmd
+    if cmd.__reserved:
+        raise IommufdError(errno.EOPNOTSUPP)
+    iopt = _get_iopt(ucmd, cmd.ioas_id)
+    ranges = iommufd_ioas_load_iovas(ucmd.ictx.mem, cmd.allowed_iovas, cmd.num_iovas)
+    iopt.set_allow_iova(ranges)
+    return 0
+
+
+def iommufd_ioas_change_process(ucmd) -> int:
+    """iommufd_ioas_change_process(): every area of every IOAS must map a file
+    (IOPT_ADDRESS_FILE) or it is EINVAL; then pinned pages are charged to the current
+    process/user (charge_current()) and uncharged from the old ones where they differ
+    (need_charge_update()). With no areas, or all file areas of this process: 0, nothing moves."""
+    cmd = ucmd.cmd
+    if cmd.__reserved:
+        raise IommufdError(errno.EOPNOTSUPP)
+    ictx = ucmd.ictx
+    iopts = [o.data for _, o in sorted(ictx.objects.objects.items()) if o.type == "IOAS"]
+    for iopt in iopts:
+        for area in iopt.areas:
+            if area.pages is None:
+                raise IommufdError(errno.EBUSY)
+            if area.pages.type != _pages.IOPT_ADDRESS_FILE:
+                raise IommufdError(errno.EINVAL)
+    pid = ictx.mem.pid
+    uid = _pages._uid_of(pid)
+    allp = {id(a.pages): a.pages for iopt in iopts for a in iopt.areas}.values()
+
+    def need(p):
+        if p.account_mode == _pages.IOPT_PAGES_ACCOUNT_NONE:
+            return False
+        if p.account_mode == _pages.IOPT_PAGES_ACCOUNT_MM:
+            return p.source_pid != pid
+        return p.source_uid != uid or p.source_pid != pid
+
+    moving = [p for p in allp if need(p) and p.npinned]
+    charged = []
+    try:
+        for p in moving:  # charge_current(), undone on failure
+            tmp = _pages.IoptPages(p.npages, p.writable, pid, p.account_mode)
+            tmp.npinned = p.npinned
+            tmp.update_pinned(p.npinned, True)
+            charged.append(tmp)
+    except IommufdError:
+        for tmp in charged:
+            tmp.update_pinned(tmp.npinned, False)
+        raise
+    for p in allp:
+        if need(p) and p.npinned:
+            p.update_pinned(p.npinned, False)
+        p.source_pid, p.source_uid = pid, uid  # change_mm()
+    return 0
+
+
 HANDLERS = {
     "IOMMU_IOAS_ALLOC": iommufd_ioas_alloc_ioctl,
     "IOMMU_IOAS_IOVA_RANGES": iommufd_ioas_iova_ranges,
+    "IOMMU_IOAS_ALLOW_IOVAS": iommufd_ioas_allow_iovas,
+    "IOMMU_IOAS_MAP": iommufd_ioas_map,
+    "IOMMU_IOAS_MAP_FILE": iommufd_ioas_map_file,
+    "IOMMU_IOAS_COPY": iommufd_ioas_copy,
+    "IOMMU_IOAS_UNMAP": iommufd_ioas_unmap,
+    "IOMMU_IOAS_CHANGE_PROCESS": iommufd_ioas_change_process,
 }

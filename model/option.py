@@ -25,21 +25,15 @@ def capable(cap: int) -> bool:
     return False
 
 
-def _areas(iopt):
-    """(iova, length, page_offset) of every area, from whatever the io_pagetable keeps."""
-    it = getattr(iopt, "iter_areas", None)
-    return it() if it else ()
-
-
 def iopt_calculate_iova_alignment(iopt) -> None:
     """iopt_calculate_iova_alignment(): PAGE_SIZE with large pages disabled, else 1 (no domains
     or accesses yet); growing it fails with EADDRINUSE if an area is not aligned
     (iopt_check_iova_alignment)."""
-    new = PAGE_SIZE if getattr(iopt, "disable_large_pages", False) else 1
+    new = PAGE_SIZE if iopt.disable_large_pages else 1
     if new > iopt.iova_alignment:
         mask = new - 1
-        for iova, length, page_offset in _areas(iopt):
-            if iova & mask or length & mask or page_offset & mask:
+        for a in iopt.areas:
+            if a.start & mask or (a.last - a.start + 1) & mask or a.page_offset & mask:
                 raise IommufdError(errno.EADDRINUSE)
     iopt.iova_alignment = new
 
@@ -47,7 +41,7 @@ def iopt_calculate_iova_alignment(iopt) -> None:
 def iopt_disable_large_pages(iopt) -> None:
     """iopt_disable_large_pages(): EINVAL only with domains holding mappings (none without
     devices); the flag is rolled back if the alignment cannot grow."""
-    if getattr(iopt, "disable_large_pages", False):
+    if iopt.disable_large_pages:
         return
     iopt.disable_large_pages = True
     try:
@@ -90,7 +84,7 @@ def iommufd_ioas_option(ucmd) -> None:
     cmd = ucmd.cmd
     iopt = ucmd.ictx.objects.get(cmd.object_id, "IOAS").data
     if cmd.op == B.IOMMU_OPTION_OP_GET:
-        cmd.val64 = int(not getattr(iopt, "disable_large_pages", False))
+        cmd.val64 = int(not iopt.disable_large_pages)
         return
     if cmd.op == B.IOMMU_OPTION_OP_SET:
         if cmd.val64 == 0:

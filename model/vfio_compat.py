@@ -10,6 +10,7 @@ import errno
 
 import generated
 
+from model.ioas import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE, iopt_map_user_pages
 from model.objects import IommufdError
 from model.option import PAGE_SIZE, iopt_disable_large_pages
 
@@ -132,6 +133,56 @@ def iommufd_vfio_iommu_get_info(ictx, arg: int) -> int:
     return 0
 
 
+def _copy_minsz(ictx, struct_t, arg: int, last_field: str):
+    """copy_from_user of offsetofend(struct, last_field) bytes into a zeroed struct."""
+    minsz = getattr(struct_t, last_field).offset + getattr(struct_t, last_field).size
+    data = ictx.mem.read(arg, minsz).ljust(ctypes.sizeof(struct_t), b"\0")
+    return struct_t.from_buffer_copy(data), minsz
+
+
+def iommufd_vfio_map_dma(ictx, arg: int) -> int:
+    """iommufd_vfio_map_dma(): argsz and flags (EINVAL), then a fixed-IOVA iopt_map_user_pages()
+    with IOMMU_CACHE | the flags' READ/WRITE (no check that one of them is set)."""
+    m, minsz = _copy_minsz(ictx, B.vfio_iommu_type1_dma_map, arg, "size")
+    if m.argsz < minsz or m.flags & ~(B.VFIO_DMA_MAP_FLAG_READ | B.VFIO_DMA_MAP_FLAG_WRITE):
+        raise IommufdError(errno.EINVAL)
+    prot = IOMMU_CACHE
+    if m.flags & B.VFIO_DMA_MAP_FLAG_READ:
+        prot |= IOMMU_READ
+    if m.flags & B.VFIO_DMA_MAP_FLAG_WRITE:
+        prot |= IOMMU_WRITE
+    iopt = get_compat_ioas(ictx).data
+    iopt_map_user_pages(ictx, iopt, m.iova, m.vaddr, m.size, prot, False)
+    return 0
+
+
+def iommufd_vfio_unmap_dma(ictx, arg: int) -> int:
+    """iommufd_vfio_unmap_dma(): UNMAP_FLAG_ALL needs iova = size = 0; with large pages disabled
+    (type1) the range is cut out of its areas first (iopt_cut_iova). `size` answers the bytes
+    unmapped; the reply is written even when the unmap failed."""
+    u, minsz = _copy_minsz(ictx, B.vfio_iommu_type1_dma_unmap, arg, "size")
+    if u.argsz < minsz or u.flags & ~B.VFIO_DMA_UNMAP_FLAG_ALL:
+        raise IommufdError(errno.EINVAL)
+    iopt = get_compat_ioas(ictx).data
+    if u.flags & B.VFIO_DMA_UNMAP_FLAG_ALL:
+        if u.iova or u.size:
+            raise IommufdError(errno.EINVAL)
+        unmapped, rc = iopt.unmap_all()
+    else:
+        if iopt.disable_large_pages:
+            last = (u.iova + u.size - 1) & ULONG_MAX
+            iopt.cut_iova([last, (u.iova - 1) & ULONG_MAX] if u.iova else [last])
+        try:
+            unmapped, rc = iopt.unmap_iova(u.iova, u.size)  # nothing there is success, size 0
+        except IommufdError as e:
+            unmapped, rc = 0, e.errno
+    u.size = unmapped
+    ictx.mem.write(arg, bytes(u)[:minsz])
+    if rc:
+        raise IommufdError(rc)
+    return 0
+
+
 def iommufd_vfio_ioctl(ictx, cmd: int, arg: int) -> int:
     """iommufd_vfio_ioctl(): numbers it does not know are -ENOIOCTLCMD, ENOTTY to userspace."""
     if cmd == B.VFIO_GET_API_VERSION:
@@ -142,11 +193,11 @@ def iommufd_vfio_ioctl(ictx, cmd: int, arg: int) -> int:
         return iommufd_vfio_check_extension(ictx, arg)
     if cmd == B.VFIO_IOMMU_GET_INFO:
         return iommufd_vfio_iommu_get_info(ictx, arg)
-    if cmd in (B.VFIO_IOMMU_MAP_DMA, B.VFIO_IOMMU_UNMAP_DMA):
-        from model.device import NotModelled
-
-        raise NotModelled("VFIO_IOMMU_MAP_DMA" if cmd == B.VFIO_IOMMU_MAP_DMA else "VFIO_IOMMU_UNMAP_DMA")
-    raise IommufdError(errno.ENOTTY)
+    if cmd == B.VFIO_IOMMU_MAP_DMA:
+        return iommufd_vfio_map_dma(ictx, arg)
+    if cmd == B.VFIO_IOMMU_UNMAP_DMA:
+        return iommufd_vfio_unmap_dma(ictx, arg)
+    raise IommufdError(errno.ENOTTY)  # VFIO_IOMMU_DIRTY_PAGES included
 
 
 HANDLERS = {"IOMMU_VFIO_IOAS": iommufd_vfio_ioas}

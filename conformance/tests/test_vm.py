@@ -14,8 +14,11 @@ import pytest
 from conformance import kernel, vm
 
 KERNEL = kernel.cached_kernel()
+IN_GUEST = "IOMMUFD_VM_SCRATCH" in os.environ
 needs_kernel = pytest.mark.skipif(
-    KERNEL is None, reason="no cached test kernel; build it with `iommufd-conformance kernel build`")
+    IN_GUEST or KERNEL is None,
+    reason="already inside the test VM (no nested QEMU)" if IN_GUEST
+    else "no cached test kernel; build it with `iommufd-conformance kernel build`")
 REPO = Path(__file__).resolve().parents[2]
 
 
