@@ -195,6 +195,10 @@ def run_in_vm(
         shutil.rmtree(ctl, ignore_errors=True)
         ctl.mkdir(parents=True)
         guest_env = {k: os.environ[k] for k in _INHERITED_ENV if k in os.environ}
+        # The project's own settings (IOMMUFD_*) follow the command, but not the target choice:
+        # inside the guest the target is this kernel.
+        guest_env.update({k: v for k, v in os.environ.items()
+                          if k.startswith("IOMMUFD_") and k != "IOMMUFD_CONFORMANCE_TARGET"})
         guest_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
         guest_env.update(HOME=GUEST_TMP, TMPDIR=GUEST_TMP, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1",
                          IOMMUFD_VM_SCRATCH=str(scratch_dir))

@@ -6,6 +6,7 @@ as a replayable program of rule calls.
 """
 import ctypes
 import errno
+import mmap
 import os
 
 import pytest
@@ -17,6 +18,19 @@ from conformance.targets import KernelFile
 from model import open_iommufd
 
 B = generated.load()
+PAGE = mmap.PAGESIZE
+U64 = (1 << 64) - 1
+# One user buffer both sides map from (same process, same addresses).
+_MEM = mmap.mmap(-1, 64 * PAGE)
+MEM = ctypes.addressof(ctypes.c_char.from_buffer(_MEM))
+# IOVAs and lengths near the interesting edges: page multiples, odd bytes, the 2 MiB THP cap.
+IOVAS = st.sampled_from([0, PAGE, 3 * PAGE, 1 << 20, (1 << 20) + PAGE, 1 << 21, (1 << 21) + 100, 1 << 32])
+LENGTHS = st.sampled_from([PAGE, 2 * PAGE, 3 * PAGE, 16 * PAGE, 100, 0, 1 << 21])
+USER_OFFSETS = st.sampled_from([0, PAGE, 5 * PAGE, 100, 8 * PAGE + 7])
+MAP_FLAGS = st.sampled_from([
+    B.IOMMU_IOAS_MAP_READABLE | B.IOMMU_IOAS_MAP_WRITEABLE,
+    B.IOMMU_IOAS_MAP_READABLE, B.IOMMU_IOAS_MAP_WRITEABLE, 0,
+])
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/dev/iommu"),
                                 reason="differential: needs a real /dev/iommu to compare the model with "
@@ -94,6 +108,51 @@ class ModelVsKernel(RuleBasedStateMachine):
                     out.append(-e.errno)
             assert out[0] == out[1], f"request {request:#x}({ext}): model {out[0]} != kernel {out[1]}"
 
+    @rule(id=st.one_of(ioas, st.integers(0, 4)), fixed=st.booleans(), iova=IOVAS, off=USER_OFFSETS,
+          length=LENGTHS, flags=MAP_FLAGS)
+    def map(self, id, fixed, iova, off, length, flags):
+        flags |= B.IOMMU_IOAS_MAP_FIXED_IOVA if fixed else 0
+        self.both(B.IOMMU_IOAS_MAP, lambda: B.iommu_ioas_map(
+            size=ctypes.sizeof(B.iommu_ioas_map), flags=flags, ioas_id=id, user_va=MEM + off,
+            length=length, iova=iova if fixed else 0))
+
+    @rule(id=st.one_of(ioas, st.integers(0, 4)), iova=IOVAS, length=st.one_of(LENGTHS, st.just(U64)),
+          all_=st.booleans())
+    def unmap(self, id, iova, length, all_):
+        iova, length = (0, U64) if all_ else (iova, length)
+        self.both(B.IOMMU_IOAS_UNMAP, lambda: B.iommu_ioas_unmap(
+            size=ctypes.sizeof(B.iommu_ioas_unmap), ioas_id=id, iova=iova, length=length))
+
+    @rule(dst=ioas, src=ioas, src_iova=IOVAS, dst_iova=IOVAS, length=LENGTHS, fixed=st.booleans(),
+          flags=MAP_FLAGS)
+    def copy(self, dst, src, src_iova, dst_iova, length, fixed, flags):
+        flags |= B.IOMMU_IOAS_MAP_FIXED_IOVA if fixed else 0
+        self.both(B.IOMMU_IOAS_COPY, lambda: B.iommu_ioas_copy(
+            size=ctypes.sizeof(B.iommu_ioas_copy), flags=flags, dst_ioas_id=dst, src_ioas_id=src,
+            length=length, dst_iova=dst_iova if fixed else 0, src_iova=src_iova))
+
+    @rule(id=ioas, ranges=st.lists(st.tuples(IOVAS, LENGTHS), max_size=3))
+    def allow_iovas(self, id, ranges):
+        arr = (B.iommu_iova_range * max(1, len(ranges)))()
+        for i, (start, length) in enumerate(ranges):
+            arr[i].start, arr[i].last = start, (start + length - 1) & U64
+        self.both(B.IOMMU_IOAS_ALLOW_IOVAS, lambda: B.iommu_ioas_allow_iovas(
+            size=ctypes.sizeof(B.iommu_ioas_allow_iovas), ioas_id=id, num_iovas=len(ranges),
+            allowed_iovas=ctypes.addressof(arr)))
+
+    @rule(iova=IOVAS, off=USER_OFFSETS, length=LENGTHS, unmap=st.booleans(), flags=st.integers(0, 3))
+    def vfio_dma(self, iova, off, length, unmap, flags):
+        if unmap:
+            request = B.VFIO_IOMMU_UNMAP_DMA
+            make = lambda: B.vfio_iommu_type1_dma_unmap(  # noqa: E731
+                argsz=ctypes.sizeof(B.vfio_iommu_type1_dma_unmap), flags=flags & 1, iova=iova, size=length)
+        else:
+            request = B.VFIO_IOMMU_MAP_DMA
+            make = lambda: B.vfio_iommu_type1_dma_map(  # noqa: E731
+                argsz=ctypes.sizeof(B.vfio_iommu_type1_dma_map), flags=flags, vaddr=MEM + off, iova=iova,
+                size=length)
+        self.both(request, make)
+
     @invariant()
     def same_object_ids_answer(self):
         # IOAS ids 1..8: both sides agree on which exist (IOVA_RANGES with no room: EMSGSIZE vs ENOENT).
@@ -105,5 +164,6 @@ class ModelVsKernel(RuleBasedStateMachine):
             assert a == b and a in (errno.EMSGSIZE, errno.ENOENT)
 
 
-ModelVsKernel.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None, database=None)
+ModelVsKernel.TestCase.settings = settings(max_examples=int(os.environ.get("IOMMUFD_DIFFERENTIAL_EXAMPLES", 80)),
+                                           stateful_step_count=30, deadline=None, database=None)
 test_model_vs_kernel = ModelVsKernel.TestCase
