@@ -135,40 +135,38 @@ def collect_macros(text: str, display: str) -> list[Macro]:
     return macros
 
 
-def _find_decl(text: str, spelled: str) -> tuple[int, int] | None:
-    """(start, end) of `enum X {...};` / `struct X {...};` in text, by brace matching."""
-    kind, name = spelled.split()
-    m = re.search(rf"^{kind}\s+{re.escape(name)}\s*\{{", text, re.M)
-    if not m:
-        return None
-    depth, j = 0, m.end() - 1
-    while j < len(text):
+def _closing_brace(text: str, open_at: int) -> int | None:
+    """Index of the brace that closes the one at `open_at` (comments already blanked)."""
+    depth = 0
+    for j in range(open_at, len(text)):
         if text[j] == "{":
             depth += 1
         elif text[j] == "}":
             depth -= 1
             if depth == 0:
-                end = text.index(";", j) + 1
-                return m.start(), end
-        j += 1
+                return j
     return None
+
+
+def _find_decl(text: str, spelled: str) -> tuple[int, int] | None:
+    """(start, end) of `enum X {...};` / `struct X {...};` in text, by brace matching."""
+    kind, name = spelled.split()
+    m = re.search(rf"^{kind}\s+{re.escape(name)}\s*\{{", text, re.M)
+    close = _closing_brace(text, m.end() - 1) if m else None
+    if close is None:
+        return None
+    return m.start(), text.index(";", close) + 1
 
 
 def _find_typedef(text: str, name: str) -> tuple[int, int] | None:
     """(start, end) of `typedef struct {...} name;` in text."""
     for m in re.finditer(r"^typedef\s+struct\s*\{", text, re.M):
-        depth, j = 0, m.end() - 1
-        while j < len(text):
-            if text[j] == "{":
-                depth += 1
-            elif text[j] == "}":
-                depth -= 1
-                if depth == 0:
-                    tail = re.match(r"\s*(\w+)\s*;", text[j + 1:])
-                    if tail and tail.group(1) == name:
-                        return m.start(), j + 1 + tail.end()
-                    break
-            j += 1
+        close = _closing_brace(text, m.end() - 1)
+        if close is None:
+            break
+        tail = re.match(r"\s*(\w+)\s*;", text[close + 1:])
+        if tail and tail.group(1) == name:
+            return m.start(), close + 1 + tail.end()
     return None
 
 

@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from conformance.tests.test_ioas_util import (
+from conformance.tests.helpers import (
     FIXED, PAGE, R, RW, U64, W, Buf, copy, destroy, err, ioas_alloc, map_, snapshot, unmap,
 )
 
@@ -83,7 +83,7 @@ def test_copy_argument_checks(iommufd, flags, length, src_iova, dst_iova, want):
     src = src_with_areas(iommufd)
     dst = ioas_alloc(iommufd)
     before = snapshot(iommufd, dst, [(0x5000, PAGE)])
-    from conformance.tests.test_ioas_util import B, sz
+    from conformance.tests.helpers import B, sz
     cmd = B.iommu_ioas_copy(size=sz(B.iommu_ioas_copy), flags=flags, dst_ioas_id=dst, src_ioas_id=src,
                             length=length, dst_iova=dst_iova, src_iova=src_iova)
     assert err(iommufd.ioctl, B.IOMMU_IOAS_COPY, cmd) == want

@@ -9,7 +9,7 @@ import mmap
 
 import pytest
 
-from conformance.tests.test_ioas_util import (
+from conformance.tests.helpers import (
     FIXED, PAGE, RW, U64, B, Buf, R, W, destroy, err, ioas_alloc, map_, map_cmd, snapshot, unmap,
 )
 
@@ -72,7 +72,7 @@ def test_auto_iova_needs_one_byte_more_than_the_length(iommufd):
     # __alloc_iova_check_range(): `aligned_start >= last` rejects a hole of exactly one byte.
     ioas = ioas_alloc(iommufd)
     buf = Buf(1)
-    from conformance.tests.test_ioas_util import allow
+    from conformance.tests.helpers import allow
     allow(iommufd, ioas, [(0x10000, 0x10001)])
     assert map_(iommufd, ioas, buf.addr, 1, iova=0x10000) == 0x10000
     with pytest.raises(OSError) as e:
@@ -175,7 +175,7 @@ def test_a_quarter_of_the_address_space_maps_lazily(iommufd):
 
 def test_no_space_left_is_enospc_and_changes_nothing(iommufd):
     ioas = ioas_alloc(iommufd)
-    from conformance.tests.test_ioas_util import allow
+    from conformance.tests.helpers import allow
     allow(iommufd, ioas, [(0x10000, 0x1ffff)])
     buf = Buf(32)
     assert map_(iommufd, ioas, buf.addr, 0x8000) == 0x10000

@@ -10,7 +10,7 @@ import tempfile
 
 import pytest
 
-from conformance.tests.test_ioas_util import (
+from conformance.tests.helpers import (
     B, PAGE, RW, U64, Buf, err, ioas_alloc, map_, map_file, snapshot, sz, unmap,
 )
 
@@ -86,7 +86,7 @@ def test_file_mappings_are_areas_like_any_other(iommufd, memfd):
     map_file(iommufd, ioas, memfd, 0, 2 * PAGE, iova=0x10000)
     assert err(map_, iommufd, ioas, buf.addr, PAGE, iova=0x11000) == errno.EEXIST
     assert err(unmap, iommufd, ioas, 0x10000, PAGE) == errno.ENOENT
-    from conformance.tests.test_ioas_util import copy
+    from conformance.tests.helpers import copy
     dst = ioas_alloc(iommufd)
     assert copy(iommufd, dst, ioas, 0x11000, PAGE, dst_iova=0x5000) == 0x5000
 

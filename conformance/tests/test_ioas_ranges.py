@@ -10,7 +10,7 @@ import errno
 
 import pytest
 
-from conformance.tests.test_ioas_util import (
+from conformance.tests.helpers import (
     B, PAGE, U64, Buf, add_reserved, allow, err, ioas_alloc, iova_ranges, map_, snapshot, sz, unmap,
     unmapped_va,
 )

@@ -4,7 +4,7 @@ import errno
 
 import pytest
 
-from conformance.tests.test_ioas_util import (
+from conformance.tests.helpers import (
     B, PAGE, U64, Buf, destroy, err, ioas_alloc, map_, snapshot, sz, unmap,
 )
 

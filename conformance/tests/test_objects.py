@@ -6,18 +6,11 @@ import mmap
 import pytest
 
 import generated
+from conformance.tests.helpers import destroy, ioas_alloc
 
 B = generated.load()
 
 
-def ioas_alloc(fd):
-    cmd = B.iommu_ioas_alloc(size=ctypes.sizeof(B.iommu_ioas_alloc))
-    fd.ioctl(B.IOMMU_IOAS_ALLOC, cmd)
-    return cmd.out_ioas_id
-
-
-def destroy(fd, id):
-    fd.ioctl(B.IOMMU_DESTROY, B.iommu_destroy(size=ctypes.sizeof(B.iommu_destroy), id=id))
 
 
 def test_ids_start_at_one_and_reuse_the_lowest_free(iommufd):

@@ -8,14 +8,10 @@ import os
 import pytest
 
 import generated
+from conformance.tests.helpers import err, ioas_alloc
 
 B = generated.load()
 
-
-def ioas_alloc(fd):
-    cmd = B.iommu_ioas_alloc(size=ctypes.sizeof(B.iommu_ioas_alloc))
-    fd.ioctl(B.IOMMU_IOAS_ALLOC, cmd)
-    return cmd.out_ioas_id
 
 
 def option(fd, option_id, op, object_id=0, val64=0, reserved=0):
@@ -24,11 +20,6 @@ def option(fd, option_id, op, object_id=0, val64=0, reserved=0):
     fd.ioctl(B.IOMMU_OPTION, cmd)
     return cmd.val64
 
-
-def err(fn, *a, **kw):
-    with pytest.raises(OSError) as e:
-        fn(*a, **kw)
-    return e.value.errno
 
 
 def _has_cap_sys_resource():

@@ -12,7 +12,7 @@ import errno
 import os
 import resource
 
-from conformance.tests.test_ioas_util import (
+from conformance.tests.helpers import (
     PAGE, U64, Buf, copy, err, ioas_alloc, map_, model_iopt, mock_domain, snapshot, unmap, unmapped_va,
     vm_pin_kb,
 )

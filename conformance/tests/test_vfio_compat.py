@@ -5,15 +5,11 @@ import errno
 import pytest
 
 import generated
+from conformance.tests.helpers import err, ioas_alloc
 
 B = generated.load()
 ULONG_MAX = (1 << 64) - 1
 
-
-def ioas_alloc(fd):
-    cmd = B.iommu_ioas_alloc(size=ctypes.sizeof(B.iommu_ioas_alloc))
-    fd.ioctl(B.IOMMU_IOAS_ALLOC, cmd)
-    return cmd.out_ioas_id
 
 
 def vfio_ioas(fd, op, ioas_id=0, reserved=0):
@@ -21,11 +17,6 @@ def vfio_ioas(fd, op, ioas_id=0, reserved=0):
     fd.ioctl(B.IOMMU_VFIO_IOAS, cmd)
     return cmd.ioas_id
 
-
-def err(fn, *a, **kw):
-    with pytest.raises(OSError) as e:
-        fn(*a, **kw)
-    return e.value.errno
 
 
 GET, SET, CLEAR = B.IOMMU_VFIO_IOAS_GET, B.IOMMU_VFIO_IOAS_SET, B.IOMMU_VFIO_IOAS_CLEAR

@@ -7,6 +7,7 @@ import mmap
 import pytest
 
 import generated
+from conformance.tests.helpers import err
 
 B = generated.load()
 PAGE = mmap.PAGESIZE
@@ -42,11 +43,6 @@ def unmap_dma(fd, iova, size, flags=0):
         return e.errno, u.size
     return 0, u.size
 
-
-def err(fn, *a, **kw):
-    with pytest.raises(OSError) as e:
-        fn(*a, **kw)
-    return e.value.errno
 
 
 def test_needs_the_compat_ioas(iommufd, memory):

@@ -1,6 +1,6 @@
 """Helpers for the IOAS tests (test_ioas_*.py, test_pinning.py): raw-ABI calls and a state snapshot.
 
-No tests here. The snapshot is what "a failed ioctl changed nothing" compares: on every target
+The snapshot is what "a failed ioctl changed nothing" compares: on every target
 it is read through ioctls (IOVA_RANGES, a COPY probe per range of interest, the IOVA an automatic
 map would get), and on the model it adds the model's own table (areas, pins, references).
 """
