@@ -149,24 +149,20 @@ class IommufdFile:
         row = _TABLE.get(nr - IOMMUFD_CMD_BASE)
         if row is None or row.number != cmd:
             raise IommufdError(errno.ENOTTY)  # -ENOIOCTLCMD reaches userspace as ENOTTY
-        if user_size < row.min_size:
-            raise IommufdError(errno.EINVAL)
-        data = self._copy_struct_from_user(row.size, arg, user_size)
+        # The generic checks are the generated validators': size below min_size is EINVAL,
+        # then copy_struct_from_user() (include/linux/uaccess.h) reads the tail past the
+        # kernel's struct first (EFAULT, or E2BIG when nonzero), then the struct itself.
+        mem = ictx.mem
+        tail = mem.read(arg + row.size, user_size - row.size) if user_size > row.size else b""
+        err = B.validators.check_size(row, user_size, bytes(row.size) + tail)
+        if err:
+            raise IommufdError(err)
+        data = mem.read(arg, min(row.size, user_size)).ljust(row.size, b"\0")
         cmd_struct = B.bindings.STRUCTS[row.struct].from_buffer_copy(data)
         handler = HANDLERS.get(row.name)
         if handler is None:
             raise NotModelled(row.name)
         return handler(Ucmd(ictx, arg, user_size, row, cmd_struct))
-
-    def _copy_struct_from_user(self, ksize: int, src: int, usize: int) -> bytes:
-        """copy_struct_from_user() (include/linux/uaccess.h): E2BIG on a nonzero tail."""
-        mem = self.ictx.mem
-        if usize > ksize:
-            tail = mem.read(src + ksize, usize - ksize)
-            if any(tail):
-                raise IommufdError(errno.E2BIG)
-        data = mem.read(src, min(ksize, usize))
-        return data.ljust(ksize, b"\0")
 
     def _vfio_ioctl(self, cmd: int, arg: int) -> int:
         """iommufd_vfio_ioctl() (vfio_compat.c): the VFIO type1 ioctls /dev/iommu answers."""
