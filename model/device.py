@@ -13,7 +13,7 @@ import os
 import generated
 
 from model import ioas, option, vfio_compat
-from model.objects import IommufdError, ObjectTable
+from model.objects import IommufdError, NotModelled, ObjectTable
 from model.uaccess import UserFault, UserMemory
 
 B = generated.load("7.2")
@@ -30,14 +30,6 @@ _TABLE_LEN = max(_TABLE) + 1
 
 
 IOCTL_BUFSZ = 1024  # CPython's fcntl.ioctl bounce buffer
-
-
-class NotModelled(OSError):
-    """An ioctl the model does not implement yet: ENOSYS, never a made-up answer."""
-
-    def __init__(self, name: str):
-        super().__init__(errno.ENOSYS, f"model: {name} is not modelled yet")
-        self.ioctl = name
 
 
 class Ucmd:

@@ -8,7 +8,7 @@ import os
 
 from model import pages as _pages
 from model.io_pagetable import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE, IoPagetable
-from model.objects import IommufdError, IommufdObject
+from model.objects import IommufdError, NotModelled, IommufdObject
 from model.pages import PAGE_SIZE
 
 ULONG_MAX = U64_MAX = (1 << 64) - 1
@@ -126,9 +126,7 @@ def _fget(pid: int, fd: int):
     if fl & getattr(os, "O_PATH", 0o10000000):
         raise IommufdError(errno.EBADF)
     if link.startswith(("/dmabuf:", "anon_inode:dmabuf")):  # a dma-buf file
-        e = OSError(errno.ENOSYS, "model: IOMMU_IOAS_MAP_FILE of a dma-buf is not modelled yet")
-        e.ioctl = "IOMMU_IOAS_MAP_FILE (dma-buf)"
-        raise e
+        raise NotModelled("IOMMU_IOAS_MAP_FILE of a dma-buf")
     return (st.st_dev, st.st_ino)
 
 

@@ -21,6 +21,15 @@ class IommufdError(Exception):
         self.errno = err
 
 
+class NotModelled(OSError):
+    """An ioctl (or a case of one) the model does not implement yet: ENOSYS with its name,
+    never a made-up answer. The conformance suite skips such a case on the model."""
+
+    def __init__(self, name: str):
+        super().__init__(errno.ENOSYS, f"model: {name} is not modelled yet")
+        self.ioctl = name
+
+
 @dataclass(eq=False)
 class IommufdObject:
     type: str  # enum iommufd_object_type: IOAS, HWPT_PAGING, DEVICE, ...
