@@ -12,7 +12,7 @@ import os
 
 import generated
 
-from model import ioas, option, vfio_compat
+from model import eventq, hw_pagetable, ioas, option, vfio_compat, viommu
 from model.objects import IommufdError, NotModelled, ObjectTable
 from model.uaccess import UserFault, UserMemory
 
@@ -82,6 +82,9 @@ HANDLERS = {
     **ioas.HANDLERS,
     **option.HANDLERS,
     **vfio_compat.HANDLERS,
+    **hw_pagetable.HANDLERS,  # no devices yet: what the kernel answers without them
+    **viommu.HANDLERS,
+    **eventq.HANDLERS,
 }
 
 

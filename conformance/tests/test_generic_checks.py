@@ -111,11 +111,12 @@ def test_fields_checked_late_or_never_do_not_answer_first(iommufd, row, field):
 
     An 'after_lookup' field is refused only once the IDs resolve; an 'unchecked' one
     never is. Either way the all-zero command and the one with the field set must get
-    the same answer here, and the validator must not claim EOPNOTSUPP.
+    the same answer here (which may be EOPNOTSUPP for another field: VIOMMU_ALLOC refuses
+    type 0 first; test_no_devices.py sets a valid type), and the validator must not refuse it.
     """
     name, offset, size, check, source = field
     zero = _buf(row, row.size)
     with_field = _buf(row, row.size)
     with_field[offset + size - 1] = 0x80
     assert B.validate(row.number, with_field) == 0
-    assert _errno(iommufd, row.number, with_field) == _errno(iommufd, row.number, zero) != errno.EOPNOTSUPP
+    assert _errno(iommufd, row.number, with_field) == _errno(iommufd, row.number, zero)

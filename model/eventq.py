@@ -1,0 +1,35 @@
+"""Event queue ioctl handlers (drivers/iommu/iommufd/eventq.c).
+
+IOMMU_VEVENTQ_ALLOC needs a vIOMMU, which needs a device: with none, the kernel's checks run up
+to the vIOMMU lookup, which answers ENOENT. IOMMU_FAULT_QUEUE_ALLOC needs no device, but its
+object owns an anonymous-inode file installed in the caller's fd table, whose lifetime (and
+read/write protocol) the model cannot follow: it stays not modelled.
+"""
+from __future__ import annotations
+
+import errno
+
+import generated
+
+from model.hw_pagetable import needs_devices
+from model.objects import IommufdError
+from model.viommu import iommufd_get_viommu
+
+B = generated.load("7.2")
+VEVENTQ_MAX_DEPTH = 1 << 19  # eventq.c:502
+
+
+def iommufd_veventq_alloc(ucmd) -> int:
+    """iommufd_veventq_alloc() (eventq.c:504): flags, __reserved, or type
+    IOMMU_VEVENTQ_TYPE_DEFAULT EOPNOTSUPP (:512); veventq_depth 0 or > 1 << 19 EINVAL (:515);
+    then the vIOMMU (:518) ENOENT."""
+    cmd = ucmd.cmd
+    if cmd.flags or cmd.__reserved or cmd.type == B.IOMMU_VEVENTQ_TYPE_DEFAULT:
+        raise IommufdError(errno.EOPNOTSUPP)
+    if not cmd.veventq_depth or cmd.veventq_depth > VEVENTQ_MAX_DEPTH:
+        raise IommufdError(errno.EINVAL)
+    viommu = iommufd_get_viommu(ucmd, cmd.viommu_id)
+    raise needs_devices("IOMMU_VEVENTQ_ALLOC", viommu)
+
+
+HANDLERS = {"IOMMU_VEVENTQ_ALLOC": iommufd_veventq_alloc}
