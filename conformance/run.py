@@ -18,13 +18,18 @@ def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: flo
     from conformance import kernel as kbuild
     from conformance import vm
 
-    image = Path(kernel) if kernel else kbuild.build_kernel(log=lambda s: print(s, file=sys.stderr))
+    from codegen.debian import FetchError
+
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, "--iommufd-target=kernel"]
     try:
+        image = Path(kernel) if kernel else kbuild.build_kernel(log=lambda s: print(s, file=sys.stderr))
         res = vm.run_in_vm(image, argv, timeout=timeout, cwd=os.getcwd(), hugepages=64,
                            on_output=lambda s: print(s, end="", flush=True))
     except vm.VmError as e:
         print(f"\niommufd-conformance: the VM run failed: {e}", file=sys.stderr)
+        return 3
+    except (FileNotFoundError, ValueError, kbuild.KernelBuildError, kbuild.DependencyError, FetchError) as e:
+        print(f"iommufd-conformance: target vm: {e}", file=sys.stderr)
         return 3
     if res.findings:
         print("\niommufd-conformance: the guest kernel reported problems during the run:", file=sys.stderr)

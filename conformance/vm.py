@@ -329,6 +329,9 @@ def _cmd_vm(args) -> int:
         print(f"vm: {e}", file=sys.stderr)
         _print_findings(e.result.findings)
         return 124 if isinstance(e, VmTimeout) else 125
+    except (FileNotFoundError, ValueError, DependencyError) as e:  # bad kernel path, scratch, no QEMU
+        print(f"vm: {e}", file=sys.stderr)
+        return 2
     _print_findings(res.findings)
     if res.findings and args.fail_on_warning:
         return 1

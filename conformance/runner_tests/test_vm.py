@@ -156,3 +156,18 @@ def test_fragment_check_names_lost_symbols():
     fragment = "CONFIG_IOMMUFD=y\nCONFIG_FOO=y\n# CONFIG_BAR is not set\n"
     config = "CONFIG_IOMMUFD=y\n# CONFIG_FOO is not set\nCONFIG_BAR=y\n"
     assert kernel.check_config(fragment, config) == ["CONFIG_FOO=y (got: n)", "CONFIG_BAR=n (got: y)"]
+
+
+@pytest.mark.parametrize("argv,code", [
+    (["vm", "--kernel", "/nonexistent/bzImage", "--", "true"], 2),
+    (["run", "--target", "vm=/nonexistent/bzImage"], 3),
+    (["run", "--target", "bogus"], 2),
+])
+def test_bad_kernel_or_target_is_a_clear_error(argv, code):
+    import subprocess
+
+    p = subprocess.run([sys.executable, "-m", "conformance.cli", *argv], capture_output=True, text=True,
+                       cwd=REPO, timeout=60)
+    assert p.returncode == code
+    assert "Traceback" not in p.stderr
+    assert ("/nonexistent/bzImage" in p.stderr) or ("bogus" in p.stderr)
