@@ -29,7 +29,7 @@ from codegen import debian
 SERIES = "7.2"
 FRAGMENT = Path(__file__).resolve().parent / "kernel" / "iommufd.config"
 BUILD_PACKAGES = ["gcc", "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "ccache", "cpio", "xz-utils"]
-SELFTEST_PACKAGES = ["libcap-dev"]
+SELFTEST_PACKAGES = ["libcap-dev", "rsync"]  # rsync: lib.mk copies test files with it
 SELFTESTS = ("iommufd", "iommufd_fail_nth")
 
 # Selftest cases expected to fail on this kernel configuration. Measured: with
