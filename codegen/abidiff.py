@@ -57,6 +57,9 @@ def _headers(m: Module) -> dict[tuple[str, str], str]:
 def diff(old: Module, new: Module) -> list[Change]:
     raw = _diff(old, new)
     ha, hb = _headers(old), _headers(new)
+    # Only headers both versions have are compared: a file fetched for one version only
+    # (vfio.h, mm_types.h for 7.2) would otherwise read as all "added" or all "removed".
+    common = {f.name for f in old.headers} & {f.name for f in new.headers}
     out = []
     for c in raw:
         kind = "struct" if c.kind == "field" else c.kind
@@ -64,6 +67,8 @@ def diff(old: Module, new: Module) -> list[Change]:
         header = hb.get(key) or ha.get(key, "")
         if not header.endswith(".h"):
             continue  # codegen's own stub types (pgprot_t) are no one's ABI
+        if header not in common:
+            continue
         out.append(Change(c.severity, c.kind, c.what, c.name, c.detail, header))
     return out
 
