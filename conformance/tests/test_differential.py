@@ -23,6 +23,10 @@ U64 = (1 << 64) - 1
 # One user buffer both sides map from (same process, same addresses).
 _MEM = mmap.mmap(-1, 64 * PAGE)
 MEM = ctypes.addressof(ctypes.c_char.from_buffer(_MEM))
+MEMFD = os.memfd_create("iommufd-differential")
+os.ftruncate(MEMFD, 32 * PAGE)
+CLOSED_FD = os.dup(MEMFD)
+os.close(CLOSED_FD)  # a number that names no open file
 # IOVAs and lengths near the interesting edges: page multiples, odd bytes, the 2 MiB THP cap.
 IOVAS = st.sampled_from([0, PAGE, 3 * PAGE, 1 << 20, (1 << 20) + PAGE, 1 << 21, (1 << 21) + 100, 1 << 32])
 LENGTHS = st.sampled_from([PAGE, 2 * PAGE, 3 * PAGE, 16 * PAGE, 100, 0, 1 << 21])
@@ -155,6 +159,22 @@ class ModelVsKernel(RuleBasedStateMachine):
                 argsz=ctypes.sizeof(B.vfio_iommu_type1_dma_map), flags=flags, vaddr=MEM + off, iova=iova,
                 size=length)
         self.both(request, make)
+
+    @rule(op=st.integers(0, 2), val=st.integers(0, 2), object_id=st.sampled_from([0, 0, 1]))
+    def rlimit_mode(self, op, val, object_id):
+        self.both(B.IOMMU_OPTION, lambda: B.iommu_option(
+            size=ctypes.sizeof(B.iommu_option), option_id=B.IOMMU_OPTION_RLIMIT_MODE, op=op,
+            object_id=object_id, val64=val))
+
+    @rule(id=st.one_of(ioas, st.integers(0, 4)), fixed=st.booleans(), iova=IOVAS,
+          start=st.sampled_from([0, PAGE, 100, 64 * PAGE]), length=LENGTHS, flags=MAP_FLAGS,
+          fd=st.sampled_from(["memfd", "memfd", "closed", -1]))
+    def map_file(self, id, fixed, iova, start, length, flags, fd):
+        fd = {"memfd": MEMFD, "closed": CLOSED_FD}.get(fd, fd)
+        flags |= B.IOMMU_IOAS_MAP_FIXED_IOVA if fixed else 0
+        self.both(B.IOMMU_IOAS_MAP_FILE, lambda: B.iommu_ioas_map_file(
+            size=ctypes.sizeof(B.iommu_ioas_map_file), flags=flags, ioas_id=id, fd=fd, start=start,
+            length=length, iova=iova if fixed else 0))
 
     @rule(row=st.sampled_from(RAW_ROWS), data=st.data())
     def raw(self, row, data):
