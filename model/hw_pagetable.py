@@ -12,7 +12,7 @@ import errno
 import generated
 
 from model.objects import IommufdError, NotModelled
-from model.pages import PAGE_SIZE
+from model.limits import PAGE_SIZE
 
 B = generated.load("7.2")
 # hw_pagetable.c:493: an arbitrary entry_num cap

@@ -14,10 +14,10 @@ from __future__ import annotations
 import bisect
 import errno
 
+from model.limits import PAGE_SIZE, U64_MAX, ULONG_MAX
 from model.objects import IommufdError
-from model.pages import IOPT_ADDRESS_FILE, IOPT_ADDRESS_USER, PAGE_SIZE, IoptPages
+from model.pages import IOPT_ADDRESS_USER
 
-U64_MAX = ULONG_MAX = (1 << 64) - 1
 HPAGE_SIZE = 2 << 20  # x86_64 PMD size; the test kernel has CONFIG_TRANSPARENT_HUGEPAGE=y
 IOMMU_READ = 1 << 0
 IOMMU_WRITE = 1 << 1

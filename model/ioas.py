@@ -8,10 +8,9 @@ import os
 
 from model import pages as _pages
 from model.io_pagetable import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE, IoPagetable
-from model.objects import IommufdError, NotModelled, IommufdObject
-from model.pages import PAGE_SIZE
+from model.limits import PAGE_SIZE, U64_MAX, ULONG_MAX
+from model.objects import IommufdError, IommufdObject, NotModelled
 
-ULONG_MAX = U64_MAX = (1 << 64) - 1
 IOMMU_IOAS_MAP_FIXED_IOVA = 1 << 0
 IOMMU_IOAS_MAP_WRITEABLE = 1 << 1
 IOMMU_IOAS_MAP_READABLE = 1 << 2

@@ -3,26 +3,17 @@ and iommufd_ioas_option)."""
 from __future__ import annotations
 
 import errno
-import mmap
 import os
 
 import generated
 
+from model.limits import PAGE_SIZE
 from model.objects import IommufdError
+from model.pages import capable
 
 B = generated.load("7.2")
-PAGE_SIZE = mmap.PAGESIZE
 CAP_SYS_RESOURCE = 24  # include/uapi/linux/capability.h
 ACCOUNT_USER, ACCOUNT_MM = "user", "mm"  # IOPT_PAGES_ACCOUNT_USER / _MM (pages.c)
-
-
-def capable(cap: int) -> bool:
-    """capable(): the calling task's effective capability set (/proc/self/status CapEff)."""
-    with open(f"/proc/{os.getpid()}/status") as f:
-        for line in f:
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) >> cap & 1)
-    return False
 
 
 def iopt_calculate_iova_alignment(iopt) -> None:
@@ -65,7 +56,7 @@ def iommufd_option_rlimit_mode(cmd, ictx) -> None:
         cmd.val64 = int(ictx.account_mode == ACCOUNT_MM)
         return
     if cmd.op == B.IOMMU_OPTION_OP_SET:
-        if not capable(CAP_SYS_RESOURCE):
+        if not capable(os.getpid(), CAP_SYS_RESOURCE):  # the calling task
             raise IommufdError(errno.EPERM)
         if ictx.objects.objects:
             raise IommufdError(errno.EBUSY)

@@ -19,12 +19,9 @@ import errno
 import os
 import resource
 
+from model.limits import PAGE_SHIFT, PAGE_SIZE, SIZE_MAX, U64_MAX
 from model.objects import IommufdError
 
-PAGE_SIZE = 4096  # x86_64, the test kernel's architecture
-PAGE_SHIFT = 12
-U64_MAX = (1 << 64) - 1
-SIZE_MAX = U64_MAX
 
 IOPT_PAGES_ACCOUNT_NONE = 0
 IOPT_PAGES_ACCOUNT_USER = 1

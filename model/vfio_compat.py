@@ -11,12 +11,11 @@ import errno
 import generated
 
 from model.ioas import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE, iopt_map_user_pages
+from model.limits import PAGE_SIZE, U32_MAX, ULONG_MAX
 from model.objects import IommufdError
-from model.option import PAGE_SIZE, iopt_disable_large_pages
+from model.option import iopt_disable_large_pages
 
 B = generated.load("7.2")
-ULONG_MAX = (1 << 64) - 1
-U32_MAX = (1 << 32) - 1
 
 
 def get_compat_ioas(ictx):

@@ -11,10 +11,10 @@ import errno
 import generated
 
 from model.hw_pagetable import iommufd_get_device, needs_devices
+from model.limits import U64_MAX, ULONG_MAX
 from model.objects import IommufdError
 
 B = generated.load("7.2")
-ULONG_MAX = U64_MAX = (1 << 64) - 1  # a 64-bit kernel
 
 
 def iommufd_get_viommu(ucmd, id: int):

@@ -1,8 +1,6 @@
 """The ABI diff on small synthetic header pairs, and on the shipped 6.12 -> 7.2 example."""
 import json
-import shutil
 
-import pytest
 
 from codegen import abidiff
 from codegen.parse import parse_version

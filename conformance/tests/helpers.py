@@ -7,7 +7,6 @@ map would get), and on the model it adds the model's own table (areas, pins, ref
 from __future__ import annotations
 
 import ctypes
-import errno
 import mmap
 
 import pytest

@@ -3,7 +3,6 @@ io_pagetable.c) and IOMMU_IOAS_CHANGE_PROCESS (iommufd_ioas_change_process(), io
 
 Without a domain the file's pages are not pinned (pin_memfd_pages() runs at fill time), so the
 file is only looked up: dma_buf_get(), then fget() (EBADF)."""
-import ctypes
 import errno
 import os
 import tempfile

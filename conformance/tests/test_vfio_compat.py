@@ -2,7 +2,6 @@
 import ctypes
 import errno
 
-import pytest
 
 import generated
 from conformance.tests.helpers import err, ioas_alloc
