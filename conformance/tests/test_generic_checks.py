@@ -12,6 +12,7 @@ import errno
 import pytest
 
 import generated
+from conformance.tests.helpers import err
 
 B = generated.load()
 ROWS = [r for r in B.IOCTLS if r.struct]
@@ -24,11 +25,7 @@ def _buf(row, size, extra=0):
 
 
 def _errno(fd, number, buf):
-    try:
-        fd.ioctl(number, buf)
-    except OSError as e:
-        return e.errno
-    return 0
+    return err(fd.ioctl, number, buf)
 
 
 @pytest.mark.parametrize("row", ROWS, ids=lambda r: r.name)
