@@ -36,23 +36,24 @@ def pytest_cmdline_main(config):
         return None
     from conformance.run import pytest_in_vm
 
-    args = [a for a in config.invocation_params.args if not a.startswith(OPTION)]
-    # `--iommufd-target vm` (two words): drop the value too.
+    return pytest_in_vm(_without_target(config.invocation_params.args), kernel)
+
+
+def _without_target(args) -> list[str]:
+    """The pytest arguments less the target option, `--iommufd-target=X` or `--iommufd-target X`."""
     cleaned, skip = [], False
     for a in args:
         if skip:
             skip = False
-            continue
-        if a == OPTION:
+        elif a == OPTION:
             skip = True
-            continue
-        cleaned.append(a)
-    return pytest_in_vm(cleaned, kernel)
+        elif not a.startswith(OPTION + "="):
+            cleaned.append(a)
+    return cleaned
 
 
 def pytest_configure(config):
     name, _ = _target(config)
-    config.addinivalue_line("markers", "kernel_only: needs a real /dev/iommu (skipped on the model)")
     if name == "kernel" and not os.path.exists("/dev/iommu"):
         raise pytest.UsageError("--iommufd-target kernel: this machine has no /dev/iommu (try --iommufd-target vm)")
 
