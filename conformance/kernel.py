@@ -181,13 +181,13 @@ def build_kernel(source: Path | None = None, jobs: int | None = None, log: Calla
     `source` tree (e.g. a kernel developer's checkout, whose files change under the same
     version) make always runs, incrementally, in the kept build directory.
     """
-    ensure_packages(BUILD_PACKAGES, why="to build the test kernel")
     fragment, gcc = FRAGMENT.read_text(), _gcc_version()
     if gcc is None:
         raise DependencyError("gcc does not run; install the Debian package gcc")
+    if source is None and not refresh and (hit := _cached_info(fragment, gcc)):
+        return Path(hit["bzimage"])  # a cache hit needs no build packages
+    ensure_packages(BUILD_PACKAGES, why="to build the test kernel")
     if source is None:
-        if not refresh and (hit := _cached_info(fragment, gcc)):
-            return Path(hit["bzimage"])
         tree, version = debian.source_tree(SERIES)
         source_id = _debian_source_id(version)
     else:
