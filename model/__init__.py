@@ -1,9 +1,10 @@
-"""An executable model of /dev/iommu (Linux 7.2): `open_iommufd()` gives a drop-in fd.
+"""An executable model of /dev/iommu: `open_iommufd()` gives a drop-in fd.
 
 `fd.ioctl(request, arg)` behaves like `fcntl.ioctl(real_fd, request, arg, True)`:
 arg is a mutable buffer (bytearray, ctypes structure) or an int, output fields are
-written back, failure raises OSError with the kernel's errno.
+written back, failure raises OSError with the kernel's errno. The version it implements is
+model.uapi.SERIES.
 """
-from model.device import IommufdFile, open_iommufd
+from model.file import IommufdFile, open_iommufd
 
 __all__ = ["IommufdFile", "open_iommufd"]

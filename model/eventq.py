@@ -3,19 +3,16 @@
 IOMMU_VEVENTQ_ALLOC needs a vIOMMU, which needs a device: with none, the kernel's checks run up
 to the vIOMMU lookup, which answers ENOENT. IOMMU_FAULT_QUEUE_ALLOC needs no device, but its
 object owns an anonymous-inode file installed in the caller's fd table, whose lifetime (and
-read/write protocol) the model cannot follow: it stays not modelled.
+read/write protocol) the model does not follow yet: past its flags check it is not modelled.
 """
 from __future__ import annotations
 
 import errno
 
-import generated
-
-from model.hw_pagetable import needs_devices
-from model.objects import IommufdError
+from model.device import needs_devices
+from model.objects import IommufdError, NotModelled
+from model.uapi import B
 from model.viommu import iommufd_get_viommu
-
-B = generated.load("7.2")
 VEVENTQ_MAX_DEPTH = 1 << 19  # eventq.c:502
 
 
@@ -32,4 +29,8 @@ def iommufd_veventq_alloc(ucmd) -> int:
     raise needs_devices("IOMMU_VEVENTQ_ALLOC", viommu)
 
 
-HANDLERS = {"IOMMU_VEVENTQ_ALLOC": iommufd_veventq_alloc}
+def iommufd_fault_alloc(ucmd) -> int:
+    """iommufd_fault_alloc() (eventq.c): flags EOPNOTSUPP; then a FAULT object with its fd."""
+    if ucmd.cmd.flags:
+        raise IommufdError(errno.EOPNOTSUPP)
+    raise NotModelled("IOMMU_FAULT_QUEUE_ALLOC")

@@ -1,5 +1,4 @@
-"""HW pagetable ioctl handlers (drivers/iommu/iommufd/hw_pagetable.c) and IOMMU_GET_HW_INFO
-(device.c; model/device.py is the /dev/iommu file, so it lives here).
+"""HW pagetable ioctl handlers (drivers/iommu/iommufd/hw_pagetable.c).
 
 The model has no devices yet, so no DEVICE or HWPT object can exist: each handler makes the
 kernel's checks in the kernel's order up to the first lookup of such an object, which answers
@@ -9,24 +8,13 @@ from __future__ import annotations
 
 import errno
 
-import generated
-
-from model.objects import IommufdError, NotModelled
+from model.device import iommufd_get_device, needs_devices
 from model.limits import PAGE_SIZE
+from model.objects import IommufdError
+from model.uapi import B
 
-B = generated.load("7.2")
 # hw_pagetable.c:493: an arbitrary entry_num cap
 IOMMU_HWPT_INVALIDATE_ENTRY_NUM_MAX = 1 << 19
-
-
-def needs_devices(name: str, obj) -> NotModelled:
-    """Past a lookup that found a DEVICE / HWPT / vIOMMU: nothing the model can have yet."""
-    return NotModelled(f"{name} on a {obj.type} object")
-
-
-def iommufd_get_device(ucmd, id: int):
-    """iommufd_get_device() (iommufd_private.h): iommufd_get_object(id, IOMMUFD_OBJ_DEVICE)."""
-    return ucmd.ictx.objects.get(id, "DEVICE")
 
 
 def iommufd_get_hwpt_paging(ucmd, id: int):
@@ -46,22 +34,6 @@ def iommufd_hwpt_alloc(ucmd) -> int:
         raise IommufdError(errno.EINVAL)
     idev = iommufd_get_device(ucmd, cmd.dev_id)
     raise needs_devices("IOMMU_HWPT_ALLOC", idev)
-
-
-def iommufd_get_hw_info(ucmd) -> int:
-    """iommufd_get_hw_info() (device.c:1545): flags other than INPUT_TYPE EOPNOTSUPP (:1557),
-    __reserved[0..2] EOPNOTSUPP (:1559), in_data_type cleared without INPUT_TYPE (:1564, in the
-    kernel's copy only), then the device (:1566) ENOENT. data_uptr / data_len are used only
-    once the device is found: nothing is written to user memory before."""
-    cmd = ucmd.cmd
-    if cmd.flags & ~B.IOMMU_HW_INFO_FLAG_INPUT_TYPE:
-        raise IommufdError(errno.EOPNOTSUPP)
-    if any(cmd.__reserved):
-        raise IommufdError(errno.EOPNOTSUPP)
-    if not cmd.flags & B.IOMMU_HW_INFO_FLAG_INPUT_TYPE:
-        cmd.in_data_type = B.IOMMU_HW_INFO_TYPE_DEFAULT
-    idev = iommufd_get_device(ucmd, cmd.dev_id)
-    raise needs_devices("IOMMU_GET_HW_INFO", idev)
 
 
 def iommufd_hwpt_set_dirty_tracking(ucmd) -> int:
@@ -111,12 +83,3 @@ def iommufd_hwpt_invalidate(ucmd) -> int:
     if rc:
         raise IommufdError(rc)
     return 0
-
-
-HANDLERS = {
-    "IOMMU_HWPT_ALLOC": iommufd_hwpt_alloc,
-    "IOMMU_GET_HW_INFO": iommufd_get_hw_info,
-    "IOMMU_HWPT_SET_DIRTY_TRACKING": iommufd_hwpt_set_dirty_tracking,
-    "IOMMU_HWPT_GET_DIRTY_BITMAP": iommufd_hwpt_get_dirty_bitmap,
-    "IOMMU_HWPT_INVALIDATE": iommufd_hwpt_invalidate,
-}

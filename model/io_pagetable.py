@@ -8,20 +8,23 @@ The kernel keeps three interval trees (area_itree, reserved_itree, allowed_itree
 - reserved and allowed ranges are few (sorted lists, their merged spans precomputed).
 Every operation validates before it changes anything, so a failed one leaves no trace, except
 where the kernel itself commits part of the work (iopt_unmap_iova_range()).
+
+The block structures and the allocator answer status codes (0 or an errno, as the kernel's
+return -errno); the iopt_* entry points the handlers call raise IommufdError.
+
+Domains: iopt->domains are IommuDomains (model/domain.py). Every area of the table is filled
+into every domain (iopt_area_fill_domains() for a new area, iopt_fill_domain() for a new
+domain); an area's pages are pinned while it is filled (area.filled, the pages' domains_itree).
 """
 from __future__ import annotations
 
 import bisect
 import errno
 
-from model.limits import PAGE_SIZE, U64_MAX, ULONG_MAX
+from model.domain import IOMMU_WRITE, IommuDomain
+from model.limits import CONFIG_TRANSPARENT_HUGEPAGE, HPAGE_SIZE, PAGE_SIZE, U64_MAX, ULONG_MAX
 from model.objects import IommufdError
 from model.pages import IOPT_ADDRESS_USER
-
-HPAGE_SIZE = 2 << 20  # x86_64 PMD size; the test kernel has CONFIG_TRANSPARENT_HUGEPAGE=y
-IOMMU_READ = 1 << 0
-IOMMU_WRITE = 1 << 1
-IOMMU_CACHE = 1 << 2
 
 _B = 64
 
@@ -231,7 +234,7 @@ class IopArea:
     """struct iopt_area: [start, last] of IOVA mapping the bytes of `pages` from index*PAGE_SIZE+page_offset."""
 
     __slots__ = ("start", "last", "pages", "page_offset", "index", "last_index", "iommu_prot",
-                 "num_locks", "num_accesses")
+                 "num_locks", "num_accesses", "filled")
 
     def __init__(self, start, last, pages, page_offset, index, last_index, iommu_prot):
         self.start, self.last, self.pages = start, last, pages
@@ -239,6 +242,7 @@ class IopArea:
         self.iommu_prot = iommu_prot
         self.num_locks = 0
         self.num_accesses = 0
+        self.filled = False  # in pages->domains_itree: pinned and mapped into every domain
 
     def start_byte(self, iova: int) -> int:
         """iopt_area_start_byte()."""
@@ -324,12 +328,6 @@ class _Areas:
         else:
             self.firsts[bi] = bs[0]
 
-    def nth(self, nth: int):
-        for blk in self.ba:
-            if nth < len(blk):
-                return blk[nth]
-            nth -= len(blk)
-        return None
 
 
 class IoPagetable:
@@ -341,7 +339,7 @@ class IoPagetable:
         self._allowed_spans: list[tuple[int, int]] = []
         self._areas = _Areas()
         self._holes = _Holes([(0, U64_MAX)])
-        self.domains: list = []  # iommu_domains filled with the areas: none without devices
+        self.domains: list[IommuDomain] = []  # iopt->domains: every area is filled into each
         self.disable_large_pages = False
 
     # -- introspection (model only) ------------------------------------------------------
@@ -349,6 +347,10 @@ class IoPagetable:
     @property
     def areas(self) -> list[IopArea]:
         return list(self._areas)
+
+    def iter_areas(self):
+        """iopt_area_iter_first(0, ULONG_MAX) / iopt_area_iter_next(): every area in IOVA order."""
+        return iter(self._areas)
 
     @property
     def pinned_pages(self) -> int:
@@ -385,20 +387,21 @@ class IoPagetable:
 
     # -- the IOVA allocator ------------------------------------------------------------------
 
-    def alloc_iova(self, addr: int, length: int) -> int:
-        """iopt_alloc_iova() (io_pagetable.c), CONFIG_TRANSPARENT_HUGEPAGE=y: never IOVA 0."""
+    def alloc_iova(self, addr: int, length: int) -> tuple[int, int]:
+        """iopt_alloc_iova() (io_pagetable.c): (0, iova) or (errno, 0); never IOVA 0."""
         page_offset = addr % PAGE_SIZE
         if length == 0 or length >= ULONG_MAX // 2:
-            _err(errno.EOVERFLOW)
+            return errno.EOVERFLOW, 0
         if not addr:
             iova_alignment = roundup_pow_of_two(length)
         else:
             iova_alignment = min(roundup_pow_of_two(length), addr & -addr)  # 1UL << __ffs64(addr)
-        max_alignment = HPAGE_SIZE
+        # CONFIG_TRANSPARENT_HUGEPAGE: at most HPAGE_SIZE, else PAGE_SIZE
+        max_alignment = HPAGE_SIZE if CONFIG_TRANSPARENT_HUGEPAGE else PAGE_SIZE
         if iova_alignment >= max_alignment:
             iova_alignment = max_alignment
         if iova_alignment < self.iova_alignment:
-            _err(errno.EINVAL)
+            return errno.EINVAL, 0
         fits = _Fits(length, iova_alignment, page_offset)
         lo, hi = PAGE_SIZE, ULONG_MAX - PAGE_SIZE
         if not self.allowed:
@@ -411,25 +414,26 @@ class IoPagetable:
                 continue
             iova = self._holes.first_fit(a_start, a_last, fits)
             if iova is not None:
-                return iova
-        _err(errno.ENOSPC)
+                return 0, iova
+        return errno.ENOSPC, 0
 
-    def check_iova(self, iova: int, length: int) -> None:
-        """iopt_check_iova(): EINVAL misaligned or reserved, EOVERFLOW, EEXIST over an area.
+    def check_iova(self, iova: int, length: int) -> int:
+        """iopt_check_iova(): EINVAL misaligned or reserved, EOVERFLOW, EEXIST over an area, or 0.
         Allowed ranges are not consulted: they only steer the allocator."""
         if iova & (self.iova_alignment - 1):
-            _err(errno.EINVAL)
+            return errno.EINVAL
         last = iova + length - 1
         if last > U64_MAX:
-            _err(errno.EOVERFLOW)
+            return errno.EOVERFLOW
         if self._reserved_intersects(iova, last):
-            _err(errno.EINVAL)
+            return errno.EINVAL
         if self.area_iter_first(iova, last) is not None:
-            _err(errno.EEXIST)
+            return errno.EEXIST
+        return 0
 
     # -- map / unmap ---------------------------------------------------------------------------
 
-    def map_pages(self, mem, pages_list, length: int, iova: int, iommu_prot: int, alloc: bool) -> int:
+    def map_pages(self, mm, pages_list, length: int, iova: int, iommu_prot: int, alloc: bool) -> int:
         """iopt_map_pages() -> iopt_alloc_area_pages() + iopt_insert_area() + iopt_fill_domains_pages().
 
         pages_list: [(pages, start_byte, length)], the areas to make back to back from iova.
@@ -442,10 +446,14 @@ class IoPagetable:
                 start = start_byte + pages.uptr
             else:
                 start = start_byte + pages.start
-            iova = self.alloc_iova(start, length)
-            self.check_iova(iova, length)  # WARN_ON under CONFIG_IOMMUFD_TEST
+            rc, iova = self.alloc_iova(start, length)
+            if rc:
+                _err(rc)
+            rc = self.check_iova(iova, length)  # WARN_ON under CONFIG_IOMMUFD_TEST
         else:
-            self.check_iova(iova, length)
+            rc = self.check_iova(iova, length)
+        if rc:
+            _err(rc)
         new = []
         cur = iova
         for pages, start_byte, elm_length in pages_list:  # iopt_insert_area()
@@ -469,11 +477,11 @@ class IoPagetable:
             done = []
             try:
                 for area in new:
-                    area.pages.fill(mem, area.index, area.last_index)
+                    self.area_fill_domains(mm, area)
                     done.append(area)
             except BaseException:
                 for area in done:
-                    area.pages.unfill(area.index, area.last_index)
+                    self.area_unfill_domains(area)
                 raise
         for area in new:
             self._areas.insert(area)
@@ -482,9 +490,92 @@ class IoPagetable:
         return iova
 
     def _release(self, area: IopArea) -> None:
-        if self.domains:
-            area.pages.unfill(area.index, area.last_index)  # iopt_area_unfill_domains()
+        if area.filled:
+            self.area_unfill_domains(area)
         area.pages.refs -= 1  # iopt_put_pages()
+
+    # -- domains ---------------------------------------------------------------------------------
+
+    def _area_map(self, domain: IommuDomain, area: IopArea, pfns: list[int]) -> None:
+        """batch_to_domain() (pages.c): the area's pages into one domain, one iommu_map() per run
+        of consecutive frames; the first from area.page_offset, the last up to area.last."""
+        iova, k, n = area.start, 0, len(pfns)
+        page_offset = area.page_offset
+        while k < n:
+            j = k + 1
+            while j < n and pfns[j] == pfns[j - 1] + 1:
+                j += 1
+            next_iova = min(area.last + 1, iova + (j - k) * PAGE_SIZE - page_offset)
+            domain.map(iova, pfns[k] * PAGE_SIZE + page_offset, next_iova - iova, area.iommu_prot)
+            iova, k, page_offset = next_iova, j, 0
+
+    @staticmethod
+    def _area_unmap(domain: IommuDomain, area: IopArea) -> None:
+        """iopt_area_unmap_domain(): iommu_unmap_nofail() of the area's whole IOVA range."""
+        domain.unmap(area.start, area.last - area.start + 1)
+
+    def area_fill_domains(self, mm, area: IopArea) -> None:
+        """iopt_area_fill_domains(): pin the area's pages, then map them into every domain; on a
+        failure the domains already filled are unmapped and the pin is dropped."""
+        pfns = area.pages.fill(mm, area.index, area.last_index)
+        done = []
+        try:
+            for domain in self.domains:
+                self._area_map(domain, area, pfns)
+                done.append(domain)
+        except BaseException:
+            for domain in done:
+                self._area_unmap(domain, area)
+            area.pages.unfill(area.index, area.last_index)
+            raise
+        area.filled = True
+
+    def area_unfill_domains(self, area: IopArea) -> None:
+        """iopt_area_unfill_domains(): unmap from every domain, then unpin what no other area holds."""
+        for domain in self.domains:
+            self._area_unmap(domain, area)
+        area.pages.unfill(area.index, area.last_index)
+        area.filled = False
+
+    def table_add_domain(self, mm, domain: IommuDomain) -> None:
+        """iopt_table_add_domain() -> iopt_fill_domain(): every area into the new domain (pinning
+        the first time a domain appears); on failure the areas done are taken out again.
+        Every area must suit the domain's smallest page size first (EADDRINUSE)."""
+        new_alignment = self.calculate_iova_alignment(self.domains + [domain])
+        done = []
+        try:
+            for area in self._areas:
+                if area.filled:
+                    self._area_map(domain, area, [area.pages.pfns[i] for i in range(area.index, area.last_index + 1)])
+                else:
+                    pfns = area.pages.fill(mm, area.index, area.last_index)
+                    try:
+                        self._area_map(domain, area, pfns)
+                    except BaseException:
+                        area.pages.unfill(area.index, area.last_index)
+                        raise
+                done.append(area)
+        except BaseException:
+            for area in done:
+                self._area_unmap(domain, area)
+                if not area.filled:
+                    area.pages.unfill(area.index, area.last_index)
+            raise
+        for area in done:
+            area.filled = True
+        self.domains.append(domain)
+        self.iova_alignment = new_alignment
+
+    def table_remove_domain(self, domain: IommuDomain) -> None:
+        """iopt_table_remove_domain() -> iopt_unfill_domain(): unmap every area; the last domain
+        going unpins them."""
+        self.domains.remove(domain)
+        for area in self._areas:
+            self._area_unmap(domain, area)
+            if not self.domains and area.filled:
+                area.pages.unfill(area.index, area.last_index)
+                area.filled = False
+        self.calculate_iova_alignment()
 
     def unmap_iova_range(self, start: int, last: int) -> tuple[int, int]:
         """iopt_unmap_iova_range(): every area inside [start, last] goes, in IOVA order; the first
@@ -583,11 +674,6 @@ class IoPagetable:
             pos = areas.next(*pos)
         _err(errno.ENOENT)
 
-    def nth_area_iova(self, nth: int) -> int | None:
-        """__iommufd_test_syz_conv_iova(): the IOVA of the nth area."""
-        a = self._areas.nth(nth)
-        return None if a is None else a.start
-
     # -- allowed and reserved ranges --------------------------------------------------------
 
     def set_allow_iova(self, ranges: list[tuple[int, int]]) -> None:
@@ -615,7 +701,44 @@ class IoPagetable:
         used = _spans(self.reserved + [(a.start, a.last) for a in self._areas])
         self._holes.build(list(_holes_of(used)))
 
+    def calculate_iova_alignment(self, domains=None) -> int:
+        """iopt_calculate_iova_alignment(): PAGE_SIZE with large pages disabled, else 1, and at least
+        each domain's smallest page size; growing it fails with EADDRINUSE if an area is not
+        aligned (iopt_check_iova_alignment). `domains`: compute for these, change nothing."""
+        new = PAGE_SIZE if self.disable_large_pages else 1
+        for domain in self.domains if domains is None else domains:
+            new = max(new, domain.pgsize_bitmap & -domain.pgsize_bitmap)
+        if new > self.iova_alignment:
+            mask = new - 1
+            for a in self._areas:
+                if a.start & mask or (a.last - a.start + 1) & mask or a.page_offset & mask:
+                    _err(errno.EADDRINUSE)
+        if domains is None:
+            self.iova_alignment = new
+        return new
+
     def destroy(self) -> None:
         """iommufd_ioas_destroy(): iopt_unmap_all() + iopt_destroy_table()."""
         self.unmap_all()
         self.allowed, self._allowed_spans = [], []
+
+
+def iopt_disable_large_pages(iopt: IoPagetable) -> None:
+    """iopt_disable_large_pages(): EINVAL once domains hold mappings; the flag is rolled back if
+    the alignment cannot grow."""
+    if iopt.disable_large_pages:
+        return
+    if iopt.domains and len(iopt._areas):
+        _err(errno.EINVAL)
+    iopt.disable_large_pages = True
+    try:
+        iopt.calculate_iova_alignment()
+    except IommufdError:
+        iopt.disable_large_pages = False
+        raise
+
+
+def iopt_enable_large_pages(iopt: IoPagetable) -> None:
+    """iopt_enable_large_pages()."""
+    iopt.disable_large_pages = False
+    iopt.calculate_iova_alignment()

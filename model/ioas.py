@@ -1,4 +1,5 @@
-"""IOAS ioctl handlers (drivers/iommu/iommufd/ioas.c)."""
+"""IOAS objects and their ioctl handlers, IOMMU_OPTION's per-IOAS and rlimit parts
+(drivers/iommu/iommufd/ioas.c)."""
 from __future__ import annotations
 
 import bisect
@@ -7,26 +8,47 @@ import fcntl
 import os
 
 from model import pages as _pages
-from model.io_pagetable import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE, IoPagetable
-from model.limits import PAGE_SIZE, U64_MAX, ULONG_MAX
+from model.domain import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE
+from model.hooks import iommufd_test_syz_conv_iova_id
+from model.io_pagetable import IoPagetable, iopt_disable_large_pages, iopt_enable_large_pages
+from model.limits import CAP_SYS_RESOURCE, PAGE_SIZE, U64_MAX, ULONG_MAX
 from model.objects import IommufdError, IommufdObject, NotModelled
+from model.uapi import B
 
-IOMMU_IOAS_MAP_FIXED_IOVA = 1 << 0
-IOMMU_IOAS_MAP_WRITEABLE = 1 << 1
-IOMMU_IOAS_MAP_READABLE = 1 << 2
-_MAP_FLAGS = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE
-MOCK_FLAGS_ACCESS_SYZ = 1 << 16  # iommufd_test.h, CONFIG_IOMMUFD_TEST
+_MAP_FLAGS = B.IOMMU_IOAS_MAP_FIXED_IOVA | B.IOMMU_IOAS_MAP_WRITEABLE | B.IOMMU_IOAS_MAP_READABLE
+
+
+class IommufdIoas(IommufdObject):
+    """struct iommufd_ioas: the io_pagetable, and the HWPTs attached to it (hwpt_list)."""
+
+    type = "IOAS"
+
+    def __init__(self):
+        super().__init__()
+        self.iopt = IoPagetable()
+        self.hwpt_list: list = []  # iommufd_hwpt_paging objects whose domains are in iopt.domains
+
+
+def iommufd_ioas_destroy(obj: IommufdIoas) -> None:
+    """iommufd_ioas_destroy(): iopt_unmap_all() + iopt_destroy_table()."""
+    obj.iopt.destroy()
 
 
 def iommufd_ioas_alloc_ioctl(ucmd) -> int:
-    """iommufd_ioas_alloc_ioctl(): flags must be 0; the ID is answered before finalize."""
+    """iommufd_ioas_alloc_ioctl(): flags must be 0; the ID is answered before finalize, and a
+    fault writing it aborts the object (nothing is left)."""
     cmd = ucmd.cmd
     if cmd.flags:
         raise IommufdError(errno.EOPNOTSUPP)
     table = ucmd.ictx.objects
-    cmd.out_ioas_id = table.alloc_id()
-    ucmd.respond()  # EFAULT here aborts the object: nothing is inserted
-    table.insert(IommufdObject("IOAS", data=IoPagetable()))
+    ioas = table.alloc(IommufdIoas())
+    cmd.out_ioas_id = ioas.id
+    try:
+        ucmd.respond()
+    except BaseException:
+        table.abort_and_destroy(ioas)
+        raise
+    table.finalize(ioas)
     return 0
 
 
@@ -35,14 +57,14 @@ def iommufd_ioas_iova_ranges(ucmd) -> int:
     cmd = ucmd.cmd
     if cmd.__reserved:
         raise IommufdError(errno.EOPNOTSUPP)
-    iopt = ucmd.ictx.objects.get(cmd.ioas_id, "IOAS").data
+    iopt = _get_iopt(ucmd, cmd.ioas_id)
     max_iovas = cmd.num_iovas
     cmd.num_iovas = 0
     cmd.out_iova_alignment = iopt.iova_alignment
     for start, last in iopt.allowed_holes(0, ULONG_MAX):
         if cmd.num_iovas < max_iovas:
             elm = start.to_bytes(8, "little") + last.to_bytes(8, "little")
-            ucmd.ictx.mem.write(cmd.allowed_iovas + 16 * cmd.num_iovas, elm)
+            ucmd.mem.write(cmd.allowed_iovas + 16 * cmd.num_iovas, elm)
         cmd.num_iovas += 1
     ucmd.respond()
     if cmd.num_iovas > max_iovas:
@@ -52,15 +74,15 @@ def iommufd_ioas_iova_ranges(ucmd) -> int:
 
 def _get_iopt(ucmd, id: int) -> IoPagetable:
     """iommufd_get_ioas(): ENOENT for an unknown ID or another type."""
-    return ucmd.ictx.objects.get(id, "IOAS").data
+    return ucmd.ictx.objects.get(id, "IOAS").iopt
 
 
 def conv_iommu_prot(map_flags: int) -> int:
     """conv_iommu_prot(): IOMMU_CACHE always, plus WRITE/READ from the flags."""
     prot = IOMMU_CACHE
-    if map_flags & IOMMU_IOAS_MAP_WRITEABLE:
+    if map_flags & B.IOMMU_IOAS_MAP_WRITEABLE:
         prot |= IOMMU_WRITE
-    if map_flags & IOMMU_IOAS_MAP_READABLE:
+    if map_flags & B.IOMMU_IOAS_MAP_READABLE:
         prot |= IOMMU_READ
     return prot
 
@@ -72,7 +94,7 @@ def _check_map_flags(flags: int, *sizes: int) -> None:
         raise IommufdError(errno.EOPNOTSUPP)
     if any(v >= ULONG_MAX for v in sizes):
         raise IommufdError(errno.EOVERFLOW)
-    if not flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE):
+    if not flags & (B.IOMMU_IOAS_MAP_WRITEABLE | B.IOMMU_IOAS_MAP_READABLE):
         raise IommufdError(errno.EINVAL)
 
 
@@ -87,19 +109,19 @@ def iommufd_ioas_map(ucmd) -> int:
         raise IommufdError(errno.EOPNOTSUPP)
     _check_map_flags(cmd.flags, cmd.iova, cmd.length)
     iopt = _get_iopt(ucmd, cmd.ioas_id)
-    cmd.iova = iopt_map_user_pages(ucmd.ictx, iopt, cmd.iova, cmd.user_va, cmd.length,
-                                   conv_iommu_prot(cmd.flags), not cmd.flags & IOMMU_IOAS_MAP_FIXED_IOVA)
+    cmd.iova = iopt_map_user_pages(ucmd, iopt, cmd.iova, cmd.user_va, cmd.length,
+                                   conv_iommu_prot(cmd.flags), not cmd.flags & B.IOMMU_IOAS_MAP_FIXED_IOVA)
     ucmd.respond()
     return 0
 
 
-def iopt_map_user_pages(ictx, iopt: IoPagetable, iova: int, uptr: int, length: int, prot: int,
+def iopt_map_user_pages(ucmd, iopt: IoPagetable, iova: int, uptr: int, length: int, prot: int,
                         alloc_iova: bool) -> int:
-    """iopt_map_user_pages() (io_pagetable.c): pages for [uptr, uptr + length) mapped at iova, or
-    at an IOVA iopt_alloc_iova() picks (IOPT_ALLOC_IOVA). Returns the IOVA."""
-    pages = _pages.iopt_alloc_user_pages(ictx, ictx.mem.pid, uptr, length, bool(prot & IOMMU_WRITE))
+    """iopt_map_user_pages() (io_pagetable.c): pages for [uptr, uptr + length) of the calling
+    task mapped at iova, or at an IOVA iopt_alloc_iova() picks (IOPT_ALLOC_IOVA). Returns the IOVA."""
+    pages = _pages.iopt_alloc_user_pages(ucmd.ictx, ucmd.task, uptr, length, bool(prot & IOMMU_WRITE))
     # iopt_map_common(): start_byte = uptr - pages->uptr
-    iova = iopt.map_pages(ictx.mem, [(pages, uptr - pages.uptr, length)], length, iova, prot, alloc_iova)
+    iova = iopt.map_pages(ucmd.mem, [(pages, uptr - pages.uptr, length)], length, iova, prot, alloc_iova)
     pages.refs -= 1  # the list's reference moved into the area
     return iova
 
@@ -134,19 +156,18 @@ def iommufd_ioas_map_file(ucmd) -> int:
     then the fd (EBADF); the file's pages are read only when pinned into a domain."""
     cmd = ucmd.cmd
     _check_map_flags(cmd.flags, cmd.iova, cmd.length)
-    ictx = ucmd.ictx
     iopt = _get_iopt(ucmd, cmd.ioas_id)
     if not cmd.length:
         raise IommufdError(errno.EINVAL)
     if cmd.start + cmd.length - 1 > U64_MAX:
         raise IommufdError(errno.EOVERFLOW)
     start_byte = cmd.start % PAGE_SIZE
-    file = _fget(ictx.mem.pid, cmd.fd)
+    file = _fget(ucmd.task.pid, cmd.fd)
     prot = conv_iommu_prot(cmd.flags)
-    pages = _pages.iopt_alloc_file_pages(ictx, ictx.mem.pid, file, start_byte, cmd.start, cmd.length,
+    pages = _pages.iopt_alloc_file_pages(ucmd.ictx, ucmd.task, file, start_byte, cmd.start, cmd.length,
                                          bool(prot & IOMMU_WRITE))
-    cmd.iova = iopt.map_pages(ictx.mem, [(pages, start_byte, cmd.length)], cmd.length, cmd.iova, prot,
-                              not cmd.flags & IOMMU_IOAS_MAP_FIXED_IOVA)
+    cmd.iova = iopt.map_pages(ucmd.mem, [(pages, start_byte, cmd.length)], cmd.length, cmd.iova, prot,
+                              not cmd.flags & B.IOMMU_IOAS_MAP_FIXED_IOVA)
     pages.refs -= 1
     ucmd.respond()
     return 0
@@ -158,20 +179,13 @@ def iommufd_ioas_copy(ucmd) -> int:
     iopt_map_pages() into the destination sharing the same iopt_pages (nothing pinned twice).
     WRITEABLE over pages mapped without it is EPERM (iopt_insert_area())."""
     cmd = ucmd.cmd
-    objects = ucmd.ictx.objects
-    if cmd.flags & MOCK_FLAGS_ACCESS_SYZ:  # iommufd_test_syz_conv_iova_id()
-        cmd.flags &= ~MOCK_FLAGS_ACCESS_SYZ
-        src = objects.objects.get(cmd.src_ioas_id)
-        if src is not None and src.type == "IOAS":
-            nth, offset = cmd.src_iova & 0xFFFFFFFF, cmd.src_iova >> 32
-            base = src.data.nth_area_iova(nth)
-            cmd.src_iova = 0 if base is None else base + offset
+    cmd.src_iova, cmd.flags = iommufd_test_syz_conv_iova_id(ucmd, cmd.src_ioas_id, cmd.src_iova, cmd.flags)
     _check_map_flags(cmd.flags, cmd.length, cmd.src_iova, cmd.dst_iova)
     src_iopt = _get_iopt(ucmd, cmd.src_ioas_id)
     pages_list = src_iopt.get_pages(cmd.src_iova, cmd.length)
     dst_iopt = _get_iopt(ucmd, cmd.dst_ioas_id)
-    cmd.dst_iova = dst_iopt.map_pages(ucmd.ictx.mem, pages_list, cmd.length, cmd.dst_iova,
-                                      conv_iommu_prot(cmd.flags), not cmd.flags & IOMMU_IOAS_MAP_FIXED_IOVA)
+    cmd.dst_iova = dst_iopt.map_pages(ucmd.mem, pages_list, cmd.length, cmd.dst_iova,
+                                      conv_iommu_prot(cmd.flags), not cmd.flags & B.IOMMU_IOAS_MAP_FIXED_IOVA)
     ucmd.respond()
     return 0
 
@@ -234,7 +248,7 @@ def iommufd_ioas_allow_iovas(ucmd) -> int:
     if cmd.__reserved:
         raise IommufdError(errno.EOPNOTSUPP)
     iopt = _get_iopt(ucmd, cmd.ioas_id)
-    ranges = iommufd_ioas_load_iovas(ucmd.ictx.mem, cmd.allowed_iovas, cmd.num_iovas)
+    ranges = iommufd_ioas_load_iovas(ucmd.mem, cmd.allowed_iovas, cmd.num_iovas)
     iopt.set_allow_iova(ranges)
     return 0
 
@@ -247,16 +261,15 @@ def iommufd_ioas_change_process(ucmd) -> int:
     cmd = ucmd.cmd
     if cmd.__reserved:
         raise IommufdError(errno.EOPNOTSUPP)
-    ictx = ucmd.ictx
-    iopts = [o.data for _, o in sorted(ictx.objects.objects.items()) if o.type == "IOAS"]
+    iopts = [o.iopt for o in ucmd.ictx.objects.of_type("IOAS")]
     for iopt in iopts:
         for area in iopt.areas:
             if area.pages is None:
                 raise IommufdError(errno.EBUSY)
             if area.pages.type != _pages.IOPT_ADDRESS_FILE:
                 raise IommufdError(errno.EINVAL)
-    pid = ictx.mem.pid
-    uid = _pages._uid_of(pid)
+    task = ucmd.task
+    pid, uid = task.pid, task.uid
     allp = {id(a.pages): a.pages for iopt in iopts for a in iopt.areas}.values()
 
     def need(p):
@@ -270,7 +283,7 @@ def iommufd_ioas_change_process(ucmd) -> int:
     charged = []
     try:
         for p in moving:  # charge_current(), undone on failure
-            tmp = _pages.IoptPages(p.npages, p.writable, pid, p.account_mode)
+            tmp = _pages.IoptPages(p.npages, p.writable, task, p.account_mode, p.accounts)
             tmp.npinned = p.npinned
             tmp.update_pinned(p.npinned, True)
             charged.append(tmp)
@@ -285,13 +298,43 @@ def iommufd_ioas_change_process(ucmd) -> int:
     return 0
 
 
-HANDLERS = {
-    "IOMMU_IOAS_ALLOC": iommufd_ioas_alloc_ioctl,
-    "IOMMU_IOAS_IOVA_RANGES": iommufd_ioas_iova_ranges,
-    "IOMMU_IOAS_ALLOW_IOVAS": iommufd_ioas_allow_iovas,
-    "IOMMU_IOAS_MAP": iommufd_ioas_map,
-    "IOMMU_IOAS_MAP_FILE": iommufd_ioas_map_file,
-    "IOMMU_IOAS_COPY": iommufd_ioas_copy,
-    "IOMMU_IOAS_UNMAP": iommufd_ioas_unmap,
-    "IOMMU_IOAS_CHANGE_PROCESS": iommufd_ioas_change_process,
-}
+def iommufd_option_rlimit_mode(ucmd) -> None:
+    """iommufd_option_rlimit_mode(): EOPNOTSUPP with an object_id; SET needs CAP_SYS_RESOURCE
+    (EPERM) and an empty object table (EBUSY); val64 0 = per user, 1 = per mm, else EINVAL."""
+    cmd, ictx = ucmd.cmd, ucmd.ictx
+    if cmd.object_id:
+        raise IommufdError(errno.EOPNOTSUPP)
+    if cmd.op == B.IOMMU_OPTION_OP_GET:
+        cmd.val64 = int(ictx.account_mode == _pages.IOPT_PAGES_ACCOUNT_MM)
+        return
+    if cmd.op == B.IOMMU_OPTION_OP_SET:
+        if not ucmd.task.capable(CAP_SYS_RESOURCE):
+            raise IommufdError(errno.EPERM)
+        if ictx.objects.objects:
+            raise IommufdError(errno.EBUSY)
+        if cmd.val64 == 0:
+            ictx.account_mode = _pages.IOPT_PAGES_ACCOUNT_USER
+        elif cmd.val64 == 1:
+            ictx.account_mode = _pages.IOPT_PAGES_ACCOUNT_MM
+        else:
+            raise IommufdError(errno.EINVAL)
+        return
+    raise IommufdError(errno.EOPNOTSUPP)
+
+
+def iommufd_ioas_option(ucmd) -> None:
+    """iommufd_ioas_option() + iommufd_ioas_option_huge_pages(): per IOAS."""
+    cmd = ucmd.cmd
+    iopt = _get_iopt(ucmd, cmd.object_id)
+    if cmd.op == B.IOMMU_OPTION_OP_GET:
+        cmd.val64 = int(not iopt.disable_large_pages)
+        return
+    if cmd.op == B.IOMMU_OPTION_OP_SET:
+        if cmd.val64 == 0:
+            iopt_disable_large_pages(iopt)
+        elif cmd.val64 == 1:
+            iopt_enable_large_pages(iopt)
+        else:
+            raise IommufdError(errno.EINVAL)
+        return
+    raise IommufdError(errno.EOPNOTSUPP)

@@ -1,16 +1,23 @@
-"""The object table of an iommufd context (drivers/iommu/iommufd/main.c).
+"""Objects of an iommufd context and their IDs (drivers/iommu/iommufd/main.c, iommufd_private.h).
 
-IDs come from an xarray initialised XA_FLAGS_ALLOC1 and allocated with xa_alloc()
-in xa_limit_31b (iommufd_object_alloc_ucmd / _iommufd_object_alloc): the lowest free
-index from 1, so a destroyed object's ID is the next one handed out.
+IDs come from an xarray initialised XA_FLAGS_ALLOC1 and allocated with xa_alloc() in
+xa_limit_31b: the lowest free index from 1, so a destroyed object's ID is the next one handed
+out. iommufd_object_alloc() reserves the ID (XA_ZERO_ENTRY: lookups do not see it yet),
+iommufd_object_finalize() publishes the object, iommufd_object_abort() gives the ID back.
+What destroying an object of each type does is main.py's object-ops table.
 """
 from __future__ import annotations
 
 import bisect
 import errno
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Callable
 
 XA_LIMIT_31B = (1 << 31) - 1
+
+# enum iommufd_object_type (iommufd_private.h), without NONE and ANY
+OBJECT_TYPES = ("DEVICE", "HWPT_PAGING", "HWPT_NESTED", "IOAS", "ACCESS", "FAULT", "VIOMMU", "VDEVICE",
+                "VEVENTQ", "HW_QUEUE", "SELFTEST")
 
 
 class IommufdError(Exception):
@@ -30,38 +37,66 @@ class NotModelled(OSError):
         self.ioctl = name
 
 
-@dataclass(eq=False)
 class IommufdObject:
-    type: str  # enum iommufd_object_type: IOAS, HWPT_PAGING, DEVICE, ...
-    id: int = 0
-    users: int = 1  # refcount_t users: 1 while the object is alive in the table
-    # Objects that hold a reference on this one (iommufd_ref_to_users, obj->refs).
-    refs: int = 0
-    data: object = None
+    """struct iommufd_object: the common part; each family subclasses it with its own state."""
+
+    type = ""  # enum iommufd_object_type, set by the subclass
+
+    def __init__(self):
+        self.id = 0
+        self.users = 1  # refcount_t users: 1 while the object is alive in the table
+        self.refs = 0  # objects holding a reference on this one (obj->refs beyond its own)
 
 
-@dataclass
+@dataclass(frozen=True)
+class ObjectOps:
+    """struct iommufd_object_ops: what destroying (or aborting the creation of) an object does."""
+
+    destroy: Callable[[IommufdObject], None]
+    abort: Callable[[IommufdObject], None] | None = None
+
+
 class ObjectTable:
-    objects: dict[int, IommufdObject] = field(default_factory=dict)
-    _free_below: list[int] = field(default_factory=list)  # freed IDs below `_next`, sorted
-    _next: int = 1
+    """The xarray of objects of one context; `ops` is the object-ops table by type."""
 
-    def alloc_id(self) -> int:
-        """xa_alloc(): the lowest free ID >= 1."""
+    def __init__(self, ops: dict[str, ObjectOps]):
+        self.ops = ops
+        self.objects: dict[int, IommufdObject] = {}  # finalized objects, by ID
+        self._reserved: set[int] = set()  # IDs of allocated, not yet finalized objects
+        self._free_below: list[int] = []  # freed IDs below `_next`, sorted
+        self._next = 1
+
+    def alloc(self, obj: IommufdObject) -> IommufdObject:
+        """iommufd_object_alloc(): xa_alloc() the lowest free ID; EBUSY when the range is full."""
         if self._free_below:
-            return self._free_below[0]
-        if self._next > XA_LIMIT_31B:
-            raise IommufdError(errno.EBUSY)  # xa_alloc's -EBUSY when the range is full
-        return self._next
-
-    def insert(self, obj: IommufdObject) -> IommufdObject:
-        obj.id = self.alloc_id()
-        if self._free_below and self._free_below[0] == obj.id:
-            self._free_below.pop(0)
+            obj.id = self._free_below.pop(0)
+        elif self._next > XA_LIMIT_31B:
+            raise IommufdError(errno.EBUSY)
         else:
+            obj.id = self._next
             self._next += 1
-        self.objects[obj.id] = obj
+        self._reserved.add(obj.id)
         return obj
+
+    def finalize(self, obj: IommufdObject) -> None:
+        """iommufd_object_finalize(): the object becomes visible to lookups."""
+        self._reserved.remove(obj.id)
+        self.objects[obj.id] = obj
+
+    def abort(self, obj: IommufdObject) -> None:
+        """iommufd_object_abort(): the reserved ID is free again."""
+        self._reserved.remove(obj.id)
+        self._release_id(obj.id)
+
+    def abort_and_destroy(self, obj: IommufdObject) -> None:
+        """iommufd_object_abort_and_destroy(): ops->abort, or ops->destroy, then abort."""
+        ops = self.ops[obj.type]
+        (ops.abort or ops.destroy)(obj)
+        self.abort(obj)
+
+    def destroy(self, obj: IommufdObject) -> None:
+        """iommufd_object_ops[type].destroy (after iommufd_object_remove)."""
+        self.ops[obj.type].destroy(obj)
 
     def get(self, id: int, type: str | None = None) -> IommufdObject:
         """iommufd_get_object(): ENOENT for an unknown ID or the wrong type."""
@@ -78,10 +113,17 @@ class ObjectTable:
         if obj.refs:
             raise IommufdError(errno.EBUSY)
         del self.objects[id]
+        self._release_id(id)
+        return obj
+
+    def _release_id(self, id: int) -> None:
         if id == self._next - 1:
             self._next -= 1
             while self._free_below and self._free_below[-1] == self._next - 1:
                 self._next = self._free_below.pop()
         else:
             bisect.insort(self._free_below, id)
-        return obj
+
+    def of_type(self, type: str) -> list[IommufdObject]:
+        """Finalized objects of one type, in ID order."""
+        return [o for _, o in sorted(self.objects.items()) if o.type == type]

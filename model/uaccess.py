@@ -1,8 +1,9 @@
-"""copy_from_user / copy_to_user for the model: user memory of a process, by pid.
+"""copy_from_user / copy_to_user for the model: the memory of the calling task, by pid.
 
 process_vm_readv / process_vm_writev (mm/process_vm_access.c) read and write another
 (or our own) process's memory and fail with EFAULT on an unmapped address instead of
-faulting, which is what the kernel's uaccess helpers give an ioctl.
+faulting, which is what the kernel's uaccess helpers give an ioctl. A partial copy is a
+fault too (copy_from_user returns the bytes left); `read_partial` tells how far it got.
 """
 from __future__ import annotations
 
@@ -10,18 +11,8 @@ import ctypes
 import errno
 import os
 
-
-class _Iovec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.process_vm_readv.restype = ctypes.c_ssize_t
-_libc.process_vm_writev.restype = ctypes.c_ssize_t
-_ARGS = [ctypes.c_int, ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.POINTER(_Iovec), ctypes.c_ulong, ctypes.c_ulong]
-_libc.process_vm_readv.argtypes = _ARGS
-_libc.process_vm_writev.argtypes = _ARGS
-_U64 = (1 << 64) - 1
+from model.libc import Iovec, process_vm_readv, process_vm_writev
+from model.limits import U64_MAX
 
 
 class UserFault(OSError):
@@ -29,42 +20,78 @@ class UserFault(OSError):
         super().__init__(errno.EFAULT, os.strerror(errno.EFAULT))
 
 
+def _xfer(fn, pid: int, addr: int, buf, n: int) -> int:
+    """Bytes moved (may be short); UserFault for an address range outside the user space."""
+    if n == 0:
+        return 0
+    if addr <= 0 or addr + n - 1 > U64_MAX:
+        raise UserFault()
+    local = Iovec(ctypes.cast(buf, ctypes.c_void_p), n)
+    remote = Iovec(addr, n)
+    done = fn(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+    if done < 0:
+        err = ctypes.get_errno()
+        if err in (errno.ENOSYS, errno.EPERM):
+            # Not a bad pointer: this kernel or sandbox refuses the syscall itself.
+            raise RuntimeError(
+                f"process_vm_readv/writev on pid {pid}: {os.strerror(err)}; the model needs them "
+                "(CONFIG_CROSS_MEMORY_ATTACH, ptrace access to the pid)")
+        return 0
+    return done
+
+
 class UserMemory:
-    """The address space of process `pid` (default: this one)."""
+    """The address space of process `pid` (an mm)."""
 
-    def __init__(self, pid: int | None = None):
-        self._pid = pid
+    __slots__ = ("pid",)
 
-    @property
-    def pid(self) -> int:
-        """The fixed pid, or the caller's: uaccess goes to current->mm, and after fork()
-        the child calling ioctl() on an inherited fd is current."""
-        return os.getpid() if self._pid is None else self._pid
+    def __init__(self, pid: int):
+        self.pid = pid
 
-    def _xfer(self, fn, addr: int, buf, n: int) -> None:
-        if n == 0:
-            return
-        if addr < 0 or addr + n - 1 > _U64 or addr == 0:
-            raise UserFault()
-        local = _Iovec(ctypes.cast(buf, ctypes.c_void_p), n)
-        remote = _Iovec(addr, n)
-        done = fn(self.pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
-        if done != n:  # a partial copy is a fault too (copy_from_user returns the rest)
-            if done < 0 and ctypes.get_errno() in (errno.ENOSYS, errno.EPERM):
-                # Not a bad pointer: this kernel or sandbox refuses the syscall itself.
-                raise RuntimeError(
-                    f"process_vm_readv/writev on pid {self.pid}: {os.strerror(ctypes.get_errno())}; "
-                    "the model needs them (CONFIG_CROSS_MEMORY_ATTACH, ptrace access to the pid)"
-                )
-            raise UserFault()
+    def read_partial(self, addr: int, n: int) -> bytes:
+        """Up to n bytes at addr: as many as are readable from its start."""
+        buf = ctypes.create_string_buffer(n)
+        done = _xfer(process_vm_readv, self.pid, addr, buf, n)
+        return buf.raw[:done]
 
     def read(self, addr: int, n: int) -> bytes:
         """copy_from_user: n bytes at addr, or EFAULT."""
         buf = ctypes.create_string_buffer(n)
-        self._xfer(_libc.process_vm_readv, addr, buf, n)
+        if _xfer(process_vm_readv, self.pid, addr, buf, n) != n:
+            raise UserFault()
         return buf.raw
 
     def write(self, addr: int, data: bytes) -> None:
         """copy_to_user: data at addr, or EFAULT."""
-        buf = ctypes.create_string_buffer(bytes(data), len(data))
-        self._xfer(_libc.process_vm_writev, addr, buf, len(data))
+        n = len(data)
+        buf = ctypes.create_string_buffer(bytes(data), n)
+        if _xfer(process_vm_writev, self.pid, addr, buf, n) != n:
+            raise UserFault()
+
+
+class BouncedMemory(UserMemory):
+    """The Python client's memory: the fcntl.ioctl bounce buffer lives in this process and is
+    known to be mapped, so it is copied directly; every other address goes through
+    process_vm_readv/writev like any user pointer."""
+
+    __slots__ = ("lo", "hi")
+
+    def __init__(self, pid: int, lo: int, n: int):
+        super().__init__(pid)
+        self.lo, self.hi = lo, lo + n
+
+    def read_partial(self, addr: int, n: int) -> bytes:
+        if self.lo <= addr and addr + n <= self.hi:
+            return ctypes.string_at(addr, n)
+        return super().read_partial(addr, n)
+
+    def read(self, addr: int, n: int) -> bytes:
+        if self.lo <= addr and addr + n <= self.hi:
+            return ctypes.string_at(addr, n)
+        return super().read(addr, n)
+
+    def write(self, addr: int, data: bytes) -> None:
+        if self.lo <= addr and addr + len(data) <= self.hi:
+            ctypes.memmove(addr, data, len(data))
+            return
+        super().write(addr, data)

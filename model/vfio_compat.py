@@ -8,14 +8,12 @@ from __future__ import annotations
 import ctypes
 import errno
 
-import generated
-
-from model.ioas import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE, iopt_map_user_pages
+from model.domain import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE
+from model.io_pagetable import iopt_disable_large_pages
+from model.ioas import iopt_map_user_pages
 from model.limits import PAGE_SIZE, U32_MAX, ULONG_MAX
 from model.objects import IommufdError
-from model.option import iopt_disable_large_pages
-
-B = generated.load("7.2")
+from model.uapi import B
 
 
 def get_compat_ioas(ictx):
@@ -58,7 +56,7 @@ def iommufd_vfio_set_iommu(ictx, type: int) -> int:
         raise IommufdError(errno.EINVAL)
     ioas = get_compat_ioas(ictx)
     if type == B.VFIO_TYPE1_IOMMU:
-        iopt_disable_large_pages(ioas.data)  # type1 may unmap in the middle: no large IOPTEs
+        iopt_disable_large_pages(ioas.iopt)  # type1 may unmap in the middle: no large IOPTEs
     return 0
 
 
@@ -69,18 +67,17 @@ def iommufd_get_pagesizes(iopt) -> int:
     return max(pgsize_bitmap, iopt.iova_alignment)
 
 
-def iommufd_vfio_iommu_get_info(ictx, arg: int) -> int:
+def iommufd_vfio_iommu_get_info(ucmd) -> int:
     """iommufd_vfio_iommu_get_info(): flags, page sizes and the DMA_AVAIL and IOVA_RANGE
     capability chain, written only as far as argsz reaches; argsz answers the full size."""
-    mem = ictx.mem
+    ictx, mem, arg = ucmd.ictx, ucmd.mem, ucmd.ubuffer
     info_t = B.vfio_iommu_type1_info
     minsz = info_t.iova_pgsizes.offset + 8
     info = info_t.from_buffer_copy(mem.read(arg, minsz).ljust(ctypes.sizeof(info_t), b"\0"))
     if info.argsz < minsz:
         raise IommufdError(errno.EINVAL)
     minsz = min(info.argsz, ctypes.sizeof(info_t))
-    ioas = get_compat_ioas(ictx)
-    iopt = ioas.data
+    iopt = get_compat_ioas(ictx).iopt
     info.flags = B.VFIO_IOMMU_INFO_PGSIZES
     info.iova_pgsizes = iommufd_get_pagesizes(iopt)
     info.cap_offset = 0
@@ -132,17 +129,17 @@ def iommufd_vfio_iommu_get_info(ictx, arg: int) -> int:
     return 0
 
 
-def _copy_minsz(ictx, struct_t, arg: int, last_field: str):
+def _copy_minsz(ucmd, struct_t, last_field: str):
     """copy_from_user of offsetofend(struct, last_field) bytes into a zeroed struct."""
     minsz = getattr(struct_t, last_field).offset + getattr(struct_t, last_field).size
-    data = ictx.mem.read(arg, minsz).ljust(ctypes.sizeof(struct_t), b"\0")
+    data = ucmd.mem.read(ucmd.ubuffer, minsz).ljust(ctypes.sizeof(struct_t), b"\0")
     return struct_t.from_buffer_copy(data), minsz
 
 
-def iommufd_vfio_map_dma(ictx, arg: int) -> int:
+def iommufd_vfio_map_dma(ucmd) -> int:
     """iommufd_vfio_map_dma(): argsz and flags (EINVAL), then a fixed-IOVA iopt_map_user_pages()
     with IOMMU_CACHE | the flags' READ/WRITE (no check that one of them is set)."""
-    m, minsz = _copy_minsz(ictx, B.vfio_iommu_type1_dma_map, arg, "size")
+    m, minsz = _copy_minsz(ucmd, B.vfio_iommu_type1_dma_map, "size")
     if m.argsz < minsz or m.flags & ~(B.VFIO_DMA_MAP_FLAG_READ | B.VFIO_DMA_MAP_FLAG_WRITE):
         raise IommufdError(errno.EINVAL)
     prot = IOMMU_CACHE
@@ -150,19 +147,19 @@ def iommufd_vfio_map_dma(ictx, arg: int) -> int:
         prot |= IOMMU_READ
     if m.flags & B.VFIO_DMA_MAP_FLAG_WRITE:
         prot |= IOMMU_WRITE
-    iopt = get_compat_ioas(ictx).data
-    iopt_map_user_pages(ictx, iopt, m.iova, m.vaddr, m.size, prot, False)
+    iopt = get_compat_ioas(ucmd.ictx).iopt
+    iopt_map_user_pages(ucmd, iopt, m.iova, m.vaddr, m.size, prot, False)
     return 0
 
 
-def iommufd_vfio_unmap_dma(ictx, arg: int) -> int:
+def iommufd_vfio_unmap_dma(ucmd) -> int:
     """iommufd_vfio_unmap_dma(): UNMAP_FLAG_ALL needs iova = size = 0; with large pages disabled
     (type1) the range is cut out of its areas first (iopt_cut_iova). `size` answers the bytes
     unmapped; the reply is written even when the unmap failed."""
-    u, minsz = _copy_minsz(ictx, B.vfio_iommu_type1_dma_unmap, arg, "size")
+    u, minsz = _copy_minsz(ucmd, B.vfio_iommu_type1_dma_unmap, "size")
     if u.argsz < minsz or u.flags & ~B.VFIO_DMA_UNMAP_FLAG_ALL:
         raise IommufdError(errno.EINVAL)
-    iopt = get_compat_ioas(ictx).data
+    iopt = get_compat_ioas(ucmd.ictx).iopt
     if u.flags & B.VFIO_DMA_UNMAP_FLAG_ALL:
         if u.iova or u.size:
             raise IommufdError(errno.EINVAL)
@@ -176,14 +173,16 @@ def iommufd_vfio_unmap_dma(ictx, arg: int) -> int:
         except IommufdError as e:
             unmapped, rc = 0, e.errno
     u.size = unmapped
-    ictx.mem.write(arg, bytes(u)[:minsz])
+    ucmd.mem.write(ucmd.ubuffer, bytes(u)[:minsz])
     if rc:
         raise IommufdError(rc)
     return 0
 
 
-def iommufd_vfio_ioctl(ictx, cmd: int, arg: int) -> int:
-    """iommufd_vfio_ioctl(): numbers it does not know are -ENOIOCTLCMD, ENOTTY to userspace."""
+def iommufd_vfio_ioctl(ucmd, cmd: int) -> int:
+    """iommufd_vfio_ioctl(): numbers it does not know are -ENOIOCTLCMD, ENOTTY to userspace.
+    `ucmd.ubuffer` is the raw argument (an address or, for SET_IOMMU / CHECK_EXTENSION, a value)."""
+    ictx, arg = ucmd.ictx, ucmd.ubuffer
     if cmd == B.VFIO_GET_API_VERSION:
         return B.VFIO_API_VERSION
     if cmd == B.VFIO_SET_IOMMU:
@@ -191,12 +190,9 @@ def iommufd_vfio_ioctl(ictx, cmd: int, arg: int) -> int:
     if cmd == B.VFIO_CHECK_EXTENSION:
         return iommufd_vfio_check_extension(ictx, arg)
     if cmd == B.VFIO_IOMMU_GET_INFO:
-        return iommufd_vfio_iommu_get_info(ictx, arg)
+        return iommufd_vfio_iommu_get_info(ucmd)
     if cmd == B.VFIO_IOMMU_MAP_DMA:
-        return iommufd_vfio_map_dma(ictx, arg)
+        return iommufd_vfio_map_dma(ucmd)
     if cmd == B.VFIO_IOMMU_UNMAP_DMA:
-        return iommufd_vfio_unmap_dma(ictx, arg)
+        return iommufd_vfio_unmap_dma(ucmd)
     raise IommufdError(errno.ENOTTY)  # VFIO_IOMMU_DIRTY_PAGES included
-
-
-HANDLERS = {"IOMMU_VFIO_IOAS": iommufd_vfio_ioas}

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import errno
 
-import generated
-
-from model.hw_pagetable import iommufd_get_device, needs_devices
+from model.device import iommufd_get_device, needs_devices
 from model.limits import U64_MAX, ULONG_MAX
 from model.objects import IommufdError
-
-B = generated.load("7.2")
+from model.uapi import B
 
 
 def iommufd_get_viommu(ucmd, id: int):
@@ -56,10 +53,3 @@ def iommufd_hw_queue_alloc_ioctl(ucmd) -> int:
         raise IommufdError(errno.EOVERFLOW)
     viommu = iommufd_get_viommu(ucmd, cmd.viommu_id)
     raise needs_devices("IOMMU_HW_QUEUE_ALLOC", viommu)
-
-
-HANDLERS = {
-    "IOMMU_VIOMMU_ALLOC": iommufd_viommu_alloc_ioctl,
-    "IOMMU_VDEVICE_ALLOC": iommufd_vdevice_alloc_ioctl,
-    "IOMMU_HW_QUEUE_ALLOC": iommufd_hw_queue_alloc_ioctl,
-}

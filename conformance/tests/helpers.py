@@ -11,11 +11,12 @@ import mmap
 
 import pytest
 
-import generated
+from model.libc import libc
+from model.limits import PAGE_SIZE, U64_MAX
+from model.uapi import B
 
-B = generated.load()
-PAGE = 4096
-U64 = (1 << 64) - 1
+PAGE = PAGE_SIZE
+U64 = U64_MAX
 R = B.IOMMU_IOAS_MAP_READABLE
 W = B.IOMMU_IOAS_MAP_WRITEABLE
 FIXED = B.IOMMU_IOAS_MAP_FIXED_IOVA
@@ -113,9 +114,6 @@ class Buf:
 
 def unmapped_va() -> int:
     """An address with nothing mapped at it (a page mmapped then munmapped)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mmap.restype = ctypes.c_void_p
-    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
     p = libc.mmap(None, 4 * PAGE, mmap.PROT_READ, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)
     assert libc.munmap(ctypes.c_void_p(p), 4 * PAGE) == 0
     return p
@@ -128,7 +126,7 @@ def model_iopt(fd, ioas):
     if ictx is None:
         return None
     obj = ictx.objects.objects.get(ioas)
-    return obj.data if obj is not None else None
+    return obj.iopt if obj is not None else None
 
 
 def snapshot(fd, ioas, probes=(), auto_probe=(0x40000000, PAGE)):

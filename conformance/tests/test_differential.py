@@ -13,13 +13,13 @@ import pytest
 from hypothesis import settings, strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
-import generated
+from model.limits import PAGE_SIZE, U64_MAX
+from model.uapi import B
 from conformance.targets import KernelFile
 from model import open_iommufd
 
-B = generated.load()
-PAGE = mmap.PAGESIZE
-U64 = (1 << 64) - 1
+PAGE = PAGE_SIZE
+U64 = U64_MAX
 # One user buffer both sides map from (same process, same addresses).
 _MEM = mmap.mmap(-1, 64 * PAGE)
 MEM = ctypes.addressof(ctypes.c_char.from_buffer(_MEM))
@@ -184,15 +184,17 @@ class ModelVsKernel(RuleBasedStateMachine):
         buf = bytearray(row.size)
         for off in range(4, row.size - 3, 4):
             buf[off:off + 4] = data.draw(WORDS).to_bytes(4, "little")
-        for name, off, size, _objects in row.ids:
-            buf[off:off + size] = data.draw(st.integers(0, 5)).to_bytes(size, "little")
-        for name, off, size in row.pointers:
-            buf[off:off + size] = data.draw(st.sampled_from([0, 8, MEM, MEM + PAGE])).to_bytes(size, "little")
-        for name, off, size, _enum, mask in row.flags:
-            value = data.draw(st.sampled_from([0, mask, mask & -mask, 1 << (8 * size - 1)]))
-            buf[off:off + size] = value.to_bytes(size, "little")
-        for name, off, size in row.reserved:
-            buf[off:off + size] = data.draw(st.sampled_from([0, 0, 0, 1])).to_bytes(size, "little")
+        def put(spec, value):
+            buf[spec.offset:spec.offset + spec.size] = value.to_bytes(spec.size, "little")
+
+        for spec in row.ids:
+            put(spec, data.draw(st.integers(0, 5)))
+        for spec in row.pointers:
+            put(spec, data.draw(st.sampled_from([0, 8, MEM, MEM + PAGE])))
+        for spec in row.flags:
+            put(spec, data.draw(st.sampled_from([0, spec.mask, spec.mask & -spec.mask, 1 << (8 * spec.size - 1)])))
+        for spec in row.reserved:
+            put(spec, data.draw(st.sampled_from([0, 0, 0, 1])))
         buf[0:4] = data.draw(st.sampled_from([row.size, row.size, row.min_size, row.size + 8])).to_bytes(4, "little")
         size = int.from_bytes(buf[0:4], "little")
         buf = buf.ljust(max(size, row.size), b"\0")

@@ -12,10 +12,9 @@ import mmap
 
 import pytest
 
-import generated
+from model.uapi import B
 from conformance.tests.helpers import PAGE, U64, destroy, err, ioas_alloc, unmapped_va
 
-B = generated.load()
 ENTRY_NUM_MAX = 1 << 19  # hw_pagetable.c:493 IOMMU_HWPT_INVALIDATE_ENTRY_NUM_MAX
 VEVENTQ_MAX_DEPTH = 1 << 19  # eventq.c:502
 SENTINEL = 0x5A5A5A5A

@@ -5,12 +5,8 @@ import mmap
 
 import pytest
 
-import generated
+from model.uapi import B
 from conformance.tests.helpers import destroy, ioas_alloc
-
-B = generated.load()
-
-
 
 
 def test_ids_start_at_one_and_reuse_the_lowest_free(iommufd):

@@ -7,11 +7,8 @@ import os
 
 import pytest
 
-import generated
+from model.uapi import B
 from conformance.tests.helpers import err, ioas_alloc
-
-B = generated.load()
-
 
 
 def option(fd, option_id, op, object_id=0, val64=0, reserved=0):
@@ -19,7 +16,6 @@ def option(fd, option_id, op, object_id=0, val64=0, reserved=0):
                          object_id=object_id, val64=val64, __reserved=reserved)
     fd.ioctl(B.IOMMU_OPTION, cmd)
     return cmd.val64
-
 
 
 def _has_cap_sys_resource():

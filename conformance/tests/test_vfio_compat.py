@@ -2,20 +2,15 @@
 import ctypes
 import errno
 
-
-import generated
 from conformance.tests.helpers import err, ioas_alloc
-
-B = generated.load()
-ULONG_MAX = (1 << 64) - 1
-
+from model.limits import ULONG_MAX
+from model.uapi import B
 
 
 def vfio_ioas(fd, op, ioas_id=0, reserved=0):
     cmd = B.iommu_vfio_ioas(size=ctypes.sizeof(B.iommu_vfio_ioas), op=op, ioas_id=ioas_id, __reserved=reserved)
     fd.ioctl(B.IOMMU_VFIO_IOAS, cmd)
     return cmd.ioas_id
-
 
 
 GET, SET, CLEAR = B.IOMMU_VFIO_IOAS_GET, B.IOMMU_VFIO_IOAS_SET, B.IOMMU_VFIO_IOAS_CLEAR

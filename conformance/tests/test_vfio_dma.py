@@ -6,10 +6,9 @@ import mmap
 
 import pytest
 
-import generated
+from model.uapi import B
 from conformance.tests.helpers import err
 
-B = generated.load()
 PAGE = mmap.PAGESIZE
 
 
@@ -42,7 +41,6 @@ def unmap_dma(fd, iova, size, flags=0):
     except OSError as e:
         return e.errno, u.size
     return 0, u.size
-
 
 
 def test_needs_the_compat_ioas(iommufd, memory):

@@ -1,0 +1,13 @@
+"""The CONFIG_IOMMUFD_TEST hooks iommufd_private.h declares: selftest.c's functions when the
+model plays a test kernel (model/selftest/), the header's inline stubs otherwise."""
+from __future__ import annotations
+
+from model.limits import CONFIG_IOMMUFD_TEST
+
+if CONFIG_IOMMUFD_TEST:
+    from model.selftest import iommufd_test, iommufd_test_syz_conv_iova_id  # noqa: F401
+else:
+    iommufd_test = None  # no IOMMU_TEST_CMD row in the IOCTL_OP table: ENOTTY
+
+    def iommufd_test_syz_conv_iova_id(ucmd, ioas_id: int, iova: int, flags: int) -> tuple[int, int]:
+        return iova, flags

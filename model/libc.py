@@ -1,0 +1,63 @@
+"""The C library calls the project makes through ctypes, declared once.
+
+process_vm_readv/writev (copy_from_user / copy_to_user for the model), capget (capable()),
+ioctl with a 64-bit argument (a real /dev/iommu), mmap/munmap (user memory with holes).
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+libc = ctypes.CDLL(None, use_errno=True)
+
+
+class Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+_VM_ARGS = [ctypes.c_int, ctypes.POINTER(Iovec), ctypes.c_ulong, ctypes.POINTER(Iovec), ctypes.c_ulong,
+            ctypes.c_ulong]
+for _fn in (libc.process_vm_readv, libc.process_vm_writev):
+    _fn.restype = ctypes.c_ssize_t
+    _fn.argtypes = _VM_ARGS
+process_vm_readv = libc.process_vm_readv
+process_vm_writev = libc.process_vm_writev
+
+libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
+libc.ioctl.restype = ctypes.c_int
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+
+
+def errno_error() -> OSError:
+    err = ctypes.get_errno()
+    return OSError(err, os.strerror(err))
+
+
+def ioctl(fd: int, request: int, arg: int) -> int:
+    """ioctl(2) with an unsigned long argument (fcntl.ioctl takes an int as a C int)."""
+    rc = libc.ioctl(fd, request, arg)
+    if rc < 0:
+        raise errno_error()
+    return rc
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+_LINUX_CAPABILITY_VERSION_3 = 0x20080522
+
+
+def effective_caps(pid: int) -> int:
+    """The effective capability set of process `pid` as a bit mask (capget(2)); 0 if unknown."""
+    hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
+    data = (_CapData * 2)()
+    if libc.capget(ctypes.byref(hdr), data) != 0:
+        return 0
+    return data[0].effective | (data[1].effective << 32)

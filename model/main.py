@@ -1,0 +1,209 @@
+"""The iommufd core (drivers/iommu/iommufd/main.c): the context, the IOCTL_OP table, the
+object-ops table, iommufd_fops_ioctl() and IOMMU_DESTROY / IOMMU_OPTION.
+
+The core is called with the caller (a model.task.Task, whose mm is where user pointers point)
+and the address of the command in that mm: IommufdCtx.ioctl(task, cmd, arg). The Python
+client's fcntl.ioctl contract is model/file.py's, not this file's.
+
+Like main.c, the tables are checked when this module is imported (BUILD_BUG_ON): every IOCTL_OP
+name must be a row of the generated IOCTL table with a struct, once; every object-ops type must
+be one of enum iommufd_object_type. Struct and min_size come from the generated row.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+from dataclasses import dataclass
+from typing import Callable
+
+from model import device, eventq, hw_pagetable, ioas, vfio_compat, viommu
+from model.hooks import iommufd_test
+from model.objects import OBJECT_TYPES, IommufdError, NotModelled, ObjectOps, ObjectTable
+from model.pages import IOPT_PAGES_ACCOUNT_USER
+from model.task import SYSTEM_ACCOUNTS, Accounts, Task
+from model.uapi import B
+
+IOMMUFD_CMD_BASE = B.IOMMUFD_CMD_BASE
+
+
+class IoctlTableError(Exception):
+    """The IOCTL_OP or object-ops table does not match the generated bindings."""
+
+
+@dataclass(frozen=True)
+class IoctlOp:
+    """IOCTL_OP(ioctl, handler): the rest of main.c's row comes from the generated IOCTL table."""
+
+    name: str
+    handler: Callable
+
+
+class Ucmd:
+    """struct iommufd_ucmd: the context, the caller, the user buffer and the kernel's copy of the cmd."""
+
+    __slots__ = ("ictx", "task", "mem", "ubuffer", "user_size", "row", "cmd")
+
+    def __init__(self, ictx: "IommufdCtx", task: Task, ubuffer: int, user_size: int = 0, row=None, cmd=None):
+        self.ictx = ictx
+        self.task = task
+        self.mem = task.mm  # copy_from_user / copy_to_user go to current->mm
+        self.ubuffer = ubuffer
+        self.user_size = user_size
+        self.row = row
+        self.cmd = cmd
+
+    def respond(self, cmd_len: int | None = None) -> None:
+        """iommufd_ucmd_respond(): copy min(user_size, cmd_len) bytes back, or EFAULT."""
+        n = ctypes.sizeof(self.cmd) if cmd_len is None else cmd_len
+        self.mem.write(self.ubuffer, bytes(self.cmd)[: min(self.user_size, n)])
+
+
+def iommufd_destroy(ucmd: Ucmd) -> int:
+    """iommufd_destroy() -> iommufd_object_remove(): ENOENT unknown ID, EBUSY while used.
+    Destroying the compatibility IOAS clears it (ictx->vfio_ioas = NULL)."""
+    ictx = ucmd.ictx
+    obj = ictx.objects.remove(ucmd.cmd.id)
+    if ictx.vfio_ioas is obj:
+        ictx.vfio_ioas = None
+    ictx.objects.destroy(obj)
+    return 0
+
+
+def iommufd_option(ucmd: Ucmd) -> int:
+    """iommufd_option(): __reserved first, then by option_id; only val64 is written back."""
+    cmd = ucmd.cmd
+    if cmd.__reserved:
+        raise IommufdError(errno.EOPNOTSUPP)
+    if cmd.option_id == B.IOMMU_OPTION_RLIMIT_MODE:
+        ioas.iommufd_option_rlimit_mode(ucmd)
+    elif cmd.option_id == B.IOMMU_OPTION_HUGE_PAGES:
+        ioas.iommufd_ioas_option(ucmd)
+    else:
+        raise IommufdError(errno.EOPNOTSUPP)
+    ucmd.mem.write(ucmd.ubuffer + B.iommu_option.val64.offset, cmd.val64.to_bytes(8, "little"))
+    return 0
+
+
+# iommufd_ioctl_ops[], in main.c's order.
+IOCTL_OPS = (
+    IoctlOp("IOMMU_DESTROY", iommufd_destroy),
+    IoctlOp("IOMMU_FAULT_QUEUE_ALLOC", eventq.iommufd_fault_alloc),
+    IoctlOp("IOMMU_GET_HW_INFO", device.iommufd_get_hw_info),
+    IoctlOp("IOMMU_HW_QUEUE_ALLOC", viommu.iommufd_hw_queue_alloc_ioctl),
+    IoctlOp("IOMMU_HWPT_ALLOC", hw_pagetable.iommufd_hwpt_alloc),
+    IoctlOp("IOMMU_HWPT_GET_DIRTY_BITMAP", hw_pagetable.iommufd_hwpt_get_dirty_bitmap),
+    IoctlOp("IOMMU_HWPT_INVALIDATE", hw_pagetable.iommufd_hwpt_invalidate),
+    IoctlOp("IOMMU_HWPT_SET_DIRTY_TRACKING", hw_pagetable.iommufd_hwpt_set_dirty_tracking),
+    IoctlOp("IOMMU_IOAS_ALLOC", ioas.iommufd_ioas_alloc_ioctl),
+    IoctlOp("IOMMU_IOAS_ALLOW_IOVAS", ioas.iommufd_ioas_allow_iovas),
+    IoctlOp("IOMMU_IOAS_CHANGE_PROCESS", ioas.iommufd_ioas_change_process),
+    IoctlOp("IOMMU_IOAS_COPY", ioas.iommufd_ioas_copy),
+    IoctlOp("IOMMU_IOAS_IOVA_RANGES", ioas.iommufd_ioas_iova_ranges),
+    IoctlOp("IOMMU_IOAS_MAP", ioas.iommufd_ioas_map),
+    IoctlOp("IOMMU_IOAS_MAP_FILE", ioas.iommufd_ioas_map_file),
+    IoctlOp("IOMMU_IOAS_UNMAP", ioas.iommufd_ioas_unmap),
+    IoctlOp("IOMMU_OPTION", iommufd_option),
+    IoctlOp("IOMMU_VDEVICE_ALLOC", viommu.iommufd_vdevice_alloc_ioctl),
+    IoctlOp("IOMMU_VEVENTQ_ALLOC", eventq.iommufd_veventq_alloc),
+    IoctlOp("IOMMU_VFIO_IOAS", vfio_compat.iommufd_vfio_ioas),
+    IoctlOp("IOMMU_VIOMMU_ALLOC", viommu.iommufd_viommu_alloc_ioctl),
+    *((IoctlOp("IOMMU_TEST_CMD", iommufd_test),) if iommufd_test is not None else ()),
+)
+
+# iommufd_object_ops[]: the object types the model can create.
+OBJECT_OPS = {
+    "IOAS": ObjectOps(destroy=ioas.iommufd_ioas_destroy),
+}
+
+
+def build_ioctl_table(ops, rows) -> tuple[list, list[str]]:
+    """The dispatch array: index _IOC_NR - IOMMUFD_CMD_BASE -> (row, handler) or None, and the
+    iommufd rows with no op. IoctlTableError for a name with no row (or no struct) or a name twice."""
+    by_name = {r.name: r for r in rows if r.struct}
+    seen: set[str] = set()
+    slots: dict[int, tuple] = {}
+    for op in ops:
+        if op.name in seen:
+            raise IoctlTableError(f"IOCTL_OP({op.name}) appears twice")
+        seen.add(op.name)
+        row = by_name.get(op.name)
+        if row is None:
+            raise IoctlTableError(f"IOCTL_OP({op.name}): no ioctl of that name with a struct in the "
+                                  f"generated IOCTL table of {B.VERSION}")
+        slots[row.nr - IOMMUFD_CMD_BASE] = (row, op.handler)
+    table = [slots.get(i) for i in range(max(slots) + 1)] if slots else []
+    unhandled = sorted(n for n, r in by_name.items() if n not in seen and r.nr >= IOMMUFD_CMD_BASE)
+    return table, unhandled
+
+
+def check_object_ops(ops: dict) -> None:
+    for t in ops:
+        if t not in OBJECT_TYPES:
+            raise IoctlTableError(f"object-ops table: {t!r} is not an enum iommufd_object_type")
+
+
+IOCTL_TABLE, UNHANDLED = build_ioctl_table(IOCTL_OPS, B.IOCTLS)
+check_object_ops(OBJECT_OPS)
+_TABLE_LEN = len(IOCTL_TABLE)
+
+
+class IommufdCtx:
+    """struct iommufd_ctx: one open /dev/iommu."""
+
+    def __init__(self, accounts: Accounts | None = None):
+        self.objects = ObjectTable(OBJECT_OPS)
+        self.accounts = SYSTEM_ACCOUNTS if accounts is None else accounts
+        self.account_mode = IOPT_PAGES_ACCOUNT_USER  # iommufd_fops_open(): per user unless /dev/vfio/vfio
+        self.vfio_ioas = None  # IOMMU_VFIO_IOAS SET
+
+    def ioctl(self, task: Task, cmd: int, arg: int) -> int:
+        """iommufd_fops_ioctl(): the command at user address `arg` of `task`."""
+        nr = cmd & 0xFF
+        if nr < IOMMUFD_CMD_BASE or nr - IOMMUFD_CMD_BASE >= _TABLE_LEN:
+            return vfio_compat.iommufd_vfio_ioctl(Ucmd(self, task, arg), cmd)
+        mem = task.mm
+        slot = IOCTL_TABLE[nr - IOMMUFD_CMD_BASE]
+        # One read for get_user(size) and, most of the time, the whole struct after it.
+        head = mem.read_partial(arg, slot[0].size if slot else 4)
+        if len(head) < 4:
+            raise IommufdError(errno.EFAULT)  # get_user()
+        user_size = int.from_bytes(head[:4], "little")
+        if slot is None or slot[0].number != cmd:
+            raise IommufdError(errno.ENOTTY)  # -ENOIOCTLCMD reaches userspace as ENOTTY
+        row, handler = slot
+        if user_size < row.min_size:
+            raise IommufdError(errno.EINVAL)
+        # copy_struct_from_user() (include/linux/uaccess.h): the tail past the kernel's struct
+        # first (EFAULT, or E2BIG when nonzero), then the struct itself.
+        if user_size > row.size:
+            check_zeroed_user(mem, arg + row.size, user_size - row.size)
+        n = min(row.size, user_size)
+        if len(head) < n:
+            raise IommufdError(errno.EFAULT)
+        cmd_struct = B.bindings.STRUCTS[row.struct].from_buffer_copy(head[:n].ljust(row.size, b"\0"))
+        if handler is None:
+            raise NotModelled(row.name)
+        return handler(Ucmd(self, task, arg, user_size, row, cmd_struct))
+
+    def release(self) -> None:
+        """iommufd_fops_release(): every object goes with the file (and its pins)."""
+        for obj in list(self.objects.objects.values()):
+            self.objects.destroy(obj)
+        self.objects.objects.clear()
+
+
+_ZERO_CHUNK = 1 << 16
+
+
+def check_zeroed_user(mem, addr: int, size: int) -> None:
+    """check_zeroed_user() (lib/usercopy.c) for copy_struct_from_user(): the tail in bounded
+    pieces, page by page: E2BIG at the first nonzero byte, EFAULT where a read stops short."""
+    end = addr + size
+    while addr < end:
+        n = min(end - addr, _ZERO_CHUNK - (addr % _ZERO_CHUNK))
+        got = mem.read_partial(addr, n)
+        if got.count(0) != len(got):
+            raise IommufdError(errno.E2BIG)
+        if len(got) < n:
+            raise IommufdError(errno.EFAULT)
+        addr += n

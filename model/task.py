@@ -1,0 +1,87 @@
+"""The caller of an ioctl (the kernel's `current`) and the accounting it is charged to.
+
+A Task is what the kernel reads off `current`: pid, uid (its user_struct), capabilities,
+RLIMIT_MEMLOCK and its mm (here: the process's address space, by pid). The model never asks
+os.getpid(): the layer that receives the call (the Python client in model/file.py, later a
+server) says who is calling. Properties are read from /proc, capget and prlimit when first used
+and kept for the one call; a fresh Task is made per call, as `current` is.
+
+Accounts is the kernel's shared counters: user_struct->locked_vm per uid, mm->locked_vm and
+mm->pinned_vm per mm. Contexts share one Accounts as the kernel's files share user_structs and
+mms; a test or a server can make a fresh one.
+"""
+from __future__ import annotations
+
+import os
+import resource
+from dataclasses import dataclass, field
+
+from model.libc import effective_caps
+from model.limits import PAGE_SHIFT, U64_MAX
+from model.uaccess import UserMemory
+
+
+class Task:
+    """`current`: the calling process."""
+
+    __slots__ = ("pid", "_uid", "_caps", "_memlock", "mm")
+
+    def __init__(self, pid: int, uid: int | None = None, caps: int | None = None,
+                 memlock: int | None = None):
+        self.pid = pid
+        self._uid, self._caps, self._memlock = uid, caps, memlock
+        self.mm = UserMemory(pid)
+
+    @property
+    def uid(self) -> int:
+        """current_user(): the real uid of the process (/proc/PID is owned by it)."""
+        if self._uid is None:
+            try:
+                self._uid = os.stat(f"/proc/{self.pid}").st_uid
+            except OSError:
+                self._uid = os.getuid()
+        return self._uid
+
+    def capable(self, cap: int) -> bool:
+        """capable(): `cap` in the task's effective set."""
+        if self._caps is None:
+            self._caps = effective_caps(self.pid)
+        return bool(self._caps >> cap & 1)
+
+    @property
+    def memlock_pages(self) -> int:
+        """task_rlimit(task, RLIMIT_MEMLOCK) >> PAGE_SHIFT."""
+        if self._memlock is None:
+            try:
+                soft, _ = resource.prlimit(self.pid, resource.RLIMIT_MEMLOCK)
+            except OSError:
+                soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+            self._memlock = U64_MAX if soft == resource.RLIM_INFINITY else soft
+        return self._memlock >> PAGE_SHIFT
+
+    def __repr__(self) -> str:
+        return f"Task(pid={self.pid})"
+
+
+@dataclass
+class Accounts:
+    """The machine's shared counters, in pages: user->locked_vm by uid; mm->locked_vm and
+    mm->pinned_vm by mm (the process, by pid); and the frames pinned pages get."""
+
+    user_locked_vm: dict[int, int] = field(default_factory=dict)
+    mm_locked_vm: dict[int, int] = field(default_factory=dict)
+    mm_pinned_vm: dict[int, int] = field(default_factory=dict)
+    next_pfn: int = 0x100000  # the machine's page frames for pinned pages (from 4 GiB up)
+
+    def alloc_frames(self, n: int) -> int:
+        """n consecutive page frames never handed out before: the first one's number."""
+        base, self.next_pfn = self.next_pfn, self.next_pfn + n
+        return base
+
+    def snapshot(self) -> tuple:
+        return tuple(tuple(sorted((k, v) for k, v in d.items() if v))
+                     for d in (self.user_locked_vm, self.mm_locked_vm, self.mm_pinned_vm))
+
+
+# The machine's counters, shared by every context opened without its own (as the kernel's are).
+SYSTEM_ACCOUNTS = Accounts()
