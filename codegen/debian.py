@@ -1,4 +1,5 @@
-"""Debian's linux-source packages, fetched without touching the system's apt state.
+"""This host's Debian: the cache directory, the packages the project's jobs need, and Debian's
+linux-source packages, fetched without touching the system's apt state.
 
 The machine stays on its own suite: a private sources file (the system's Debian entry
 with the suite changed) and a private list directory under the cache are passed to
@@ -11,12 +12,22 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tarfile
 import time
 from pathlib import Path
 
 # Which suite carries which kernel series (Debian: stable has 6.12, sid has 7.2).
 SUITE_OF_SERIES = {"7.2": "sid", "6.12": "stable"}
+
+# The Debian packages each job needs (ensure_packages() installs what is missing; .ci/run
+# installs them all up front with `python3 -m codegen.debian packages`).
+PACKAGES = {
+    "codegen": ["gcc", "cpp", "libc6-dev", "linux-libc-dev"],  # the preprocessor, the layout proof
+    "kernel build": ["gcc", "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "ccache", "cpio", "xz-utils"],
+    "selftests": ["libcap-dev", "rsync"],  # rsync: the selftests' lib.mk copies files with it
+    "vm": ["qemu-system-x86"],
+}
 
 
 class FetchError(RuntimeError):
@@ -159,3 +170,45 @@ def source_tree(series: str) -> tuple[Path, str]:
         root.mkdir(parents=True)
         _run(["tar", "xf", str(tarball), "-C", str(root)])
     return tree, version
+
+
+class DependencyError(RuntimeError):
+    """A host tool is missing and cannot be installed here; the message names the package."""
+
+
+class KernelBuildError(RuntimeError):
+    pass
+
+
+def ensure_packages(packages: list[str], why: str) -> None:
+    """Install the Debian packages that are missing (as root, with apt-get), or say which."""
+    if shutil.which("dpkg-query") is None:
+        return  # not Debian: nothing to check with; the tools report what is missing themselves
+    q = subprocess.run(["dpkg-query", "-W", "-f=${Package} ${db:Status-Status}\n", *packages],
+                       capture_output=True, text=True)
+    installed = {ln.split()[0] for ln in q.stdout.splitlines() if ln.endswith(" installed")}
+    missing = [p for p in packages if p not in installed]
+    if not missing:
+        return
+    hint = f"apt-get install -y {' '.join(missing)}"
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise DependencyError(f"missing Debian package(s) {', '.join(missing)} ({why}); install them: sudo {hint}")
+    print(f"installing {' '.join(missing)} ({why})", file=sys.stderr)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "--no-install-recommends", *missing]
+    if subprocess.run(cmd, env=env).returncode != 0:
+        # A fresh machine may have no package lists yet.
+        subprocess.run(["apt-get", "update"], env=env, check=False)
+        if subprocess.run(cmd, env=env).returncode != 0:
+            raise DependencyError(f"`{hint}` failed ({why})")
+
+
+def all_packages() -> list[str]:
+    return sorted({p for ps in PACKAGES.values() for p in ps})
+
+
+if __name__ == "__main__":
+    # `python3 -m codegen.debian packages`: every package the project's jobs use, one line.
+    if sys.argv[1:] != ["packages"]:
+        sys.exit("usage: python3 -m codegen.debian packages")
+    print(" ".join(all_packages()))

@@ -13,12 +13,11 @@ import ctypes
 import mmap
 import time
 
-import generated
 from model import open_iommufd
+from model.limits import PAGE_SIZE as PAGE
+from model.limits import U64_MAX as U64
+from model.uapi import B
 
-B = generated.load("7.2")
-PAGE = 4096
-U64 = (1 << 64) - 1
 RW = B.IOMMU_IOAS_MAP_READABLE | B.IOMMU_IOAS_MAP_WRITEABLE
 FIXED = B.IOMMU_IOAS_MAP_FIXED_IOVA
 S_MAP = ctypes.sizeof(B.iommu_ioas_map)

@@ -3,6 +3,9 @@
 model (default) and kernel run in this process; vm[=BZIMAGE] re-runs the same pytest
 command inside a QEMU guest booted from the project's test kernel, with target kernel,
 and fails the run on any kernel WARNING/BUG/oops the guest logged.
+
+The VM runner's own tests (conformance/runner_tests, marked `vm_runner`) boot QEMU: they run
+only with --vm-runner-tests (CI passes it), so the default test command never boots a guest.
 """
 from __future__ import annotations
 
@@ -10,9 +13,10 @@ import os
 
 import pytest
 
-from conformance.targets import ENV, open_target, parse_target
+from conformance.targets import ENV, Target, parse_target
 
 OPTION = "--iommufd-target"
+RUNNER_OPTION = "--vm-runner-tests"
 
 
 def pytest_addoption(parser):
@@ -21,9 +25,11 @@ def pytest_addoption(parser):
         OPTION, default=os.environ.get(ENV, "model"), metavar="TARGET",
         help=f"what the conformance tests talk to: model (default), kernel, vm[=BZIMAGE] (env {ENV})",
     )
+    group.addoption(RUNNER_OPTION, action="store_true", default=False,
+                    help="also run the VM runner's own tests (they boot QEMU on the cached test kernel)")
 
 
-def _target(config) -> tuple[str, str | None]:
+def _target(config) -> Target:
     try:
         return parse_target(config.getoption(OPTION))
     except ValueError as e:
@@ -31,12 +37,12 @@ def _target(config) -> tuple[str, str | None]:
 
 
 def pytest_cmdline_main(config):
-    name, kernel = _target(config)
-    if name != "vm":
+    target = _target(config)
+    if target.in_process:
         return None
     from conformance.run import pytest_in_vm
 
-    return pytest_in_vm(_without_target(config.invocation_params.args), kernel)
+    return pytest_in_vm(_without_target(config.invocation_params.args), target.value)
 
 
 def _without_target(args) -> list[str]:
@@ -53,21 +59,32 @@ def _without_target(args) -> list[str]:
 
 
 def pytest_configure(config):
-    name, _ = _target(config)
-    if name == "kernel" and not os.path.exists("/dev/iommu"):
-        raise pytest.UsageError("--iommufd-target kernel: this machine has no /dev/iommu (try --iommufd-target vm)")
+    config.addinivalue_line("markers", "vm_runner: boots QEMU (runs with --vm-runner-tests)")
+    target = _target(config)
+    if target.in_process and (why := target.unavailable()):
+        raise pytest.UsageError(f"{OPTION} {target.name}: {why}")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption(RUNNER_OPTION):
+        return
+    skip = pytest.mark.skip(reason=f"boots QEMU: the VM runner's own tests run with {RUNNER_OPTION} (CI passes it)")
+    for item in items:
+        if "vm_runner" in item.keywords:
+            item.add_marker(skip)
 
 
 def pytest_report_header(config):
-    return f"iommufd target: {config.getoption(OPTION)}"
+    target = _target(config)
+    return f"iommufd target: {config.getoption(OPTION)}: {target.describe()}"
 
 
 class _Fd:
     """The target's file, with the model's 'not modelled yet' turned into a skip."""
 
-    def __init__(self, target: str):
-        self.target = target
-        self._f = open_target(target)
+    def __init__(self, target: Target):
+        self.target = target.name
+        self._f = target.open()
 
     def ioctl(self, request, arg=0, mutate_flag=True):
         try:
@@ -83,16 +100,17 @@ class _Fd:
 
 @pytest.fixture
 def iommufd_target(request) -> str:
-    return _target(request.config)[0]
+    return _target(request.config).name
 
 
 @pytest.fixture
-def open_iommufd(iommufd_target):
+def open_iommufd(request):
     """A factory of fresh /dev/iommu files on the selected target, closed after the test."""
     files = []
+    target = _target(request.config)
 
     def _open():
-        f = _Fd(iommufd_target)
+        f = _Fd(target)
         files.append(f)
         return f
 
@@ -109,9 +127,10 @@ def iommufd(open_iommufd):
 
 @pytest.fixture(scope="session")
 def uapi():
-    """The generated bindings of the kernel under test (the default: newest)."""
-    import generated
+    """The generated bindings the suite uses: model.uapi's, the version the model implements and
+    the VM's kernel is built from."""
+    from model.uapi import B
 
-    return generated.load()
+    return B
 
 

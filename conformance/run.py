@@ -15,10 +15,8 @@ def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: flo
     Returns pytest's exit status, or 1 when the guest kernel logged a WARNING/BUG/oops
     (each shown with the test that was running).
     """
-    from conformance import kernel as kbuild
-    from conformance import vm
-
-    from codegen.debian import FetchError
+    from codegen.debian import DependencyError, FetchError
+    from conformance import kbuild, vm
 
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, "--iommufd-target=kernel"]
     try:
@@ -28,7 +26,7 @@ def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: flo
     except vm.VmError as e:
         print(f"\niommufd-conformance: the VM run failed: {e}", file=sys.stderr)
         return 3
-    except (FileNotFoundError, ValueError, kbuild.KernelBuildError, kbuild.DependencyError, FetchError) as e:
+    except (FileNotFoundError, ValueError, kbuild.KernelBuildError, DependencyError, FetchError) as e:
         print(f"iommufd-conformance: target vm: {e}", file=sys.stderr)
         return 3
     if res.findings:
@@ -37,29 +35,3 @@ def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: flo
             print(f, file=sys.stderr)
         return 1
     return res.returncode if res.returncode is not None else 3
-
-
-def cmd_run(args) -> int:
-    import pytest
-
-    from conformance.targets import parse_target
-
-    try:
-        parse_target(args.target)
-    except ValueError as e:
-        print(f"iommufd-conformance: {e}", file=sys.stderr)
-        return 2
-    pargs = [str(SUITE.relative_to(Path.cwd())) if SUITE.is_relative_to(Path.cwd()) else str(SUITE),
-             f"--iommufd-target={args.target}", "-q", *args.pytest_args]
-    if args.junit_xml:
-        pargs.append(f"--junit-xml={args.junit_xml}")
-    return int(pytest.main(pargs))
-
-
-def register(sub) -> None:
-    r = sub.add_parser("run", help="run the conformance suite (default target: the model)")
-    r.add_argument("--target", default=os.environ.get("IOMMUFD_CONFORMANCE_TARGET", "model"),
-                   help="model (default), kernel (this machine's /dev/iommu), vm[=BZIMAGE] (the test kernel in QEMU)")
-    r.add_argument("--junit-xml", metavar="FILE", help="also write a JUnit XML report")
-    r.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
-    r.set_defaults(func=cmd_run)

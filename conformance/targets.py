@@ -1,21 +1,65 @@
-"""Targets: what a conformance test's `fd.ioctl()` talks to.
+"""Targets: what a conformance test's `fd.ioctl()` talks to, behind one interface.
 
 model   the executable model (model.open_iommufd), in this process
 kernel  this machine's /dev/iommu through fcntl.ioctl
 vm      the kernel target inside a QEMU guest booted from the project's test kernel
-        (conformance.run / the pytest plugin re-run the suite there)
+        (conformance.run / the pytest plugin re-run the suite there, with target kernel)
+
+A new target (say, a model server for C programs) is one Target subclass in TARGETS.
 """
 from __future__ import annotations
 
-import ctypes
 import fcntl
 import os
+from typing import ClassVar, Protocol
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong]
+from model import libc
+from model.uapi import B, SERIES
 
-TARGETS = ("model", "kernel", "vm")
 ENV = "IOMMUFD_CONFORMANCE_TARGET"
+
+
+class IommuFile(Protocol):
+    """An open /dev/iommu as the tests use it (the model's file has this interface)."""
+
+    def ioctl(self, request: int, arg=0, mutate_flag: bool = True): ...
+
+    def close(self) -> None: ...
+
+
+class Target:
+    """A place the suite can run: its name, whether it runs in this process, how to open a
+    file on it, and what it says about itself for reports."""
+
+    name: ClassVar[str]
+    in_process: ClassVar[bool] = True
+    takes_value: ClassVar[bool] = False
+
+    def __init__(self, value: str | None = None):
+        self.value = value
+
+    def unavailable(self) -> str | None:
+        """Why this target cannot run here, or None."""
+        return None
+
+    def open(self) -> IommuFile:
+        raise NotImplementedError(f"target {self.name} is not opened in this process")
+
+    def describe(self) -> str:
+        """The kernel (or model) and uapi version, for report headers."""
+        return f"uapi {B.VERSION} bindings"
+
+
+class ModelTarget(Target):
+    name = "model"
+
+    def open(self) -> IommuFile:
+        from model import open_iommufd
+
+        return open_iommufd()
+
+    def describe(self) -> str:
+        return f"the model of Linux {SERIES} (uapi {B.KERNEL_VERSION})"
 
 
 class KernelFile:
@@ -27,11 +71,7 @@ class KernelFile:
     def ioctl(self, request: int, arg=0, mutate_flag: bool = True):
         if isinstance(arg, int):
             # fcntl.ioctl takes an int argument as a C int; a user pointer needs all 64 bits.
-            rc = _libc.ioctl(self.fd, request, arg)
-            if rc < 0:
-                err = ctypes.get_errno()
-                raise OSError(err, os.strerror(err))
-            return rc
+            return libc.ioctl(self.fd, request, arg)
         return fcntl.ioctl(self.fd, request, arg, mutate_flag)
 
     def close(self) -> None:
@@ -40,21 +80,39 @@ class KernelFile:
             self.fd = -1
 
 
-def parse_target(spec: str) -> tuple[str, str | None]:
-    """"vm=/path/bzImage" -> ("vm", "/path/bzImage")."""
-    name, _, value = spec.partition("=")
-    if name not in TARGETS:
-        raise ValueError(f"unknown target {spec!r}; choose one of {', '.join(TARGETS)} (vm=BZIMAGE)")
-    if value and name != "vm":
-        raise ValueError(f"target {name} takes no value")
-    return name, value or None
+class KernelTarget(Target):
+    name = "kernel"
 
+    def unavailable(self) -> str | None:
+        if not os.path.exists("/dev/iommu"):
+            return "this machine has no /dev/iommu (try --iommufd-target vm)"
+        return None
 
-def open_target(name: str):
-    if name == "model":
-        from model import open_iommufd
-
-        return open_iommufd()
-    if name == "kernel":
+    def open(self) -> IommuFile:
         return KernelFile()
-    raise ValueError(f"target {name} is not opened in this process")
+
+    def describe(self) -> str:
+        return f"Linux {os.uname().release} (/dev/iommu), uapi {B.VERSION} bindings"
+
+
+class VmTarget(Target):
+    name = "vm"
+    in_process = False
+    takes_value = True  # vm=BZIMAGE
+
+    def describe(self) -> str:
+        return f"the test kernel ({self.value or f'Linux {SERIES}, built or cached'}) in QEMU"
+
+
+TARGETS: dict[str, type[Target]] = {t.name: t for t in (ModelTarget, KernelTarget, VmTarget)}
+
+
+def parse_target(spec: str) -> Target:
+    """"vm=/path/bzImage" -> VmTarget("/path/bzImage"); ValueError for anything unknown."""
+    name, _, value = spec.partition("=")
+    cls = TARGETS.get(name)
+    if cls is None:
+        raise ValueError(f"unknown target {spec!r}; choose one of {', '.join(TARGETS)} (vm=BZIMAGE)")
+    if value and not cls.takes_value:
+        raise ValueError(f"target {name} takes no value")
+    return cls(value or None)

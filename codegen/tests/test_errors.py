@@ -77,7 +77,7 @@ def test_cli_reports_without_traceback(tree):
     root, d = tree
     (d / "iommufd.h").write_text("struct broken {\n\tint x\n};\n")
     code = (
-        "import sys; from pathlib import Path; import conformance.commands_codegen as c; "
+        "import sys; from pathlib import Path; import conformance.cli.codegen as c; "
         f"c.ROOT = Path({str(root)!r}); "
         "import argparse; p = argparse.ArgumentParser(); s = p.add_subparsers(); c.register(s); "
         "a = p.parse_args(['generate']); sys.exit(a.func(a))"

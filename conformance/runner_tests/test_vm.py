@@ -1,7 +1,8 @@
 """The QEMU runner (conformance/vm.py) against the cached test kernel.
 
-Each VM test boots the guest once (~3 s under TCG). They skip when no test kernel is
-cached; CI runs `iommufd-conformance kernel build` first, so there they run.
+Each VM test boots the guest once (~3 s under TCG): they are marked vm_runner and run with
+--vm-runner-tests (CI passes it, after `iommufd-conformance kernel build`); they skip when no
+test kernel is cached.
 """
 from __future__ import annotations
 
@@ -11,15 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from conformance import kernel, vm
+from conformance import kbuild, selftests, vm
 
-KERNEL = kernel.cached_kernel()
+KERNEL = kbuild.cached_kernel()
 IN_GUEST = "IOMMUFD_VM_SCRATCH" in os.environ
-needs_kernel = pytest.mark.skipif(
+_skip_without_kernel = pytest.mark.skipif(
     IN_GUEST or KERNEL is None,
     reason="already inside the test VM (no nested QEMU)" if IN_GUEST
     else "no cached test kernel; build it with `iommufd-conformance kernel build`")
 REPO = Path(__file__).resolve().parents[2]
+
+
+def needs_kernel(test):
+    return pytest.mark.vm_runner(_skip_without_kernel(test))
 
 
 def _processes_mentioning(needle: str) -> list[int]:
@@ -145,7 +150,7 @@ ok 3 iommufd_viommu.no_viommu.viommu_alloc # SKIP Skipping for no_viommu
 # FAILED: 1 / 3 tests passed.
 # Totals: pass:1 fail:1 xfail:0 xpass:0 skip:1 error:0
 """
-    r = kernel.parse_kselftest("iommufd", out)
+    r = selftests.parse_kselftest("iommufd", out)
     assert r.passed == ["iommufd.simple_close"]
     assert r.failed == ["iommufd_ioas.no_domain.area_auto_iova"]
     assert r.skipped == ["iommufd_viommu.no_viommu.viommu_alloc"]
@@ -155,7 +160,7 @@ ok 3 iommufd_viommu.no_viommu.viommu_alloc # SKIP Skipping for no_viommu
 def test_fragment_check_names_lost_symbols():
     fragment = "CONFIG_IOMMUFD=y\nCONFIG_FOO=y\n# CONFIG_BAR is not set\n"
     config = "CONFIG_IOMMUFD=y\n# CONFIG_FOO is not set\nCONFIG_BAR=y\n"
-    assert kernel.check_config(fragment, config) == ["CONFIG_FOO=y (got: n)", "CONFIG_BAR=n (got: y)"]
+    assert kbuild.check_config(fragment, config) == ["CONFIG_FOO=y (got: n)", "CONFIG_BAR=n (got: y)"]
 
 
 @pytest.mark.parametrize("argv,code", [

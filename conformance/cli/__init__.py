@@ -1,7 +1,8 @@
 """The `iommufd-conformance` command: one subcommand per job.
 
-Each module that owns a job registers its own subcommands (register(sub)) and
-sets `func`, so this file only assembles them.
+All argparse code lives in this package: one module per job registers its subcommands
+(register(sub)) and sets `func`; the libraries they call (conformance.kbuild, .vm, .run,
+.selftests, codegen) take plain arguments.
 """
 from __future__ import annotations
 
@@ -10,11 +11,11 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from conformance import commands_codegen, kernel, vm, run
+    from conformance.cli import codegen, kernel, run, vm
 
     p = argparse.ArgumentParser(prog="iommufd-conformance", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    commands_codegen.register(sub)
+    codegen.register(sub)
     kernel.register(sub)
     vm.register(sub)
     run.register(sub)
