@@ -55,12 +55,13 @@ class IommufdFile:
         pid = os.getpid() if self._pid is None else self._pid
         n = ctypes.sizeof(keep) if keep is not None else 0
         bounced = keep is not None and n <= IOCTL_BUFSZ and pid == os.getpid()
-        task = Task(pid)
         if bounced:
             bounce = ctypes.create_string_buffer(IOCTL_BUFSZ + 1)  # per call: threads share the file
             ctypes.memmove(bounce, addr, n)
             addr = ctypes.addressof(bounce)
-            task.mm = BouncedMemory(pid, addr, IOCTL_BUFSZ + 1)
+            task = Task(pid, mm=BouncedMemory(pid, addr, IOCTL_BUFSZ + 1))
+        else:
+            task = Task(pid)
         try:
             return ictx.ioctl(task, request & 0xFFFFFFFF, addr)
         except IommufdError as e:

@@ -506,8 +506,26 @@ class IoPagetable:
             while j < n and pfns[j] == pfns[j - 1] + 1:
                 j += 1
             next_iova = min(area.last + 1, iova + (j - k) * PAGE_SIZE - page_offset)
-            domain.map(iova, pfns[k] * PAGE_SIZE + page_offset, next_iova - iova, area.iommu_prot)
+            paddr = pfns[k] * PAGE_SIZE + page_offset
+            if self.disable_large_pages:
+                self._map_small(domain, iova, paddr, next_iova - iova, area.iommu_prot)
+            else:
+                domain.map(iova, paddr, next_iova - iova, area.iommu_prot)
             iova, k, page_offset = next_iova, j, 0
+
+    @staticmethod
+    def _map_small(domain: IommuDomain, iova: int, paddr: int, size: int, prot: int) -> None:
+        """batch_iommu_map_small(): one PAGE_SIZE iommu_map() at a time (no large IOPTE that a
+        type1 unmap would have to split); what was mapped is unmapped on a failure."""
+        done = 0
+        try:
+            while done < size:
+                domain.map(iova + done, paddr + done, PAGE_SIZE, prot)
+                done += PAGE_SIZE
+        except IommufdError:
+            if done:
+                domain.unmap(iova, done)
+            raise
 
     @staticmethod
     def _area_unmap(domain: IommuDomain, area: IopArea) -> None:

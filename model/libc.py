@@ -54,10 +54,13 @@ class _CapData(ctypes.Structure):
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
+libc.capget.argtypes = [ctypes.POINTER(_CapHeader), ctypes.POINTER(_CapData)]
+
+
 def effective_caps(pid: int) -> int:
     """The effective capability set of process `pid` as a bit mask (capget(2)); 0 if unknown."""
     hdr = _CapHeader(_LINUX_CAPABILITY_VERSION_3, pid)
     data = (_CapData * 2)()
-    if libc.capget(ctypes.byref(hdr), data) != 0:
+    if libc.capget(hdr, data) != 0:
         return 0
     return data[0].effective | (data[1].effective << 32)

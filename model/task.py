@@ -27,19 +27,16 @@ class Task:
     __slots__ = ("pid", "_uid", "_caps", "_memlock", "mm")
 
     def __init__(self, pid: int, uid: int | None = None, caps: int | None = None,
-                 memlock: int | None = None):
+                 memlock: int | None = None, mm: UserMemory | None = None):
         self.pid = pid
         self._uid, self._caps, self._memlock = uid, caps, memlock
-        self.mm = UserMemory(pid)
+        self.mm = UserMemory(pid) if mm is None else mm
 
     @property
     def uid(self) -> int:
-        """current_user(): the real uid of the process (/proc/PID is owned by it)."""
+        """current_user(): the user_struct of the task's real uid."""
         if self._uid is None:
-            try:
-                self._uid = os.stat(f"/proc/{self.pid}").st_uid
-            except OSError:
-                self._uid = os.getuid()
+            self._uid = _real_uid(self.pid)
         return self._uid
 
     def capable(self, cap: int) -> bool:
@@ -81,6 +78,19 @@ class Accounts:
     def snapshot(self) -> tuple:
         return tuple(tuple(sorted((k, v) for k, v in d.items() if v))
                      for d in (self.user_locked_vm, self.mm_locked_vm, self.mm_pinned_vm))
+
+
+def _real_uid(pid: int) -> int:
+    if pid == os.getpid():
+        return os.getuid()
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("Uid:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return os.getuid()
 
 
 # The machine's counters, shared by every context opened without its own (as the kernel's are).

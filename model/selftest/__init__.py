@@ -7,7 +7,7 @@ selftest.c only through iommufd_private.h; with CONFIG_IOMMUFD_TEST off it is ne
 from __future__ import annotations
 
 from model.objects import NotModelled
-from model.selftest.syz import iommufd_test_syz_conv_iova_id  # noqa: F401
+from model.selftest.syz import iommufd_test_syz_conv_iova_id  # noqa: F401 (model/hooks.py takes it from here)
 
 
 def iommufd_test(ucmd) -> int:

@@ -162,3 +162,23 @@ def test_adding_a_domain_checks_alignment_first():
         iopt.table_add_domain(u.task.mm, dom)
     assert e.value.errno == errno.EADDRINUSE
     assert iopt.domains == [] and pages.npinned == 0 and iopt.iova_alignment == 1
+
+
+def test_large_pages_disabled_maps_page_by_page():
+    from model.io_pagetable import iopt_disable_large_pages
+
+    u = _User(1024)
+    for disable in (False, True):
+        iopt = IoPagetable()
+        if disable:
+            iopt_disable_large_pages(iopt)
+        pt = ReferencePageTable(SZ_4K | SZ_2M)
+        iopt.table_add_domain(u.task.mm, IommuDomain(pt))
+        pages = u.pages(0, SZ_2M)
+        iopt.map_pages(u.task.mm, [(pages, 0, SZ_2M)], SZ_2M, SZ_1G, IOMMU_READ, False)
+        # the frames of one fill are consecutive; the domain takes a 2M page unless disabled
+        aligned = pages.pfns[0] * PAGE_SIZE % SZ_2M == 0
+        sizes = {e[1] for e in pt.entries.values()}
+        assert sizes == ({SZ_4K} if disable or not aligned else {SZ_2M})
+        iopt.unmap_all()
+        assert pt.entries == {}
