@@ -1,14 +1,24 @@
 """An open /dev/iommu for Python callers: `fd.ioctl(request, arg)` like fcntl.ioctl(fd, request,
-arg, True). This is the Python client's contract; the core (model/main.py) takes a task and an
-address, as a server for other processes will call it.
+arg, mutate_flag). This is the Python client's contract; the core (model/main.py) takes a task
+and an address, as a server for other processes will call it.
 
-- arg is an int (a user address, passed as it is) or a writable buffer (bytearray, ctypes
-  structure); immutable bytes are copied and the copy returned, as fcntl does.
-- Like fcntl.ioctl (Modules/fcntlmodule.c), a mutable buffer of up to IOCTL_BUFSZ bytes is
-  copied into a bounce buffer, the kernel sees that copy, and it is copied back afterwards:
-  writes aimed at the caller's buffer itself are lost on return.
-- The caller is this process, as it is when ioctl() is called (after fork() the child is).
-- Failure raises OSError with the kernel's errno.
+Arguments, as CPython's fcntl.ioctl (Modules/fcntlmodule.c) takes them:
+- a writable buffer (bytearray, array.array, mmap, numpy array, ctypes object, memoryview):
+  with mutate_flag, one of up to IOCTL_BUFSZ bytes is copied into a bounce buffer, the kernel
+  sees that copy, and it is copied back afterwards (writes aimed at the caller's buffer itself
+  are lost); a longer one is passed in place; the result is the ioctl's return value. Without
+  mutate_flag the copy's bytes are returned and the buffer is left alone.
+- a read-only buffer (bytes, a read-only memoryview) or str: copied (at most IOCTL_BUFSZ
+  bytes, else ValueError), the copy's bytes returned;
+- an int: the argument as it is (a user address; fcntl would take a C int, the model the whole
+  64-bit value, as the ioctl system call does).
+The caller is this process when ioctl() is called. Failure raises OSError with the kernel's errno.
+
+Like a file, one IommufdFile may be used from several threads: each ioctl runs whole under the
+context's lock (as the kernel's locks make it atomic on the objects it touches); close() waits
+for the ioctl in flight, and an ioctl after it answers EBADF. After fork() a real file is shared
+by parent and child; the model's state lives in the parent's memory, so the child's use of an
+inherited model file answers ENOSYS ("not modelled") instead of diverging silently.
 """
 from __future__ import annotations
 
@@ -16,67 +26,88 @@ import ctypes
 import errno
 import os
 
+from model import vfs
 from model.main import IommufdCtx
-from model.objects import IommufdError
+from model.objects import IommufdError, NotModelled
 from model.task import Accounts, Task
 from model.uaccess import BouncedMemory, UserFault
 
 IOCTL_BUFSZ = 1024  # CPython's fcntl.ioctl bounce buffer
 
 
-def _user_address(arg) -> tuple[int, object]:
-    """The user pointer an ioctl argument stands for, and a keep-alive reference."""
-    if isinstance(arg, int):
-        return arg, None
-    if isinstance(arg, (ctypes.Structure, ctypes.Union, ctypes.Array)):
-        return ctypes.addressof(arg), arg
-    if isinstance(arg, (bytearray, memoryview)):
-        view = (ctypes.c_char * len(arg)).from_buffer(arg)
-        return ctypes.addressof(view), view
-    raise TypeError(f"ioctl argument must be an int or a writable buffer, not {type(arg).__name__}")
-
-
 class IommufdFile:
-    """An open /dev/iommu: ioctl() like fcntl.ioctl(fd, request, arg, True)."""
+    """An open /dev/iommu: ioctl() like fcntl.ioctl(fd, request, arg, mutate_flag)."""
 
     def __init__(self, pid: int | None = None, accounts: Accounts | None = None):
         self._pid = pid  # whose memory user pointers address; None: the calling process
+        self._owner = os.getpid()  # the process whose memory holds this file's state
         self.ictx: IommufdCtx | None = IommufdCtx(accounts)
+        self.f_flags = vfs.FileFlags()
 
-    def ioctl(self, request: int, arg=0, mutate_flag: bool = True) -> int:
+    def ioctl(self, request: int, arg=0, mutate_flag: bool = True):
+        if isinstance(arg, int):
+            return self._call(request & 0xFFFFFFFF, arg, None)
+        try:
+            view = memoryview(arg)
+        except TypeError:
+            if not isinstance(arg, str):
+                raise TypeError("ioctl argument must be an int or a buffer, "
+                                f"not {type(arg).__name__}") from None
+            view = memoryview(arg.encode())
+        with view:
+            n = view.nbytes
+            if view.readonly or not mutate_flag:
+                if n > IOCTL_BUFSZ:
+                    raise ValueError("ioctl string arg too long")
+                bounce = ctypes.create_string_buffer(view.tobytes(), IOCTL_BUFSZ + 1)
+                self._call(request & 0xFFFFFFFF, ctypes.addressof(bounce), bounce)
+                return bounce.raw[:n]
+            user = (ctypes.c_char * n).from_buffer(view)  # TypeError if not C-contiguous, as fcntl
+            try:
+                if n > IOCTL_BUFSZ:  # passed in place
+                    return self._call(request & 0xFFFFFFFF, ctypes.addressof(user), None)
+                bounce = ctypes.create_string_buffer(IOCTL_BUFSZ + 1)  # per call: threads share the file
+                ctypes.memmove(bounce, user, n)
+                try:
+                    return self._call(request & 0xFFFFFFFF, ctypes.addressof(bounce), bounce)
+                finally:
+                    ctypes.memmove(user, bounce, n)
+            finally:
+                del user  # give the buffer export back before the view is released
+
+    def _call(self, cmd: int, addr: int, bounce) -> int:
+        """sys_ioctl(): the file, do_vfs_ioctl(), then the driver under the context's lock."""
         ictx = self.ictx
         if ictx is None:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-        if isinstance(arg, bytes):  # fcntl copies an immutable buffer and returns the copy
-            buf = bytearray(arg)
-            self.ioctl(request, buf)
-            return bytes(buf)
-        addr, keep = _user_address(arg)
-        pid = os.getpid() if self._pid is None else self._pid
-        n = ctypes.sizeof(keep) if keep is not None else 0
-        bounced = keep is not None and n <= IOCTL_BUFSZ and pid == os.getpid()
-        if bounced:
-            bounce = ctypes.create_string_buffer(IOCTL_BUFSZ + 1)  # per call: threads share the file
-            ctypes.memmove(bounce, addr, n)
-            addr = ctypes.addressof(bounce)
-            task = Task(pid, mm=BouncedMemory(pid, addr, IOCTL_BUFSZ + 1))
-        else:
-            task = Task(pid)
+        pid = os.getpid()
+        if pid != self._owner:
+            raise NotModelled("a model /dev/iommu inherited across fork() (its state is not shared "
+                              "with the parent)")
+        if self._pid is not None:
+            pid = self._pid
+        mm = BouncedMemory(pid, addr, IOCTL_BUFSZ + 1) if bounce is not None and pid == self._owner else None
+        task = Task(pid, mm=mm)
         try:
-            return ictx.ioctl(task, request & 0xFFFFFFFF, addr)
+            rc = vfs.do_vfs_ioctl(self.f_flags, task, cmd, addr)
+            if rc is not None:
+                return rc
+            with ictx.lock:
+                if ictx.released:  # closed while this call waited: the fd is gone
+                    raise IommufdError(errno.EBADF)
+                return ictx.ioctl(task, cmd, addr)
         except IommufdError as e:
             raise OSError(e.errno, os.strerror(e.errno)) from None
         except UserFault:
             raise OSError(errno.EFAULT, os.strerror(errno.EFAULT)) from None
-        finally:
-            if bounced:
-                ctypes.memmove(ctypes.addressof(keep), bounce, n)
 
     def close(self) -> None:
-        """iommufd_fops_release()."""
-        if self.ictx is not None:
-            self.ictx.release()
-        self.ictx = None
+        """close(): iommufd_fops_release() once the ioctl in flight (if any) is done. In a forked
+        child the parent's state is left alone."""
+        ictx, self.ictx = self.ictx, None
+        if ictx is not None and os.getpid() == self._owner:
+            with ictx.lock:
+                ictx.release()
 
     def __enter__(self):
         return self

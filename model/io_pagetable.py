@@ -364,6 +364,29 @@ class IoPagetable:
                 tuple(self._holes), self.pinned_pages,
                 tuple(sorted({id(a.pages): a.pages.refs for a in self._areas}.items())))
 
+    def check_invariants(self) -> None:
+        """AssertionError unless the table is consistent: areas sorted and disjoint, outside the
+        reserved ranges, the hole blocks exactly the complement of reserved ∪ areas with their
+        longest holes right, each area's pages referenced and pinned as its domains need."""
+        areas = list(self._areas)
+        for a, b in zip(areas, areas[1:]):
+            assert a.last < b.start, f"areas overlap or are out of order: {a.start:#x}-{a.last:#x}, {b.start:#x}"
+        for a in areas:
+            assert a.start <= a.last and not self._reserved_intersects(a.start, a.last), f"area {a.start:#x}"
+            assert a.pages.refs >= 1, f"area {a.start:#x}: its pages have no reference"
+            assert a.filled == bool(self.domains), f"area {a.start:#x}: filled={a.filled}, {len(self.domains)} domains"
+            if a.filled:
+                assert (a.index, a.last_index) in a.pages.domain_spans, f"area {a.start:#x} not in domains_itree"
+        assert len(self._areas) == len(areas) and self._areas.firsts == [b[0] for b in self._areas.bs]
+        used = _spans(self.reserved + [(a.start, a.last) for a in areas])
+        assert list(self._holes) == list(_holes_of(used)), "the hole list is not the complement of reserved and areas"
+        for blk in self._holes.blks:
+            assert blk.maxlen == max((l - s + 1 for s, l in zip(blk.starts, blk.lasts)), default=0)
+        assert self._holes.firsts == [b.starts[0] for b in self._holes.blks]
+        assert self.reserved == _spans(self._reserved_nodes) and self._allowed_spans == _spans(self.allowed)
+        for p in {id(a.pages): a.pages for a in areas}.values():
+            assert p.npinned == p._union_size(p.domain_spans), "npinned is not what the filled areas hold"
+
     def allowed_holes(self, start: int, last: int):
         """interval_tree_for_each_span over reserved_itree: the holes in [start, last]."""
         return _holes_of(self.reserved, start, last)

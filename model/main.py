@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -155,6 +156,10 @@ class IommufdCtx:
         self.accounts = SYSTEM_ACCOUNTS if accounts is None else accounts
         self.account_mode = IOPT_PAGES_ACCOUNT_USER  # iommufd_fops_open(): per user unless /dev/vfio/vfio
         self.vfio_ioas = None  # IOMMU_VFIO_IOAS SET
+        # One lock per context: an ioctl runs whole, as the kernel's locks make it atomic on the
+        # objects it touches. The caller (model/file.py, a server) holds it around ioctl().
+        self.lock = threading.Lock()
+        self.released = False
 
     def ioctl(self, task: Task, cmd: int, arg: int) -> int:
         """iommufd_fops_ioctl(): the command at user address `arg` of `task`."""
@@ -185,8 +190,17 @@ class IommufdCtx:
             raise NotModelled(row.name)
         return handler(Ucmd(self, task, arg, user_size, row, cmd_struct))
 
+    def check_invariants(self) -> None:
+        """AssertionError unless the context is consistent (objects, and each IOAS's table)."""
+        self.objects.check_invariants()
+        for obj in self.objects.of_type("IOAS"):
+            obj.iopt.check_invariants()
+        if self.vfio_ioas is not None:  # iommufd_destroy() clears it with its IOAS
+            assert self.objects.objects.get(self.vfio_ioas.id) is self.vfio_ioas, "stale vfio_ioas"
+
     def release(self) -> None:
         """iommufd_fops_release(): every object goes with the file (and its pins)."""
+        self.released = True
         for obj in list(self.objects.objects.values()):
             self.objects.destroy(obj)
         self.objects.objects.clear()

@@ -124,6 +124,16 @@ class ObjectTable:
         else:
             bisect.insort(self._free_below, id)
 
+    def check_invariants(self) -> None:
+        """AssertionError unless the IDs are consistent: every object under its own ID, freed IDs
+        sorted, below the next one and unused, nothing left reserved between calls."""
+        for id, obj in self.objects.items():
+            assert obj.id == id and 1 <= id < self._next and obj.refs >= 0, f"object {id}"
+        assert self._free_below == sorted(set(self._free_below)), "free IDs out of order"
+        assert not set(self._free_below) & set(self.objects), "a free ID is in use"
+        assert all(i < self._next for i in self._free_below), "a free ID at or past the next one"
+        assert not self._reserved, f"IDs reserved outside a call: {self._reserved}"
+
     def of_type(self, type: str) -> list[IommufdObject]:
         """Finalized objects of one type, in ID order."""
         return [o for _, o in sorted(self.objects.items()) if o.type == type]

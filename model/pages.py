@@ -58,25 +58,17 @@ class IoptPages:
     def update_pinned(self, npages: int, inc: bool) -> None:
         """iopt_pages_update_pinned(): ENOMEM over the source task's RLIMIT_MEMLOCK, read now."""
         acc, source = self.accounts, Task(self.source_pid)
-        if self.account_mode == IOPT_PAGES_ACCOUNT_USER:
-            cur = acc.user_locked_vm.get(self.source_uid, 0)
-            if inc:
-                if cur + npages > source.memlock_pages:  # incr_user_locked_vm()
-                    raise IommufdError(errno.ENOMEM)
-                acc.user_locked_vm[self.source_uid] = cur + npages
-            else:
-                acc.user_locked_vm[self.source_uid] = cur - min(cur, npages)  # decr_user_locked_vm()
-        elif self.account_mode == IOPT_PAGES_ACCOUNT_MM:
-            cur = acc.mm_locked_vm.get(self.source_pid, 0)  # __account_locked_vm()
-            if inc:
-                if cur + npages > source.memlock_pages and not source.capable(CAP_IPC_LOCK):
-                    raise IommufdError(errno.ENOMEM)
-                acc.mm_locked_vm[self.source_pid] = cur + npages
-            else:
-                acc.mm_locked_vm[self.source_pid] = cur - min(cur, npages)
+        delta = npages if inc else -npages
+        if self.account_mode == IOPT_PAGES_ACCOUNT_USER:  # incr_user_locked_vm() / decr_
+            if not acc.charge(acc.user_locked_vm, self.source_uid, delta, source.memlock_pages if inc else None):
+                raise IommufdError(errno.ENOMEM)
+        elif self.account_mode == IOPT_PAGES_ACCOUNT_MM:  # __account_locked_vm()
+            limit = None if not inc or source.capable(CAP_IPC_LOCK) else source.memlock_pages
+            if not acc.charge(acc.mm_locked_vm, self.source_pid, delta, limit):
+                raise IommufdError(errno.ENOMEM)
         self.last_npinned = self.npinned
-        pinned = acc.mm_pinned_vm.get(self.source_pid, 0)
-        acc.mm_pinned_vm[self.source_pid] = pinned + npages if inc else pinned - npages
+        with acc.lock:  # mm->pinned_vm moves by exactly npages, either way
+            acc.mm_pinned_vm[self.source_pid] = acc.mm_pinned_vm.get(self.source_pid, 0) + delta
 
     # -- pinning (only reached with domains) -----------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import resource
+import threading
 from dataclasses import dataclass, field
 
 from model.libc import effective_caps
@@ -69,11 +70,24 @@ class Accounts:
     mm_locked_vm: dict[int, int] = field(default_factory=dict)
     mm_pinned_vm: dict[int, int] = field(default_factory=dict)
     next_pfn: int = 0x100000  # the machine's page frames for pinned pages (from 4 GiB up)
+    # Contexts on several threads share these counters, as the kernel's atomics are shared.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def alloc_frames(self, n: int) -> int:
         """n consecutive page frames never handed out before: the first one's number."""
-        base, self.next_pfn = self.next_pfn, self.next_pfn + n
+        with self.lock:
+            base, self.next_pfn = self.next_pfn, self.next_pfn + n
         return base
+
+    def charge(self, counter: dict[int, int], key: int, npages: int, limit: int | None = None) -> bool:
+        """counter[key] += npages, unless that passes `limit` (False, nothing changed); a negative
+        npages takes away at most what is there (decr_user_locked_vm() floors at 0)."""
+        with self.lock:
+            cur = counter.get(key, 0)
+            if npages > 0 and limit is not None and cur + npages > limit:
+                return False
+            counter[key] = cur + npages if npages > 0 else cur - min(cur, -npages)
+            return True
 
     def snapshot(self) -> tuple:
         return tuple(tuple(sorted((k, v) for k, v in d.items() if v))

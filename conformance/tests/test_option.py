@@ -72,13 +72,17 @@ def test_only_val64_is_written_back(iommufd):
     assert after[:off] == before[:off] and cmd.val64 == 0
 
 
-def test_rlimit_mode_set_needs_cap_sys_resource(iommufd):
-    """capable(CAP_SYS_RESOURCE) of the calling task: a child that dropped it gets EPERM."""
+def test_rlimit_mode_set_needs_cap_sys_resource(iommufd, open_iommufd):
+    """capable(CAP_SYS_RESOURCE) of the calling task: a child that dropped it gets EPERM.
+
+    The child opens its own file: the model's state is not shared across fork() (an inherited
+    model file answers ENOSYS in the child), and the parent's file must stay as it was either way."""
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child drops CAP_SYS_RESOURCE from its effective set, then asks
         code = 99
         try:
+            own = open_iommufd()
             os.close(r)
             hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3
             data = (ctypes.c_uint32 * 6)()
@@ -87,10 +91,12 @@ def test_rlimit_mode_set_needs_cap_sys_resource(iommufd):
             data[0] &= ~(1 << 24)  # effective, CAP_SYS_RESOURCE
             assert libc.syscall(126, hdr, data) == 0  # capset
             try:
-                option(iommufd, RLIMIT, SET, val64=1)
+                option(own, RLIMIT, SET, val64=1)
                 code = 0
             except OSError as e:
                 code = e.errno
+            if option(own, RLIMIT, GET) != 0:  # the failed SET changed the mode
+                code = 98
         finally:
             os.write(w, bytes([code]))
             os._exit(0)
