@@ -9,6 +9,7 @@ A new target (say, a model server for C programs) is one Target subclass in TARG
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 from typing import ClassVar, Protocol
@@ -69,10 +70,13 @@ class KernelFile:
         self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
 
     def ioctl(self, request: int, arg=0, mutate_flag: bool = True):
+        fd = self.fd
+        if fd < 0:  # closed: what ioctl(2) on a closed descriptor answers
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         if isinstance(arg, int):
             # fcntl.ioctl takes an int argument as a C int; a user pointer needs all 64 bits.
-            return libc.ioctl(self.fd, request, arg)
-        return fcntl.ioctl(self.fd, request, arg, mutate_flag)
+            return libc.ioctl(fd, request, arg)
+        return fcntl.ioctl(fd, request, arg, mutate_flag)
 
     def close(self) -> None:
         if self.fd >= 0:
