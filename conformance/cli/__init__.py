@@ -11,7 +11,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from conformance.cli import codegen, kernel, run, vm
+    from conformance.cli import bench, codegen, kernel, run, vm
 
     p = argparse.ArgumentParser(prog="iommufd-conformance", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -19,6 +19,7 @@ def build_parser() -> argparse.ArgumentParser:
     kernel.register(sub)
     vm.register(sub)
     run.register(sub)
+    bench.register(sub)
     return p
 
 
@@ -28,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into `head`: stop quietly, as cat does
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

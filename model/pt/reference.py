@@ -1,95 +1,143 @@
-"""A plain-Python IO page table: the oracle for the page-table formats (no numba, no levels).
+"""A plain-Python IO page table with generic_pt's rules: the oracle the numba walker is held to.
 
-Entries are kept per mapped page, keyed by IOVA: (paddr, page size, prot, dirty). It implements
-model.domain.DomainOps with its conventions (status codes, never an exception):
-- map_pages maps pgcount pages of pgsize; -EEXIST over a present entry (what generic_pt's
-  map_range answers), -EINVAL outside the aperture or for a size not in pgsize_bitmap;
-- unmap_pages removes whole entries from iova on and returns their total size; it stops at the
-  first IOVA with nothing mapped (an entry larger than asked is removed whole, as a format
-  that cannot split it does);
-- read_and_clear_dirty reports each dirty entry intersecting the range and clears its bit
-  unless IOMMU_DIRTY_NO_CLEAR.
+No levels and no table memory: a dict of mapped blocks by IOVA, each (paddr, size, prot, the
+dirty items), and the same geometry (granule, top level, IOVA size, pgsize_bitmap) to pick page
+sizes and to know a block's item size. The rules are model/pt/walk.py's docstring, written the
+simplest way; model/tests/test_pagetable.py drives both with the same random operations.
 """
 from __future__ import annotations
 
 import bisect
 import errno
 
-from model.domain import IOMMU_DIRTY_NO_CLEAR
+from model.domain import IOMMU_DIRTY_NO_CLEAR, IOMMU_READ, IOMMU_WRITE
+
+ITEMS_LG2 = 9
+
+
+def best_pgsize_lg2(pgsize_bitmap: int, va: int, last: int, oa: int) -> int:
+    """pt_compute_best_pgsize(): the largest page size va and oa are aligned to that fits the length."""
+    length = last - va + 1
+    mask = va | oa | (1 << (length.bit_length() - 1))
+    best = (mask & -mask).bit_length() - 1
+    bm = pgsize_bitmap & ((2 << best) - 1)
+    return bm.bit_length() - 1 if bm else -1
 
 
 class ReferencePageTable:
-    def __init__(self, pgsize_bitmap: int, aperture_start: int = 0, aperture_end: int = (1 << 64) - 1):
+    def __init__(self, granule_lg2: int, top_level: int, max_vasz_lg2: int, max_oasz_lg2: int,
+                 pgsize_bitmap: int, aperture: tuple[int, int] | None = None):
+        self.granule_lg2, self.top_level = granule_lg2, top_level
+        self.max_vasz_lg2, self.max_oasz_lg2 = max_vasz_lg2, max_oasz_lg2
         self.pgsize_bitmap = pgsize_bitmap
-        self.aperture_start = aperture_start
-        self.aperture_end = aperture_end
-        self.entries: dict[int, list] = {}  # iova -> [paddr, pgsize, prot, dirty]
-        self._starts: list[int] = []  # sorted keys of entries
+        self.aperture_start, self.aperture_end = aperture or (0, (1 << max_vasz_lg2) - 1)
+        self.blocks: dict[int, list] = {}  # start -> [paddr, lg2, prot, set of dirty item numbers]
+        self._starts: list[int] = []
 
-    def _covering(self, iova: int):
-        i = bisect.bisect_right(self._starts, iova) - 1
+    def _isz(self, lg2: int) -> int:
+        """The item size of the level a leaf of 2^lg2 lives at."""
+        level = min((lg2 - self.granule_lg2) // ITEMS_LG2, self.top_level)
+        return self.granule_lg2 + ITEMS_LG2 * level
+
+    def _covering(self, va: int):
+        i = bisect.bisect_right(self._starts, va) - 1
         if i >= 0:
             start = self._starts[i]
-            e = self.entries[start]
-            if iova < start + e[1]:
-                return start, e
+            if va < start + (1 << self.blocks[start][1]):
+                return start
         return None
 
-    def _intersects(self, first: int, last: int) -> bool:
+    def _meets(self, first: int, last: int) -> bool:
         if self._covering(first) is not None:
             return True
         i = bisect.bisect_right(self._starts, first)
         return i < len(self._starts) and self._starts[i] <= last
 
-    def map_pages(self, iova: int, paddr: int, pgsize: int, pgcount: int, prot: int) -> tuple[int, int]:
-        if not pgsize & self.pgsize_bitmap or pgsize & (pgsize - 1) or (iova | paddr) & (pgsize - 1):
-            return -errno.EINVAL, 0
-        done = 0
-        for k in range(pgcount):
-            va = iova + k * pgsize
-            if va < self.aperture_start or va + pgsize - 1 > self.aperture_end:
-                return -errno.EINVAL, done
-            if self._intersects(va, va + pgsize - 1):
-                return -errno.EEXIST, done
-            self.entries[va] = [paddr + k * pgsize, pgsize, prot, False]
-            bisect.insort(self._starts, va)
-            done += pgsize
-        return 0, done
+    def _check_range(self, va: int, length: int) -> int:
+        if length <= 0:
+            return -errno.EINVAL
+        last = va + length - 1
+        if va < 0 or last >> self.max_vasz_lg2:
+            return -errno.ERANGE
+        return 0
 
-    def unmap_pages(self, iova: int, pgsize: int, pgcount: int) -> int:
-        end = iova + pgsize * pgcount
-        va, unmapped = iova, 0
-        while va < end:
-            hit = self._covering(va)
-            if hit is None:
+    def map_range(self, iova: int, paddr: int, size: int, prot: int) -> tuple[int, int]:
+        if not prot & (IOMMU_READ | IOMMU_WRITE):
+            return -errno.EINVAL, 0
+        if rc := self._check_range(iova, size):
+            return rc, 0
+        if paddr < 0 or paddr >> self.max_oasz_lg2:
+            return -errno.ERANGE, 0
+        last, mapped = iova + size - 1, 0
+        while iova <= last:
+            lg2 = best_pgsize_lg2(self.pgsize_bitmap, iova, last, paddr)
+            if lg2 < 0:
+                return -errno.ENXIO, mapped
+            if self._meets(iova, iova + (1 << lg2) - 1):
+                return -errno.EADDRINUSE, mapped
+            self.blocks[iova] = [paddr, lg2, prot & (IOMMU_READ | IOMMU_WRITE), set()]
+            bisect.insort(self._starts, iova)
+            iova, paddr, mapped = iova + (1 << lg2), paddr + (1 << lg2), mapped + (1 << lg2)
+        return 0, mapped
+
+    def _remove(self, start: int) -> None:
+        del self.blocks[start]
+        self._starts.pop(bisect.bisect_left(self._starts, start))
+
+    def unmap_range(self, iova: int, size: int) -> int:
+        if self._check_range(iova, size):
+            return 0
+        last, pos, unmapped = iova + size - 1, iova, 0
+        while pos <= last:
+            start = self._covering(pos)
+            if start is None or start != pos:  # a hole, or inside a leaf
                 break
-            start, e = hit
-            del self.entries[start]
-            self._starts.pop(bisect.bisect_left(self._starts, start))
-            unmapped += e[1]
-            va = start + e[1]
+            lg2 = self.blocks[start][1]
+            self._remove(start)
+            unmapped += 1 << lg2
+            pos = start + (1 << lg2)
         return unmapped
 
     def iova_to_phys(self, iova: int) -> int:
-        hit = self._covering(iova)
-        return 0 if hit is None else hit[1][0] + (iova - hit[0])
+        if iova < 0 or iova >> self.max_vasz_lg2:
+            return 0
+        start = self._covering(iova)
+        return 0 if start is None else self.blocks[start][0] + (iova - start)
 
-    def read_and_clear_dirty(self, iova: int, size: int, flags: int, dirty) -> int:
-        i = max(0, bisect.bisect_right(self._starts, iova) - 1)
-        while i < len(self._starts) and self._starts[i] < iova + size:
-            start = self._starts[i]
-            e = self.entries[start]
-            if start + e[1] > iova and e[3]:
-                dirty.record(start, e[1])
-                if not flags & IOMMU_DIRTY_NO_CLEAR:
-                    e[3] = False
-            i += 1
+    def set_dirty(self, iova: int) -> int:
+        if iova < 0 or iova >> self.max_vasz_lg2:
+            return -errno.ERANGE
+        start = self._covering(iova)
+        if start is None:
+            return -errno.ENOENT
+        _pa, lg2, _prot, dirty = self.blocks[start]
+        dirty.add((iova - start) >> self._isz(lg2))
         return 0
 
-    def set_dirty(self, iova: int) -> bool:
-        """A device write through the table: the entry's dirty bit (False: nothing mapped)."""
-        hit = self._covering(iova)
-        if hit is None:
-            return False
-        hit[1][3] = True
-        return True
+    def read_and_clear_dirty(self, iova: int, size: int, flags: int, dirty) -> int:
+        if rc := self._check_range(iova, size):
+            return rc
+        last = iova + size - 1
+        i = max(0, bisect.bisect_right(self._starts, iova) - 1)
+        while i < len(self._starts) and self._starts[i] <= last:
+            start = self._starts[i]
+            _pa, lg2, _prot, items = self.blocks[start]
+            i += 1
+            if start + (1 << lg2) <= iova or not items:
+                continue
+            pos = max(iova, start)
+            isz = self._isz(lg2)
+            if lg2 == isz:
+                length = 1 << isz
+            else:  # record_dirty(): min(the block's last index, the end index in this table) - index
+                idx, block_last = pos >> isz, (start >> isz) + (1 << (lg2 - isz)) - 1
+                same_table = last >> (isz + ITEMS_LG2) == pos >> (isz + ITEMS_LG2)
+                end = (last >> isz) + 1 if same_table else ((pos >> (isz + ITEMS_LG2)) + 1) << ITEMS_LG2
+                length = (min(block_last, end) - idx) << isz
+            dirty.record(pos, length)
+            if not flags & IOMMU_DIRTY_NO_CLEAR:
+                items.clear()
+        return 0
+
+    def leaves(self) -> list[tuple[int, int, int, int, bool]]:
+        return [(s, 1 << b[1], b[0], b[2], bool(b[3])) for s, b in sorted(self.blocks.items())]

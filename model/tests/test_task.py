@@ -8,7 +8,7 @@ import os
 from model import open_iommufd
 from model.domain import IommuDomain
 from model.limits import CAP_IPC_LOCK, CAP_SYS_RESOURCE, PAGE_SIZE
-from model.pt.reference import ReferencePageTable
+from model.pt.table import amdv1
 from model.task import SYSTEM_ACCOUNTS, Accounts, Task
 from model.uapi import B
 
@@ -38,7 +38,7 @@ def test_contexts_charge_their_accounts():
     for accounts in (mine, other):
         fd = open_iommufd(accounts=accounts)
         ioas = _ioas(fd)
-        ioas.iopt.table_add_domain(Task(os.getpid()).mm, IommuDomain(ReferencePageTable(PAGE_SIZE)))
+        ioas.iopt.table_add_domain(Task(os.getpid()).mm, IommuDomain(amdv1(pgsize_bitmap=PAGE_SIZE)))
         cmd = B.iommu_ioas_map(size=ctypes.sizeof(B.iommu_ioas_map), ioas_id=ioas.id, user_va=va,
                                length=4 * PAGE_SIZE, iova=1 << 30,
                                flags=B.IOMMU_IOAS_MAP_FIXED_IOVA | B.IOMMU_IOAS_MAP_READABLE)

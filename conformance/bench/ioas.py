@@ -1,4 +1,4 @@
-"""Raw-ABI throughput of the model's IOAS ioctls: `python3 -m conformance.bench_ioas`.
+"""Raw-ABI throughput of the model's IOAS ioctls: `iommufd-conformance bench ioas` (or `python3 -m conformance.bench.ioas`).
 
 Everything goes through `fd.ioctl(number, ctypes struct)` exactly as a caller of /dev/iommu
 would. The baseline is measured in the same run: building a ctypes struct and an ioctl the model

@@ -1,0 +1,30 @@
+"""The benchmarks run and report every figure they promise (their values are for the closing
+note, not for tests: these only check what cannot be noise)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_bench_pagetable_json_has_every_figure():
+    p = subprocess.run([sys.executable, "-m", "conformance.cli", "bench", "pagetable", "--json",
+                        "--pages-lg2", "12", "--python-pages-lg2", "10"], capture_output=True, text=True,
+                       cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    for prefix in ("", "c_", "python_"):
+        for k in ("map_pte_per_s", "unmap_pte_per_s", "lookup_per_s", "bytes_per_page", "warm_start_s",
+                  "cold_compile_s"):
+            assert isinstance(r[prefix + k], float) and r[prefix + k] >= 0, prefix + k
+    # 2^12 pages of 4 KiB, 4 KiB PTEs only: 8 leaf tables + one per level above = 11 pages
+    assert r["bytes_per_page"] == r["c_bytes_per_page"] == 11 * 4096 / 4096
+
+
+def test_cli_output_into_a_closed_pipe_is_quiet():
+    p = subprocess.run(f"{sys.executable} -m conformance.cli bench ioas -- -n 200 --areas 0 | head -1",
+                       shell=True, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert "Traceback" not in p.stderr and p.stdout.startswith("operation")

@@ -1,0 +1,37 @@
+"""`bench ioas` and `bench pagetable`: benchmarks with same-run baselines."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def _cmd_pagetable(args) -> int:
+    from conformance.bench import pagetable
+
+    try:
+        result = pagetable.run(args.pages_lg2, args.python_pages_lg2)
+    except (OSError, subprocess.CalledProcessError) as e:  # no gcc, a failed child
+        print(f"bench pagetable: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else pagetable.render(result))
+    return 0
+
+
+def _cmd_ioas(args) -> int:
+    from conformance.bench import ioas
+
+    return ioas.main(args.rest)
+
+
+def register(sub) -> None:
+    b = sub.add_parser("bench", help="benchmarks, as ratios against baselines measured in the same run")
+    bs = b.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
+    p = bs.add_parser("pagetable", help="the numba IO page table against C -O2 and the Python reference")
+    p.add_argument("--json", action="store_true", help="one JSON object for tools")
+    p.add_argument("--pages-lg2", type=int, default=20, help="log2 of the pages mapped (default 20)")
+    p.add_argument("--python-pages-lg2", type=int, default=16, help="the same for the Python reference (default 16)")
+    p.set_defaults(func=_cmd_pagetable)
+    i = bs.add_parser("ioas", help="ioctls per second of the model's IOAS ioctls (python3 -m conformance.bench.ioas)")
+    i.add_argument("rest", nargs="*", help="its own options after --")
+    i.set_defaults(func=_cmd_ioas)
