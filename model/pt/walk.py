@@ -363,19 +363,26 @@ def unmap_range(tables, meta, free, va, length):
 @njit(cache=True)
 def iova_to_phys(tables, meta, vas, out):
     """NS(iova_to_phys)() for each IOVA of `vas` into `out`: 0 where nothing is mapped."""
-    f, g = meta[M_FMT], meta[M_GRANULE]
+    f, g, top, vasz = meta[M_FMT], meta[M_GRANULE], meta[M_TOP], meta[M_VASZ]
     for k in range(vas.shape[0]):
         va = vas[k]
-        if va < 0 or va >> meta[M_VASZ]:
-            out[k] = 0
+        out[k] = 0
+        if va < 0 or va >> vasz:
             continue
-        t, row, lv, idx = _find(tables, meta, va)
-        if t != OA:
-            out[k] = 0
-            continue
-        e = tables[row, idx]
-        lg2 = fmt.entry_lg2sz(f, e, _isz(lv, g), g)
-        out[k] = fmt.entry_oa(f, e, lg2, g) | (va & ((1 << lg2) - 1))
+        row = 0
+        lv = top
+        while True:
+            isz = g + ITEMS_LG2 * lv
+            e = tables[row, (va >> isz) & (NITEMS - 1)]
+            t = fmt.entry_type(f, e, lv)
+            if t == TABLE:
+                row = _table_row(f, e, g)
+                lv -= 1
+                continue
+            if t == OA:
+                lg2 = fmt.entry_lg2sz(f, e, isz, g)
+                out[k] = fmt.entry_oa(f, e, lg2, g) | (va & ((1 << lg2) - 1))
+            break
     return 0
 
 
