@@ -37,6 +37,8 @@ META_LEN = 8
 ITEMS_LG2 = fmt.ITEMS_LG2
 NITEMS = 1 << ITEMS_LG2
 EMPTY, TABLE, OA = fmt.EMPTY, fmt.TABLE, fmt.OA
+# Depth-first stacks: at most NITEMS - 1 siblings wait per level, for at most 6 levels.
+_STACK = NITEMS * 8
 
 
 def new_state(fmt_id: int, top_level: int, granule_lg2: int, max_vasz_lg2: int, max_oasz_lg2: int,
@@ -79,8 +81,8 @@ def _free_table(meta, free, row):
 def _subtree_has_oa(tables, meta, row, level):
     """__collect_tables(check_mapped): does anything below this table map an address?"""
     f, g = meta[M_FMT], meta[M_GRANULE]
-    stack_row = np.empty(512, dtype=np.int64)
-    stack_lvl = np.empty(512, dtype=np.int64)
+    stack_row = np.empty(_STACK, dtype=np.int64)
+    stack_lvl = np.empty(_STACK, dtype=np.int64)
     stack_row[0], stack_lvl[0] = row, level
     sp = 1
     while sp:
@@ -109,8 +111,8 @@ def _table_row(f, e, g):
 def _free_subtree(tables, meta, free, row, level):
     """Free a table and every table below it (their leaves are already gone)."""
     f, g = meta[M_FMT], meta[M_GRANULE]
-    stack_row = np.empty(512, dtype=np.int64)
-    stack_lvl = np.empty(512, dtype=np.int64)
+    stack_row = np.empty(_STACK, dtype=np.int64)
+    stack_lvl = np.empty(_STACK, dtype=np.int64)
     stack_row[0], stack_lvl[0] = row, level
     sp = 1
     while sp:
@@ -285,10 +287,10 @@ def _free_covered_tables(tables, meta, free, first, last):
     """Free the tables whose whole span lies in [first, last] (their leaves are gone)."""
     f, g = meta[M_FMT], meta[M_GRANULE]
     top = meta[M_TOP]
-    stack_row = np.empty(4096, dtype=np.int64)
-    stack_lvl = np.empty(4096, dtype=np.int64)
+    stack_row = np.empty(_STACK, dtype=np.int64)
+    stack_lvl = np.empty(_STACK, dtype=np.int64)
     stack_row[0], stack_lvl[0] = 0, top
-    stack_base = np.empty(4096, dtype=np.int64)
+    stack_base = np.empty(_STACK, dtype=np.int64)
     stack_base[0] = 0
     sp = 1
     while sp:
@@ -449,9 +451,9 @@ def set_dirty(tables, meta, va):
 def dump(tables, meta, out):
     """Every present leaf item (replicas included) as (iova, level, entry) rows; the row count."""
     f, g = meta[M_FMT], meta[M_GRANULE]
-    stack_row = np.empty(4096, dtype=np.int64)
-    stack_lvl = np.empty(4096, dtype=np.int64)
-    stack_base = np.empty(4096, dtype=np.int64)
+    stack_row = np.empty(_STACK, dtype=np.int64)
+    stack_lvl = np.empty(_STACK, dtype=np.int64)
+    stack_base = np.empty(_STACK, dtype=np.int64)
     stack_row[0], stack_lvl[0], stack_base[0] = 0, meta[M_TOP], 0
     sp = 1
     n = 0

@@ -153,6 +153,19 @@ def test_table_memory_of_a_dense_range():
     assert t.table_pages == 1 + 1 + 1 + 8
     assert t.unmap_range(1 << 30, 4096 << 12) == 4096 << 12
     assert t.table_pages == 1 + 1 + 1  # the fully covered leaf tables are freed, the level-2 one is not
+    assert t.table_pages == _reachable_tables(t)
+
+
+def test_a_whole_mock_level_1_table_goes_with_its_512_leaf_tables():
+    """512 MiB of 4 KiB pages in the mock: one level-1 table and 512 leaf tables below the top;
+    an unmap covering the level-1 table's whole span frees all 513."""
+    t = amdv1_mock_huge()
+    t.pgsize_bitmap = 1 << 12  # 4 KiB pages only: every leaf table is filled
+    span = 1 << 29
+    assert t.map_range(span, span, span, IOMMU_READ) == (0, span)
+    assert t.table_pages == 1 + 1 + 512 == _reachable_tables(t)
+    assert t.unmap_range(span, span) == span
+    assert t.table_pages == 1 == _reachable_tables(t)
 
 
 def test_the_same_under_numba_disable_jit():
