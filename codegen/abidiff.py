@@ -12,6 +12,9 @@ from codegen.ir import Module
 
 BREAK = "break"
 COMPATIBLE = "compatible"
+# The stable uapi: include/uapi/linux/. iommufd_test.h (selftest uapi) and mm_types.h
+# (kernel-internal) are not.
+STABLE_HEADERS = frozenset({"iommufd.h", "vfio.h"})
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class Change:
 
     @property
     def stable(self) -> bool:
-        return self.header == "iommufd.h"
+        return self.header in STABLE_HEADERS
 
 
 def _fields(module: Module, name: str):
@@ -35,6 +38,25 @@ def _fields(module: Module, name: str):
 
 def _type_name(f) -> str:
     return f.type.spelling
+
+
+def _reserved_now_used(fa: dict, fb: dict) -> list[tuple[str, list[str]]]:
+    """Reserved fields of the old struct whose bytes the new struct gives to other fields
+    exactly (no new field sticks out of the reserved span): the way the uapi grows inside a
+    struct. [(old reserved path, [new paths inside its span])]."""
+    out = []
+    leaves_b = {q: (o, g) for q, (o, g) in fb.items() if g.type.kind != "record"}
+    for p, (o, f) in fa.items():
+        if f.type.kind == "record" or not (p.rsplit(".", 1)[-1].startswith("__reserved") or "reserved" in f.roles):
+            continue
+        end = o + f.type.size
+        if p in fb and fb[p][0] == o and fb[p][1].type.size == f.type.size:
+            continue  # unchanged
+        inside = [q for q, (ob, g) in leaves_b.items() if o <= ob and ob + g.type.size <= end]
+        straddle = [q for q, (ob, g) in leaves_b.items() if ob < end and ob + g.type.size > o and q not in inside]
+        if inside and not straddle and inside != [p]:
+            out.append((p, sorted(inside, key=lambda q: leaves_b[q][0])))
+    return out
 
 
 def _headers(m: Module) -> dict[tuple[str, str], str]:
@@ -87,7 +109,7 @@ def _diff(old: Module, new: Module) -> list[Change]:
         a, b = old.ioctls[n], new.ioctls[n]
         if a.number != b.number:
             out.append(Change(BREAK, "ioctl", "renumbered", n, f"{a.number:#x} -> {b.number:#x}"))
-        if a.min_size != b.min_size:
+        if a.min_size != b.min_size and a.min_size is not None and b.min_size is not None:
             out.append(Change(BREAK if (b.min_size or 0) > (a.min_size or 0) else COMPATIBLE, "ioctl",
                               "min_size", n, f"{a.min_size} -> {b.min_size}"))
     named = lambda m: {k: r for k, r in m.records.items() if not r.anonymous}  # noqa: E731
@@ -95,6 +117,13 @@ def _diff(old: Module, new: Module) -> list[Change]:
     for n in sorted(set(named(old)) & set(named(new))):
         ra, rb = old.records[n], new.records[n]
         fa, fb = _fields(old, n), _fields(new, n)
+        used = _reserved_now_used(fa, fb)
+        for p, inside in used:
+            out.append(Change(COMPATIBLE, "field", "reserved->used", f"{n}.{p}",
+                              f"offset {fa[p][0]}, {fa[p][1].type.size} bytes -> {', '.join(inside)}"))
+            # the new fields in the span (a shrunk reserved array among them) are accounted for
+            fa = {k: v for k, v in fa.items() if k != p and k not in inside}
+            fb = {k: v for k, v in fb.items() if k not in inside}
         for path in sorted(set(fa) - set(fb)):
             out.append(Change(BREAK, "field", "removed", f"{n}.{path}", f"was at offset {fa[path][0]}"))
         for path in sorted(set(fb) - set(fa), key=lambda p: fb[p][0]):
@@ -132,7 +161,7 @@ def _diff(old: Module, new: Module) -> list[Change]:
 
 
 def stable_breaks(changes: list[Change]) -> list[Change]:
-    """Breaks of the stable uapi (iommufd.h): the ones that fail `diff`."""
+    """Breaks of the stable uapi (iommufd.h, vfio.h): the ones that fail `diff`."""
     return [c for c in changes if c.severity == BREAK and c.stable]
 
 
@@ -140,7 +169,7 @@ def render_table(old: Module, new: Module, changes: list[Change]) -> str:
     lines = [f"ABI diff Linux {old.kernel_version} -> {new.kernel_version}"]
     w = max([len(c.name) for c in changes] + [4])
     groups = (
-        ("ABI breaks in the stable uapi (iommufd.h)", lambda c: c.severity == BREAK and c.stable),
+        ("ABI breaks in the stable uapi (iommufd.h, vfio.h)", lambda c: c.severity == BREAK and c.stable),
         ("breaks outside the stable uapi (selftest uapi, kernel-internal)", lambda c: c.severity == BREAK and not c.stable),
         ("compatible changes", lambda c: c.severity == COMPATIBLE),
     )

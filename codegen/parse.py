@@ -13,7 +13,7 @@ from codegen import kerneldoc
 from codegen.ir import (
     Constant, Coord, CType, Enum, Enumerator, Field, HeaderError, HeaderFile, Ioctl, Module, Record,
 )
-from codegen.preprocess import ALIGN_OVERRIDES, CONST_PREFIX, display_path, preprocess
+from codegen.preprocess import ALIGN_OVERRIDES, CONST_PREFIX, display_path, preprocess, read_header
 
 # LP64 (x86_64, arm64, riscv64) sizes of the C base types: (size, signed).
 _BASE = {
@@ -408,8 +408,8 @@ def _json_line(text: str, needle: str) -> int:
 def load_facts(path: Path, root: Path, b: Builder) -> dict[str, Ioctl]:
     """Join ioctl_facts.json to the parsed types; every fact must name a real struct and field."""
     disp = display_path(path, root)
-    text = path.read_text()
-    facts = json.loads(text)
+    text = path.read_text(errors="replace")
+    facts = load_json(path, root)
     out = {}
     for f in facts["ioctls"]:
         coord = Coord(disp, _json_line(text, f'"ioctl": "{f["ioctl"]}"'))
@@ -453,21 +453,32 @@ def load_handler_facts(path: Path, root: Path, b: Builder, ioctls: dict[str, Ioc
     return out
 
 
+def load_json(path: Path, root: Path):
+    """A JSON file of the header set; HeaderError at its line and column when it does not parse."""
+    try:
+        return json.loads(path.read_text(errors="replace"))
+    except json.JSONDecodeError as e:
+        raise HeaderError(Coord(display_path(path, root), e.lineno, e.colno), f"not valid JSON: {e.msg}") from None
+
+
 def parse_version(version_dir: Path, root: Path) -> Module:
     """Parse headers/linux_X_Y/ into a Module."""
     version = version_dir.name.removeprefix("linux_").replace("_", ".")
     manifest_path = version_dir / "MANIFEST.json"
     if not manifest_path.exists():
         raise HeaderError(None, f"{display_path(version_dir, root)}: no MANIFEST.json; run `iommufd-conformance headers fetch`")
-    manifest = json.loads(manifest_path.read_text())
-    headers = [version_dir / n for n in ("iommufd.h", "iommufd_test.h", "vfio.h")
-               if (version_dir / n).exists() or n == "iommufd.h"]
+    manifest = load_json(manifest_path, root)
+    headers = [version_dir / n for n in ("iommufd.h", "iommufd_test.h", "vfio.h") if (version_dir / n).exists()]
+    if not (version_dir / "iommufd.h").exists() and (not headers or (version_dir / "iommufd_test.h").exists()):
+        # iommufd_test.h includes it, and a set needs one header: preprocess() names it as missing.
+        # (A lone vfio.h, such as a patched copy given to `diff`, stands on its own.)
+        headers.insert(0, version_dir / "iommufd.h")
     mm = version_dir / "mm_types.h"
     mm = mm if mm.exists() else None
     text, macros = preprocess(headers, root, mm)
     b = Builder()
     for h in headers + ([mm] if mm else []):
-        b.docs[display_path(h, root)] = kerneldoc.parse(h.read_text())
+        b.docs[display_path(h, root)] = kerneldoc.parse(read_header(h, root))
     b.top(parse_text(text), {m.name: m.body for m in macros})
     ioctls = {}
     facts = version_dir / "ioctl_facts.json"

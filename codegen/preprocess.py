@@ -113,6 +113,18 @@ def display_path(path: Path, root: Path) -> str:
         return str(path)
 
 
+def read_header(path: Path, root: Path) -> str:
+    """A header's text; HeaderError at the line and column of the first byte that is not UTF-8."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise HeaderError(Coord(display_path(path, root), line, col),
+                          f"not UTF-8 (byte {data[e.start]:#04x})") from None
+
+
 def collect_macros(text: str, display: str) -> list[Macro]:
     """Object-like #defines with a body, in order (function-like ones are the stubs' business)."""
     macros = []
@@ -250,7 +262,7 @@ def preprocess(headers: list[Path], root: Path, mm_types: Path | None = None) ->
             )
     macros: list[Macro] = []
     for h in headers:
-        macros += collect_macros(h.read_text(), display_path(h, root))
+        macros += collect_macros(read_header(h, root), display_path(h, root))
     with tempfile.TemporaryDirectory(prefix="iommufd-cpp-") as tmp:
         t = Path(tmp)
         (t / "linux").mkdir()
@@ -263,7 +275,7 @@ def preprocess(headers: list[Path], root: Path, mm_types: Path | None = None) ->
                 (t / "linux" / "iommufd.h").write_text(f'#include "{h.resolve()}"\n')
         tu = [f'#include "{h.resolve()}"' for h in headers]
         if mm_types is not None:
-            (t / "mm_slice.h").write_text(slice_mm_types(mm_types.read_text(), display_path(mm_types, root)))
+            (t / "mm_slice.h").write_text(slice_mm_types(read_header(mm_types, root), display_path(mm_types, root)))
             tu.append('#include "mm_slice.h"')
         seen = set()
         for m in macros:

@@ -76,3 +76,55 @@ def test_shipped_example(root):
     table = abidiff.render_table(old, new, changes)
     assert "0 breaking the stable uapi" in table
     assert json.loads(json.dumps(abidiff.as_json(old, new, changes)))["breaking_stable_uapi"] == 0
+
+
+RESERVED = BASE.replace("""\
+ * @flags: Must be 0
+ * @value: a value
+ */
+struct iommu_thing {
+	__u32 size;
+	__u32 flags;
+	__aligned_u64 value;
+};""", """\
+ * @flags: Must be 0
+ * @__reserved: Must be 0
+ * @value: a value
+ */
+struct iommu_thing {
+	__u32 size;
+	__u32 flags;
+	__u32 __reserved[3];
+	__aligned_u64 value;
+};""")
+
+
+def test_a_reserved_field_given_a_name_is_compatible(tmp_path):
+    new = RESERVED.replace("\t__u32 __reserved[3];", "\t__u32 pasid;\n\t__u32 __reserved[2];")
+    old = _module(tmp_path, "linux_1_0", RESERVED)
+    changes = abidiff.diff(old, _module(tmp_path, "linux_1_1", new))
+    assert [(c.severity, c.what, c.name) for c in changes] == [
+        (abidiff.COMPATIBLE, "reserved->used", "iommu_thing.__reserved")]
+    assert "pasid, __reserved" in changes[0].detail
+    assert abidiff.stable_breaks(changes) == []
+
+
+def test_a_field_that_sticks_out_of_the_reserved_span_is_still_a_break(tmp_path):
+    new = RESERVED.replace("\t__u32 __reserved[3];", "\t__u32 pasid;\n\t__aligned_u64 wide;")
+    old = _module(tmp_path, "linux_1_0", RESERVED)
+    changes = abidiff.diff(old, _module(tmp_path, "linux_1_1", new))
+    assert abidiff.stable_breaks(changes)  # `wide` moves `value`, and does not fit the span
+
+
+def test_vfio_h_is_stable_uapi(tmp_path):
+    vfio = "#include <linux/types.h>\nstruct vfio_thing {\n\t__u32 argsz;\n\t__u32 flags;\n};\n"
+    mods = []
+    for name, text in (("linux_1_0", vfio), ("linux_1_1", vfio.replace("__u32 flags", "__u64 flags"))):
+        d = tmp_path / "headers" / name
+        d.mkdir(parents=True)
+        (d / "iommufd.h").write_text(BASE)
+        (d / "vfio.h").write_text(text)
+        (d / "MANIFEST.json").write_text(json.dumps({"kernel_version": name}))
+        mods.append(parse_version(d, tmp_path))
+    breaks = {(c.header, c.what, c.name) for c in abidiff.stable_breaks(abidiff.diff(*mods))}
+    assert breaks == {("vfio.h", "resized", "vfio_thing.flags"), ("vfio.h", "moved", "vfio_thing.flags")}

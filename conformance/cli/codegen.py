@@ -57,14 +57,9 @@ def cmd_generate(args) -> int:
 
 
 def _module(spec: str):
-    from codegen.parse import parse_version
+    from codegen.inputs import load
 
-    d = Path(spec)
-    if not d.is_dir():
-        d = ROOT / "headers" / ("linux_" + spec.removeprefix("linux_").replace(".", "_"))
-    if not d.is_dir():
-        raise FileNotFoundError(f"no headers for {spec!r} (a version like 6.12, or a headers/linux_X_Y directory)")
-    return parse_version(d, ROOT)
+    return load(spec, ROOT)
 
 
 def cmd_diff(args) -> int:
@@ -97,8 +92,8 @@ def register(sub) -> None:
     g.set_defaults(func=cmd_generate)
 
     d = sub.add_parser("diff", help="ABI diff between two header versions (exit 1 on a break)")
-    d.add_argument("old", help="old version (6.12) or headers directory")
-    d.add_argument("new", help="new version (7.2) or headers directory")
+    d.add_argument("old", help="old: a version (6.12), a headers directory, a kernel tree or a header file")
+    d.add_argument("new", help="new: the same kinds (7.2, a patched iommufd.h ...)")
     d.add_argument("--json", action="store_true", help="machine-readable output")
     d.add_argument("--strict", action="store_true",
                    help="also fail on breaks outside the stable uapi (iommufd_test.h, mm_types.h)")
