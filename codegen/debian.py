@@ -23,6 +23,7 @@ SUITE_OF_SERIES = {"7.2": "sid", "6.12": "stable"}
 # The Debian packages each job needs (ensure_packages() installs what is missing; .ci/run
 # installs them all up front with `python3 -m codegen.debian packages`).
 PACKAGES = {
+    "python": ["python3-venv"],  # the README's commands make a virtual environment (PEP 668)
     "codegen": ["gcc", "cpp", "libc6-dev", "linux-libc-dev"],  # the preprocessor, the layout proof
     "kernel build": ["gcc", "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "ccache", "cpio", "xz-utils"],
     "selftests": ["libcap-dev", "rsync"],  # rsync: the selftests' lib.mk copies files with it
