@@ -10,6 +10,7 @@ only with --vm-runner-tests (CI passes it), so the default test command never bo
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,10 @@ from conformance.targets import ENV, Target, parse_target
 
 OPTION = "--iommufd-target"
 RUNNER_OPTION = "--vm-runner-tests"
+REPORT_OPTIONS = ("--iommufd-report", "--iommufd-ktap", "--iommufd-json")
+
+_RESULTS: list = []  # report.CaseResult per test, in run order
+_CURRENT = None  # the running test's CaseResult: the fixtures' files record their ioctls there
 
 
 def pytest_addoption(parser):
@@ -27,6 +32,10 @@ def pytest_addoption(parser):
     )
     group.addoption(RUNNER_OPTION, action="store_true", default=False,
                     help="also run the VM runner's own tests (they boot QEMU on the cached test kernel)")
+    group.addoption("--iommufd-report", action="store_true", default=False,
+                    help="end with the matrix per ioctl and the (ioctl, errno) coverage")
+    group.addoption("--iommufd-ktap", metavar="FILE", help="write the results as KTAP")
+    group.addoption("--iommufd-json", metavar="FILE", help="write the results, matrix and coverage as JSON")
 
 
 def _target(config) -> Target:
@@ -74,25 +83,129 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def pytest_report_header(config):
+def _header(config) -> list[str]:
+    from model.uapi import B
+
     target = _target(config)
-    return f"iommufd target: {config.getoption(OPTION)}: {target.describe()}"
+    return [f"target: {config.getoption(OPTION)}", f"kernel: {target.describe()}",
+            f"uapi: Linux {B.KERNEL_VERSION} bindings (generated/{B.__name__.rsplit('.', 1)[-1]})"]
+
+
+def pytest_report_header(config):
+    return ["iommufd " + h for h in _header(config)]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _iommufd_junit_properties(request, record_testsuite_property):
+    """--junit-xml: the suite records what ran where (target, kernel, uapi)."""
+    if request.config.getoption("--junit-xml", None):
+        for h in _header(request.config):
+            key, _, value = h.partition(": ")
+            record_testsuite_property(f"iommufd_{key}", value)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    global _CURRENT
+    from conformance.report import CaseResult, family_of
+
+    _CURRENT = CaseResult(item.nodeid, family_of(item.nodeid), location=f"{item.location[0]}:{item.location[1] + 1}")
+    yield
+    _RESULTS.append(_CURRENT)
+    _CURRENT = None
+
+
+def pytest_runtest_logreport(report):
+    r = _CURRENT
+    if r is None or r.nodeid != report.nodeid:
+        return
+    if report.skipped and report.when in ("setup", "call"):
+        r.outcome = "skipped"
+        r.reason = report.longrepr[2].removeprefix("Skipped: ") if isinstance(report.longrepr, tuple) else ""
+    elif report.failed:
+        r.outcome = "failed"
+        r.reason = str(report.longreprtext).strip().splitlines()[-1] if report.longreprtext else report.when
+
+
+def pytest_assertrepr_compare(op, left, right):
+    """Errnos by name: `assert err(...) == errno.ENOENT` fails as EINVAL(22) == ENOENT(2)."""
+    from conformance.report import Errno
+
+    if op == "==" and isinstance(left, int) and isinstance(right, int) and (
+            isinstance(left, Errno) or isinstance(right, Errno)):
+        return [f"{Errno(left)!r} == {Errno(right)!r}"]
+    return None
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not config.getoption("--iommufd-report") or not _RESULTS:
+        return
+    from conformance import report
+
+    tr = terminalreporter
+    tr.section("iommufd conformance")
+    for h in _header(config):
+        tr.write_line(h)
+    tr.write_line("")
+    tr.write_line(report.render_matrix({config.getoption(OPTION): report.matrix(_RESULTS)}))
+    if _target(config).name == "model":
+        tr.write_line("")
+        tr.write_line(report.render_coverage(report.coverage(_RESULTS)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    config = session.config
+    if not _RESULTS or not _target(config).in_process:
+        return
+    from conformance import report
+
+    if path := config.getoption("--iommufd-ktap"):
+        Path(path).write_text(report.ktap(_RESULTS, _header(config)))
+    if path := config.getoption("--iommufd-json"):
+        hdr = dict(h.split(": ", 1) for h in _header(config))
+        Path(path).write_text(report.as_json(_RESULTS, hdr))
+
+
+_PROBES: dict = {}
+
+
+def _probe(target: Target):
+    """What a kernel target supports, asked once per run (conformance/probe.py)."""
+    if target.name not in _PROBES:
+        from conformance.probe import probe
+
+        _PROBES[target.name] = probe(target)
+    return _PROBES[target.name]
 
 
 class _Fd:
-    """The target's file, with the model's 'not modelled yet' turned into a skip."""
+    """The target's file: the model's 'not modelled yet', and an ioctl a kernel target does not
+    have (the probe found ENOTTY), are skips that say so, not failures."""
 
     def __init__(self, target: Target):
         self.target = target.name
+        self._lacks = _probe(target).lacks if target.name == "kernel" else (lambda name: False)
         self._f = target.open()
 
     def ioctl(self, request, arg=0, mutate_flag=True):
+        from conformance.report import ioctl_name
+
+        name = ioctl_name(request)
+        if self._lacks(name):
+            raise pytest.skip.Exception(f"target lacks {name} (ENOTTY; see `iommufd-conformance probe`)",
+                                        _use_item_location=True)
         try:
-            return self._f.ioctl(request, arg, mutate_flag)
+            rc = self._f.ioctl(request, arg, mutate_flag)
         except OSError as e:
             if getattr(e, "ioctl", None) and self.target == "model":
-                pytest.skip(f"model: {e.ioctl} is not modelled yet")
+                # the skip names the test, not this line
+                raise pytest.skip.Exception(f"model: {e.ioctl} is not modelled yet", _use_item_location=True) from None
+            if _CURRENT is not None:
+                _CURRENT.calls.append((name, e.errno))
             raise
+        if _CURRENT is not None:
+            _CURRENT.calls.append((name, 0))
+        return rc
 
     def close(self):
         self._f.close()

@@ -15,23 +15,76 @@ def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: flo
     Returns pytest's exit status, or 1 when the guest kernel logged a WARNING/BUG/oops
     (each shown with the test that was running).
     """
+    import shutil
+    import tempfile
+
     from codegen.debian import DependencyError, FetchError
     from conformance import kbuild, vm
 
+    scratch = Path(tempfile.mkdtemp(prefix="iommufd-vm-run-"))
+    pytest_args, outputs = _outputs_to_scratch(pytest_args, scratch)
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, "--iommufd-target=kernel"]
     try:
         image = Path(kernel) if kernel else kbuild.build_kernel(log=lambda s: print(s, file=sys.stderr))
-        res = vm.run_in_vm(image, argv, timeout=timeout, cwd=os.getcwd(), hugepages=64,
+        res = vm.run_in_vm(image, argv, timeout=timeout, cwd=os.getcwd(), hugepages=64, scratch=scratch,
                            on_output=lambda s: print(s, end="", flush=True))
+        for inside, wanted in outputs:  # reports the guest wrote: where the user asked for them
+            if inside.exists():
+                shutil.copyfile(inside, wanted)
     except vm.VmError as e:
         print(f"\niommufd-conformance: the VM run failed: {e}", file=sys.stderr)
         return 3
     except (FileNotFoundError, ValueError, kbuild.KernelBuildError, DependencyError, FetchError) as e:
         print(f"iommufd-conformance: target vm: {e}", file=sys.stderr)
         return 3
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if res.findings:
         print("\niommufd-conformance: the guest kernel reported problems during the run:", file=sys.stderr)
         for f in res.findings:
             print(f, file=sys.stderr)
         return 1
     return res.returncode if res.returncode is not None else 3
+
+
+_OUTPUT_OPTIONS = ("--iommufd-json", "--iommufd-ktap", "--junit-xml")
+
+
+def _outputs_to_scratch(args: list[str], scratch: Path) -> tuple[list[str], list[tuple[Path, Path]]]:
+    """Report files go to the scratch directory the guest can write (the host's / is read-only
+    there); returns the rewritten arguments and (guest file, wanted file) pairs to copy back."""
+    out, copies, i = [], [], 0
+    while i < len(args):
+        a = args[i]
+        opt, eq, value = a.partition("=")
+        if opt in _OUTPUT_OPTIONS:
+            if not eq:  # "--opt FILE"
+                i += 1
+                value = args[i] if i < len(args) else ""
+            inside = scratch / f"{opt.lstrip('-')}{Path(value).suffix}"
+            copies.append((inside, Path(value).resolve()))
+            out.append(f"{opt}={inside}")
+        else:
+            out.append(a)
+        i += 1
+    return out, copies
+
+
+def command_in_vm(cli_args: list[str], kernel: str | None = None, timeout: float = 600) -> int:
+    """`iommufd-conformance CLI_ARGS` inside the test kernel's VM; its output streams here."""
+    from codegen.debian import DependencyError, FetchError
+    from conformance import kbuild, vm
+
+    argv = [sys.executable, "-m", "conformance.cli", *cli_args]
+    try:
+        image = Path(kernel) if kernel else kbuild.build_kernel(log=lambda s: print(s, file=sys.stderr))
+        res = vm.run_in_vm(image, argv, timeout=timeout, cwd=str(ROOT), on_output=lambda s: print(s, end="", flush=True))
+    except vm.VmError as e:
+        print(f"\niommufd-conformance: the VM run failed: {e}", file=sys.stderr)
+        return 3
+    except (FileNotFoundError, ValueError, kbuild.KernelBuildError, DependencyError, FetchError) as e:
+        print(f"iommufd-conformance: target vm: {e}", file=sys.stderr)
+        return 3
+    for f in res.findings:
+        print(f, file=sys.stderr)
+    return 1 if res.findings else (res.returncode if res.returncode is not None else 3)

@@ -11,7 +11,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from conformance.cli import bench, codegen, kernel, run, vm
+    from conformance.cli import bench, codegen, kernel, probe, run, vm
 
     p = argparse.ArgumentParser(prog="iommufd-conformance", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -19,12 +19,18 @@ def build_parser() -> argparse.ArgumentParser:
     kernel.register(sub)
     vm.register(sub)
     run.register(sub)
+    probe.register(sub)
     bench.register(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "takes_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:  # `run`: the rest is pytest's (options, paths, node ids), after an optional --
+        args.pytest_args = extra[1:] if extra[0] == "--" else extra
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -11,6 +11,7 @@ import mmap
 
 import pytest
 
+from conformance.report import Errno
 from model.libc import libc
 from model.limits import PAGE_SIZE, U64_MAX
 from model.uapi import B
@@ -28,12 +29,12 @@ def sz(cls) -> int:
 
 
 def err(fn, *args, **kw) -> int:
-    """The errno `fn` fails with (0 when it succeeds)."""
+    """The errno `fn` fails with (0 when it succeeds), printing as its name in assertions."""
     try:
         fn(*args, **kw)
     except OSError as e:
-        return e.errno
-    return 0
+        return Errno(e.errno)
+    return Errno(0)
 
 
 def ioas_alloc(fd) -> int:

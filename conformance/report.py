@@ -1,0 +1,225 @@
+"""What a conformance run reports, beside pytest's own lines: which ioctls each test exercised
+and with what outcome, a matrix per ioctl, the (ioctl, errno) outcomes covered out of those the
+model can produce, and the run as KTAP, JSON or JUnit properties for tools.
+
+The plugin records every ioctl a test makes through the `iommufd` fixtures (name and errno), and
+each test's outcome; this module turns those into reports.
+"""
+from __future__ import annotations
+
+import ast
+import errno
+import json
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+from model.uapi import B
+
+
+_PREFERRED = {errno.EOPNOTSUPP: "EOPNOTSUPP", errno.EAGAIN: "EAGAIN", errno.EDEADLK: "EDEADLK"}
+
+
+def errno_name(e: int) -> str:
+    """The kernel's name for an errno (EOPNOTSUPP, not its alias ENOTSUP)."""
+    return "0" if e == 0 else _PREFERRED.get(e) or errno.errorcode.get(e, str(e))
+
+
+class Errno(int):
+    """An errno that prints as its name (EINVAL(22)) in assertion messages."""
+
+    def __repr__(self) -> str:
+        return f"{errno_name(int(self))}({int(self)})" if self else "0"
+
+
+@dataclass
+class CaseResult:
+    nodeid: str
+    family: str  # the test module, less test_: ioas_map, vfio_dma ...
+    outcome: str = "passed"  # passed | failed | skipped
+    reason: str = ""  # the skip reason or the failure's last line
+    location: str = ""
+    calls: list[tuple[str, int]] = field(default_factory=list)  # (ioctl name, errno or 0)
+
+    @property
+    def ioctls(self) -> list[str]:
+        return sorted({name for name, _ in self.calls})
+
+
+def ioctl_name(request: int) -> str:
+    row = B.BY_NUMBER.get(request & 0xFFFFFFFF)
+    return row.name if row is not None else f"{request & 0xFFFFFFFF:#x}"
+
+
+def family_of(nodeid: str) -> str:
+    module = Path(nodeid.split("::")[0]).stem
+    return module.removeprefix("test_")
+
+
+# --- the matrix ----------------------------------------------------------------------------------
+
+
+def matrix(results: list[CaseResult]) -> dict[str, dict]:
+    """ioctl -> {cases, passed, failed, skipped, skip_reasons}: every test that called it counts."""
+    rows: dict[str, dict] = defaultdict(lambda: {"cases": 0, "passed": 0, "failed": 0, "skipped": 0,
+                                                 "skip_reasons": defaultdict(int)})
+    for r in results:
+        for name in r.ioctls or ["(no ioctl)"]:
+            row = rows[name]
+            row["cases"] += 1
+            row[r.outcome] += 1
+            if r.outcome == "skipped":
+                row["skip_reasons"][r.reason] += 1
+    return {k: dict(v, skip_reasons=dict(v["skip_reasons"])) for k, v in sorted(rows.items())}
+
+
+def render_matrix(columns: dict[str, dict[str, dict]]) -> str:
+    """One matrix per target, side by side: `columns` is target label -> matrix()."""
+    names = sorted({n for m in columns.values() for n in m})
+    w = max([len(n) for n in names] + [5])
+    head = f"{'ioctl':<{w}}" + "".join(f" | {label:^26}" for label in columns)
+    sub = f"{'':<{w}}" + "".join(f" | {'cases':>6}{'pass':>6}{'fail':>6}{'skip':>6} " for _ in columns)
+    lines = [head, sub, "-" * len(sub)]
+    for n in names:
+        cells = []
+        for m in columns.values():
+            r = m.get(n)
+            cells.append(f" | {r['cases']:>6}{r['passed']:>6}{r['failed']:>6}{r['skipped']:>6} " if r
+                         else f" | {'-':>6}{'':>18} ")
+        lines.append(f"{n:<{w}}" + "".join(cells))
+    reasons = defaultdict(int)
+    for m in columns.values():
+        for r in m.values():
+            for why, k in r["skip_reasons"].items():
+                reasons[why] += k
+    if reasons:
+        lines.append("skips:")
+        for why, k in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  {k:>4} x {why}")
+    return "\n".join(lines)
+
+
+# --- coverage of the model's outcomes -------------------------------------------------------------
+
+
+@lru_cache(maxsize=1)
+def model_outcomes() -> dict[str, frozenset[str]]:
+    """ioctl -> the errno names the model can answer it with: the dispatcher's generic checks,
+    and every errno its handler, or a model function the handler (transitively) calls, names.
+    Found on the model's source, by function name: an over-approximation, never an omission
+    of a named errno."""
+    import model
+    from model import main
+
+    defs: dict[str, list[ast.FunctionDef]] = defaultdict(list)
+    for path in Path(model.__file__).parent.rglob("*.py"):
+        if "tests" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef):
+                defs[node.name].append(node)
+
+    @lru_cache(maxsize=None)
+    def direct(name: str) -> tuple[frozenset[str], frozenset[str]]:
+        errs, calls = set(), set()
+        for fn in defs.get(name, ()):
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "errno":
+                    errs.add(node.attr)
+                elif isinstance(node, ast.Call):
+                    f = node.func
+                    callee = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
+                    if callee in defs and callee != name:
+                        calls.add(callee)
+                    if callee in ("UserFault", "read", "write", "read_partial"):
+                        errs.add("EFAULT")
+        return frozenset(errs), frozenset(calls)
+
+    def closure(name: str) -> set[str]:
+        seen, todo, errs = set(), [name], set()
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            e, c = direct(n)
+            errs |= e
+            todo += list(c)
+        return errs
+
+    out = {}
+    for op in main.IOCTL_OPS:
+        row = B.BY_NAME[op.name]
+        # the file (EBADF once closed), iommufd_fops_ioctl()'s generic checks
+        generic = {"EBADF", "EFAULT", "ENOTTY", "EINVAL"} | ({"E2BIG"} if row.size else set())
+        if row.reserved or row.flags:
+            generic.add("EOPNOTSUPP")
+        out[op.name] = frozenset(generic | closure(op.handler.__name__))
+    return out
+
+
+def coverage(results: list[CaseResult]) -> dict[str, dict]:
+    """ioctl -> {possible, seen, missed}: errno names (0 as 'success')."""
+    seen: dict[str, set[str]] = defaultdict(set)
+    for r in results:
+        for name, e in r.calls:
+            seen[name].add("success" if e == 0 else errno_name(e))
+    out = {}
+    for name, possible in model_outcomes().items():
+        p = set(possible) | {"success"}
+        out[name] = {"possible": sorted(p), "seen": sorted(seen[name] & p), "missed": sorted(p - seen[name]),
+                     "unexpected": sorted(seen[name] - p)}
+    return out
+
+
+def render_coverage(cov: dict[str, dict]) -> str:
+    total = sum(len(v["possible"]) for v in cov.values())
+    hit = sum(len(v["seen"]) for v in cov.values())
+    lines = [f"(ioctl, outcome) coverage: {hit} of {total} outcomes the model can produce were exercised"]
+    w = max(len(n) for n in cov)
+    for name, v in cov.items():
+        line = f"  {name:<{w}} {len(v['seen']):>2}/{len(v['possible']):<2}"
+        if v["missed"]:
+            line += "  not seen: " + " ".join(v["missed"])
+        if v["unexpected"]:
+            line += "  seen, not in the model's: " + " ".join(v["unexpected"])
+        lines.append(line)
+    return "\n".join(lines)
+
+
+# --- KTAP ------------------------------------------------------------------------------------------
+
+
+def ktap_name(s: str) -> str:
+    """Documentation/dev-tools/ktap.rst: test names in [A-Za-z0-9_-]."""
+    return re.sub(r"[^A-Za-z0-9_-]", "_", s).strip("_") or "test"
+
+
+def ktap(results: list[CaseResult], header: list[str]) -> str:
+    """KTAP version 1, one subtest per ioctl family (test module), its tests inside."""
+    families: dict[str, list[CaseResult]] = defaultdict(list)
+    for r in results:
+        families[r.family].append(r)
+    lines = ["KTAP version 1"] + [f"# {h}" for h in header] + [f"1..{len(families)}"]
+    for i, (fam, rs) in enumerate(sorted(families.items()), 1):
+        lines += ["    KTAP version 1", f"    # Subtest: {ktap_name(fam)}", f"    1..{len(rs)}"]
+        for j, r in enumerate(rs, 1):
+            name = ktap_name(r.nodeid.split("::", 1)[-1])
+            if r.outcome == "skipped":
+                lines.append(f"    ok {j} {name} # SKIP {r.reason.splitlines()[0] if r.reason else ''}".rstrip())
+            elif r.outcome == "failed":
+                lines += [f"    # {ln}" for ln in r.reason.splitlines()[-3:]]
+                lines.append(f"    not ok {j} {name}")
+            else:
+                lines.append(f"    ok {j} {name}")
+        failed = any(r.outcome == "failed" for r in rs)
+        all_skipped = all(r.outcome == "skipped" for r in rs)
+        lines.append(f"{'not ok' if failed else 'ok'} {i} {ktap_name(fam)}{' # SKIP' if all_skipped and not failed else ''}")
+    return "\n".join(lines) + "\n"
+
+
+def as_json(results: list[CaseResult], header: dict) -> str:
+    return json.dumps({**header, "tests": [asdict(r) for r in results], "matrix": matrix(results),
+                       "coverage": coverage(results)}, indent=1)
