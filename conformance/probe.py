@@ -18,9 +18,8 @@ import errno
 import os
 from dataclasses import asdict, dataclass, field
 
-import generated
 from model.limits import PAGE_SIZE
-from model.uapi import B
+from model.uapi import B, every_version
 
 
 @dataclass
@@ -77,8 +76,7 @@ def probe(target) -> Probe:
             buf = bytearray(max(row.size, 8))  # size 0: below every min_size
             p.ioctls[row.name] = _errno(fd, row.number, buf) != errno.ENOTTY
         known = {n for n, k in p.ioctls.items() if k}
-        for v in reversed(generated.VERSIONS):
-            g = generated.load(v)
+        for g in reversed(every_version()):
             if all(r.name in known for r in g.IOCTLS if r.struct and r.nr >= g.IOMMUFD_CMD_BASE):
                 p.uapi = g.VERSION
                 break

@@ -8,3 +8,9 @@ import generated
 
 SERIES = "7.2"
 B = generated.load(SERIES)
+
+
+def every_version():
+    """The bindings of every generated version, oldest first: for tools that compare versions
+    (probe, the kernel matrix), not for choosing one."""
+    return [generated.load(v) for v in generated.VERSIONS]
