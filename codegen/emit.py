@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from codegen import shapes
+from codegen import cases, shapes
 from codegen.ir import CType, Module, Record
 from codegen.parse import parse_version
 from codegen.preprocess import display_path
@@ -23,6 +23,7 @@ PACKAGE_FILES = [
     ("bindings.py.j2", "bindings.py"),
     ("dtypes.py.j2", "dtypes.py"),
     ("ioctls.py.j2", "ioctls.py"),
+    ("cases.py.j2", "cases.py"),
     ("version_init.py.j2", "__init__.py"),
 ]
 # (template, output file) in generated/ itself, once for every version: the row and spec types,
@@ -145,8 +146,10 @@ def render_version(version_dir: Path, root: Path, module: Module | None = None) 
     pkg = Path("generated") / version_dir.name
     inputs = display_path(version_dir, root)
     sha = _sha_inputs(module)
-    ctx = dict(m=module, inputs=inputs, sha=sha, package=version_dir.name, rows=ioctl_rows(module),
-               row_shape=shapes.ROW)
+    rows = ioctl_rows(module)
+    base = next(x.value for e in module.enums.values() for x in e.enumerators if x.name == "IOMMUFD_CMD_BASE")
+    ctx = dict(m=module, inputs=inputs, sha=sha, package=version_dir.name, rows=rows, row_shape=shapes.ROW,
+               cases=cases.cases(rows, base))
     return [Rendered(pkg / out, env.get_template(tpl).render(header_line=_header_line(inputs, tpl, sha), **ctx))
             for tpl, out in PACKAGE_FILES]
 

@@ -21,6 +21,10 @@ SPECS = (
     ("Departure", "A reserved/flags field checked out of the generic order (handler_facts.json).",
      (("name", "str", "str"), ("offset", "int", "int"), ("size", "int", "int"),
       ("check", "str", "str"), ("source", "str", "str"))),
+    ("Case", "A generated conformance case (codegen/cases.py): what to do to an ioctl's command and "
+             "the errno name it must answer ('as_base': what the unmodified command answers).",
+     (("ioctl", "str", "str"), ("kind", "str", "str"), ("field", "str", "str"), ("offset", "int", "int"),
+      ("size", "int", "int"), ("value", "int", "hex"), ("expect", "str", "str"), ("needs_base", "bool", "bool"))),
 )
 
 # IoctlRow: (field, python type, how it is written, default). Spec lists name their spec type.
@@ -54,10 +58,14 @@ def literal(value, how: str) -> str:
         return hex(value) if value >= 0 else str(value)
     if how == "int":
         return str(int(value))
+    if how == "bool":
+        return repr(bool(value))
     if how == "str":
         return repr(str(value))
     if how == "names":
         return "(" + "".join(f"{str(v)!r}, " for v in value).rstrip(" ") + ")" if value else "()"
+    if how in _FORMATS and value and not isinstance(value[0], (tuple, list)):  # one spec
+        return spec_literal(how, value)
     if how in _FORMATS:  # a tuple of specs of that type
         return "(" + "".join(spec_literal(how, s) + ", " for s in value).rstrip(" ") + ")" if value else "()"
     raise ValueError(f"unknown format {how!r}")
