@@ -1,8 +1,10 @@
 """Build (and cache) the iommufd test kernel.
 
 Debian builds no kernel with CONFIG_IOMMUFD, so the test kernel is Debian's linux-source-SERIES
-(SERIES: model/uapi.py, the version the model implements) configured with `make allnoconfig`
-plus conformance/kernel/iommufd.config (everything the guest needs is named there). Kernels
+(SERIES: model/uapi.py, the version the model implements; another series for a kernel matrix)
+configured with `make allnoconfig` plus conformance/kernel/iommufd.config (everything the guest
+needs is named there; conformance/kernel/absent.json lists symbols an older series does not
+have), optionally with patches applied (a kernel developer's series). Kernels
 are cached outside the clone, under cache_dir()/kernels/<key>/, where key hashes the source
 version, the fragment and the compiler; the build directory is kept under
 cache_dir()/build/<key>/ so rebuilds are incremental, and compiles go through ccache.
@@ -27,7 +29,17 @@ from codegen.debian import DependencyError, ensure_packages  # noqa: F401 (calle
 from model.uapi import SERIES
 
 FRAGMENT = Path(__file__).resolve().parent / "kernel" / "iommufd.config"
+ABSENT = Path(__file__).resolve().parent / "kernel" / "absent.json"
 BUILD_PACKAGES = debian.PACKAGES["kernel build"]
+
+
+def fragment_for(series: str) -> str:
+    """iommufd.config less the settings of symbols `series` does not have (absent.json)."""
+    absent = set(json.loads(ABSENT.read_text()).get(series, []))
+    text = FRAGMENT.read_text()
+    if not absent:
+        return text
+    return "".join(ln for ln in text.splitlines(keepends=True) if ln.split("=", 1)[0].strip() not in absent)
 
 
 class KernelBuildError(RuntimeError):
@@ -52,8 +64,8 @@ def sha256(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 
 
-def _debian_source_id(version: str) -> str:
-    return f"debian linux-source-{SERIES} {version}"
+def _debian_source_id(series: str, version: str) -> str:
+    return f"debian linux-source-{series} {version}"
 
 
 def _key(source_id: str, fragment: str, gcc: str) -> str:
@@ -64,18 +76,19 @@ def kernels_dir() -> Path:
     return debian.cache_dir() / "kernels"
 
 
-def cached_kernel() -> Path | None:
-    """The newest cached bzImage built from Debian's source with this fragment and compiler.
+def cached_kernel(series: str = SERIES) -> Path | None:
+    """The newest cached bzImage built from Debian's linux-source-SERIES (no patches) with this
+    fragment and compiler.
 
     Offline and instant: no apt lookup, so a newer linux-source in sid does not invalidate it
     (`kernel build --refresh` does that).
     """
     gcc = _gcc_version()
-    info = _cached_info(FRAGMENT.read_text(), gcc) if gcc else None
+    info = _cached_info(fragment_for(series), gcc, series) if gcc else None
     return Path(info["bzimage"]) if info else None
 
 
-def _cached_info(fragment: str, gcc: str) -> dict | None:
+def _cached_info(fragment: str, gcc: str, series: str) -> dict | None:
     best = None
     for f in kernels_dir().glob("*/info.json"):
         try:
@@ -83,6 +96,7 @@ def _cached_info(fragment: str, gcc: str) -> dict | None:
         except (OSError, ValueError):
             continue
         if (info.get("debian_source") and info.get("fragment_sha256") == sha256(fragment)
+                and info.get("version", "").startswith(series + ".") and not info.get("patches")
                 and info.get("gcc") == gcc and (f.parent / "bzImage").is_file()
                 and (best is None or info["date"] > best["date"])):
             best = dict(info, bzimage=str(f.parent / "bzImage"))
@@ -137,36 +151,79 @@ def make_env() -> dict[str, str]:
                 KBUILD_BUILD_HOST="build", KBUILD_BUILD_TIMESTAMP="1970-01-01")
 
 
+def _patched_tree(tree: Path, version: str, patches: list[Path], log) -> tuple[Path, list[dict]]:
+    """A copy of `tree` (hard links: nothing is copied but what the patches change) with
+    `patches` applied in order with `patch -p1`; cached by the tree's version and the patches."""
+    info = [{"file": str(p), "sha256": sha256(p.read_bytes())} for p in patches]
+    key = sha256(json.dumps([str(tree), version, [i["sha256"] for i in info]]))[:16]
+    out = debian.cache_dir() / "patched" / key
+    if (out / ".applied").is_file():
+        return out, info
+    ensure_packages(["patch"], why="to apply the kernel patches")
+    tmp = out.with_name(f".{key}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["cp", "-al", str(tree), str(tmp)], check=True)
+    for p in patches:
+        log(f"applying {p}")
+        r = subprocess.run(["patch", "-p1", "--forward", "--batch", "-i", str(p.resolve())], cwd=tmp,
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise KernelBuildError(f"{p} does not apply to {version}:\n{(r.stdout + r.stderr).strip()[-2000:]}")
+    (tmp / ".applied").write_text(json.dumps(info) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out, info
+
+
 def build_kernel(source: Path | None = None, jobs: int | None = None, log: Callable[[str], None] = print,
-                 refresh: bool = False) -> Path:
+                 refresh: bool = False, series: str = SERIES, patches: list[Path] | tuple = ()) -> Path:
     """Build (or find in the cache) the test kernel; returns the bzImage path.
 
-    Without `source`, Debian's linux-source-7.2 is used and a cached image for it is returned
-    at once (offline); refresh=True first asks Debian for a newer linux-source-7.2. With a
-    `source` tree (e.g. a kernel developer's checkout, whose files change under the same
-    version) make always runs, incrementally, in the kept build directory.
+    Without `source`, Debian's linux-source-SERIES is used and a cached image for it is returned
+    at once (offline); refresh=True first asks Debian for a newer one. With a `source` tree (e.g.
+    a kernel developer's checkout, whose files change under the same version) make always runs,
+    incrementally, in the kept build directory. `patches` are applied (patch -p1, in order) to
+    a copy of the tree; the cache key covers them.
     """
-    fragment, gcc = FRAGMENT.read_text(), _gcc_version()
+    fragment, gcc = fragment_for(series), _gcc_version()
+    patches = [Path(p) for p in patches]
+    for p in patches:
+        if not p.is_file():
+            raise KernelBuildError(f"no patch file {p}")
     if gcc is None:
         raise DependencyError("gcc does not run; install the Debian package gcc")
-    if source is None and not refresh and (hit := _cached_info(fragment, gcc)):
+    if source is None and not patches and not refresh and (hit := _cached_info(fragment, gcc, series)):
         return Path(hit["bzimage"])  # a cache hit needs no build packages
     ensure_packages(BUILD_PACKAGES, why="to build the test kernel")
+    patch_info: list[dict] = []
     if source is None:
-        tree, version = debian.source_tree(SERIES)
-        source_id = _debian_source_id(version)
+        if series not in debian.SUITE_OF_SERIES:
+            raise KernelBuildError(f"no Debian source for series {series}; known: {', '.join(debian.SUITE_OF_SERIES)}"
+                                   " (or give --source)")
+        tree, version = debian.source_tree(series)
+        source_id = _debian_source_id(series, version)
+        if patches:
+            tree, patch_info = _patched_tree(tree, version, patches, log)
+            source_id += " + " + " ".join(i["sha256"][:12] for i in patch_info)
     else:
         tree = Path(source).resolve()
         if not (tree / "Makefile").is_file() or not (tree / "Kconfig").is_file():
             raise KernelBuildError(f"{tree} is not a kernel source tree (no Makefile/Kconfig)")
         version = makefile_version(tree)
         source_id = f"{tree} {version}"
+        if patches:
+            tree, patch_info = _patched_tree(tree, version, patches, log)
+            source_id += " + " + " ".join(i["sha256"][:12] for i in patch_info)
     key = _key(source_id, fragment, gcc)
     final = kernels_dir() / key
     build = debian.cache_dir() / "build" / key
     with locked(build.with_name(key + ".lock")):
         if source is None and (final / "bzImage").is_file():
             return final / "bzImage"
+        fragment_file = build.with_name(key + ".config-fragment")
+        fragment_file.write_text(fragment)
         build.mkdir(parents=True, exist_ok=True)
         logfile = build / "build.log"
         logfile.write_text(f"{source_id}\n")
@@ -174,7 +231,7 @@ def build_kernel(source: Path | None = None, jobs: int | None = None, log: Calla
         common = [f"O={build}", "ARCH=x86_64", "CC=ccache gcc"]
         log(f"building the {version} test kernel in {build} (-j{make_jobs(jobs)}; log {logfile})")
         t0 = time.monotonic()
-        make(tree, [*common, f"KCONFIG_ALLCONFIG={FRAGMENT}", "allnoconfig"], logfile, env, "configuring")
+        make(tree, [*common, f"KCONFIG_ALLCONFIG={fragment_file}", "allnoconfig"], logfile, env, "configuring")
         config = (build / ".config").read_text()
         if lost := check_config(fragment, config):
             raise KernelBuildError(
@@ -190,7 +247,7 @@ def build_kernel(source: Path | None = None, jobs: int | None = None, log: Calla
             "source": source_id, "debian_source": source is None, "tree": str(tree), "version": version,
             "build_dir": str(build), "config_sha256": sha256(config), "fragment_sha256": sha256(fragment),
             "gcc": gcc, "build_seconds": round(seconds, 1), "date": datetime.now(timezone.utc).isoformat(),
-            "key": key,
+            "key": key, "series": series, "patches": patch_info,
         }
         # Publish atomically: readers see either no directory or a complete one.
         tmp = final.with_name(f".{key}.tmp-{os.getpid()}")

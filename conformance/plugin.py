@@ -84,11 +84,11 @@ def pytest_collection_modifyitems(config, items):
 
 
 def _header(config) -> list[str]:
-    from model.uapi import B
+    from model.uapi import T
 
     target = _target(config)
     return [f"target: {config.getoption(OPTION)}", f"kernel: {target.describe()}",
-            f"uapi: Linux {B.KERNEL_VERSION} bindings (generated/{B.__name__.rsplit('.', 1)[-1]})"]
+            f"uapi: Linux {T.KERNEL_VERSION} bindings (generated/{T.__name__.rsplit('.', 1)[-1]})"]
 
 
 def pytest_report_header(config):
@@ -240,10 +240,9 @@ def iommufd(open_iommufd):
 
 @pytest.fixture(scope="session")
 def uapi():
-    """The generated bindings the suite uses: model.uapi's, the version the model implements and
-    the VM's kernel is built from."""
-    from model.uapi import B
+    """The generated bindings the suite uses: model.uapi.T, the series of the kernel under test."""
+    from model.uapi import T
 
-    return B
+    return T
 
 

@@ -19,7 +19,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from model.limits import PAGE_SIZE
-from model.uapi import B, every_version
+from model.uapi import T as B, every_version
 
 
 @dataclass

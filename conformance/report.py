@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from model.uapi import B
+from model.uapi import T
 
 
 _PREFERRED = {errno.EOPNOTSUPP: "EOPNOTSUPP", errno.EAGAIN: "EAGAIN", errno.EDEADLK: "EDEADLK"}
@@ -49,7 +49,7 @@ class CaseResult:
 
 
 def ioctl_name(request: int) -> str:
-    row = B.BY_NUMBER.get(request & 0xFFFFFFFF)
+    row = T.BY_NUMBER.get(request & 0xFFFFFFFF)
     return row.name if row is not None else f"{request & 0xFFFFFFFF:#x}"
 
 
@@ -151,7 +151,7 @@ def model_outcomes() -> dict[str, frozenset[str]]:
 
     out = {}
     for op in main.IOCTL_OPS:
-        row = B.BY_NAME[op.name]
+        row = main.B.BY_NAME[op.name]
         # the file (EBADF once closed), iommufd_fops_ioctl()'s generic checks
         generic = {"EBADF", "EFAULT", "ENOTTY", "EINVAL"} | ({"E2BIG"} if row.size else set())
         if row.reserved or row.flags:

@@ -9,6 +9,20 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "conformance" / "tests"
 
 
+def kernel_for(value: str | None):
+    """vm's value: a bzImage path, a kernel series (6.12: built or reused, and the tests in the
+    guest use that series' bindings), or nothing (the model's series). (image, series or None)."""
+    from codegen.debian import SUITE_OF_SERIES
+    from conformance import kbuild
+
+    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
+    if value and value in SUITE_OF_SERIES:
+        return kbuild.build_kernel(series=value, log=log), value
+    if value:
+        return Path(value), None
+    return kbuild.build_kernel(log=log), None
+
+
 def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: float = 1500) -> int:
     """Run `python -m pytest ARGS --iommufd-target kernel` in the test kernel's VM.
 
@@ -25,8 +39,9 @@ def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: flo
     pytest_args, outputs = _outputs_to_scratch(pytest_args, scratch)
     argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, "--iommufd-target=kernel"]
     try:
-        image = Path(kernel) if kernel else kbuild.build_kernel(log=lambda s: print(s, file=sys.stderr))
-        res = vm.run_in_vm(image, argv, timeout=timeout, cwd=os.getcwd(), hugepages=64, scratch=scratch,
+        image, series = kernel_for(kernel)
+        env = {"IOMMUFD_TARGET_SERIES": series} if series else None
+        res = vm.run_in_vm(image, argv, timeout=timeout, cwd=os.getcwd(), hugepages=64, scratch=scratch, env=env,
                            on_output=lambda s: print(s, end="", flush=True))
         for inside, wanted in outputs:  # reports the guest wrote: where the user asked for them
             if inside.exists():
@@ -77,8 +92,9 @@ def command_in_vm(cli_args: list[str], kernel: str | None = None, timeout: float
 
     argv = [sys.executable, "-m", "conformance.cli", *cli_args]
     try:
-        image = Path(kernel) if kernel else kbuild.build_kernel(log=lambda s: print(s, file=sys.stderr))
-        res = vm.run_in_vm(image, argv, timeout=timeout, cwd=str(ROOT), on_output=lambda s: print(s, end="", flush=True))
+        image, series = kernel_for(kernel)
+        res = vm.run_in_vm(image, argv, timeout=timeout, cwd=str(ROOT), on_output=lambda s: print(s, end="", flush=True),
+                           env={"IOMMUFD_TARGET_SERIES": series} if series else None)
     except vm.VmError as e:
         print(f"\niommufd-conformance: the VM run failed: {e}", file=sys.stderr)
         return 3

@@ -54,6 +54,13 @@ class Target:
 class ModelTarget(Target):
     name = "model"
 
+    def unavailable(self) -> str | None:
+        from model.uapi import SERIES, TARGET_SERIES
+
+        if TARGET_SERIES != SERIES:
+            return f"the model implements Linux {SERIES}, not {TARGET_SERIES} (IOMMUFD_TARGET_SERIES)"
+        return None
+
     def open(self) -> IommuFile:
         from model import open_iommufd
 
@@ -106,6 +113,7 @@ class VmTarget(Target):
 
     def describe(self) -> str:
         return f"the test kernel ({self.value or f'Linux {SERIES}, built or cached'}) in QEMU"
+        # vm=6.12: Debian's linux-source-6.12, tested with the 6.12 bindings (conformance/run.py)
 
 
 TARGETS: dict[str, type[Target]] = {t.name: t for t in (ModelTarget, KernelTarget, VmTarget)}

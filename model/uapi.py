@@ -1,13 +1,21 @@
 """The one choice of kernel version (like rust-vmm's `pub use bindings_v6_6_0::*`).
 
-The model implements the uapi of SERIES, the VM builds Debian's linux-source-SERIES, and the
-conformance tests use these bindings: everything else imports B (or SERIES) from here, so a new
-headers/linux_X_Y changes nothing until this line does.
+The model implements the uapi of SERIES (B), the VM builds Debian's linux-source-SERIES, and the
+conformance tests use T: SERIES' bindings too, unless the kernel under test is of another series
+(a kernel matrix). Everything else imports from here, so a new headers/linux_X_Y changes nothing
+until this line does.
 """
+import os
+
 import generated
 
 SERIES = "7.2"
 B = generated.load(SERIES)
+
+# The bindings the conformance tests use: those of the kernel under test. A run against another
+# series' kernel (`--target vm=6.12`) sets IOMMUFD_TARGET_SERIES in the guest; otherwise SERIES.
+TARGET_SERIES = os.environ.get("IOMMUFD_TARGET_SERIES") or SERIES
+T = generated.load(TARGET_SERIES)
 
 
 def every_version():

@@ -16,11 +16,15 @@ def register(subparsers) -> None:
     b.add_argument("--source", type=Path, help=f"kernel source tree (default: Debian's linux-source-{SERIES})")
     b.add_argument("--jobs", "-j", type=int, help="make -j (default: CPUs + 1)")
     b.add_argument("--refresh", action="store_true", help=f"check Debian for a newer linux-source-{SERIES} first")
+    b.add_argument("--series", default=SERIES, help=f"kernel series from Debian: 7.2 (sid), 6.12 (stable); default {SERIES}")
+    b.add_argument("--patch", type=Path, action="append", default=[], metavar="FILE",
+                   help="a patch to apply (patch -p1), repeatable, in order; the cache key covers them")
     b.set_defaults(func=_cmd_build)
     s = sub.add_parser("selftest", help="run the kernel's tools/testing/selftests/iommu in the test VM")
     s.add_argument("--kernel", type=Path, help="bzImage (default: build or reuse the cached test kernel)")
     s.add_argument("--source", type=Path, help="kernel source tree for the selftests (default: the kernel's)")
     s.add_argument("--timeout", type=float, default=900)
+    s.add_argument("--series", default=SERIES, help=f"kernel series to build when --kernel is not given (default {SERIES})")
     s.add_argument("-v", "--verbose", action="store_true", help="print the selftests' full output")
     s.set_defaults(func=_cmd_selftest)
 
@@ -31,7 +35,8 @@ def _err(msg: str) -> None:
 
 def _cmd_build(args) -> int:
     try:
-        image = kbuild.build_kernel(args.source, args.jobs, log=_err, refresh=args.refresh)
+        image = kbuild.build_kernel(args.source, args.jobs, log=_err, refresh=args.refresh, series=args.series,
+                                    patches=args.patch)
     except (kbuild.KernelBuildError, debian.DependencyError, debian.FetchError) as e:
         _err(f"kernel build: {e}")
         return 1
@@ -41,7 +46,8 @@ def _cmd_build(args) -> int:
 
 def _cmd_selftest(args) -> int:
     try:
-        kernel = args.kernel.resolve() if args.kernel else kbuild.build_kernel(args.source, log=_err)
+        kernel = args.kernel.resolve() if args.kernel else kbuild.build_kernel(args.source, log=_err,
+                                                                               series=args.series)
         results, findings, output = selftests.run_selftests(kernel, args.source, timeout=args.timeout, log=_err)
     except (kbuild.KernelBuildError, debian.DependencyError, debian.FetchError) as e:
         _err(f"kernel selftest: {e}")

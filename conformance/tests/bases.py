@@ -13,7 +13,7 @@ import mmap
 from dataclasses import dataclass, field
 
 from conformance.tests.helpers import PAGE, RW, ioas_alloc, map_
-from model.uapi import B
+from model.uapi import T as B
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 from conformance.report import Errno
 from model.libc import libc
 from model.limits import PAGE_SIZE, U64_MAX
-from model.uapi import B
+from model.uapi import T as B
 
 PAGE = PAGE_SIZE
 U64 = U64_MAX
@@ -22,6 +22,15 @@ R = B.IOMMU_IOAS_MAP_READABLE
 W = B.IOMMU_IOAS_MAP_WRITEABLE
 FIXED = B.IOMMU_IOAS_MAP_FIXED_IOVA
 RW = R | W
+
+
+def require(*names: str) -> None:
+    """Skip the calling test module when the bindings under test (model.uapi.T) lack one of
+    `names`: the module depends on the uapi version, and says which names it needs."""
+    missing = [n for n in names if not hasattr(B, n)]
+    if missing:
+        pytest.skip(f"depends on the uapi version: Linux {B.KERNEL_VERSION} has no {', '.join(missing)}",
+                    allow_module_level=True)
 
 
 def sz(cls) -> int:

@@ -14,7 +14,12 @@ from hypothesis import settings, strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
 
 from model.limits import PAGE_SIZE, U64_MAX
-from model.uapi import B
+from model.uapi import SERIES, TARGET_SERIES
+from model.uapi import T as B
+
+if TARGET_SERIES != SERIES:
+    pytest.skip(f"the model implements Linux {SERIES}; the kernel under test is {TARGET_SERIES}",
+                allow_module_level=True)
 from conformance.targets import KernelFile
 from model import open_iommufd
 

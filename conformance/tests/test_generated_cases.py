@@ -4,7 +4,6 @@ Generic kinds run on the all-zero command and also hold the generated validator 
 answer; kinds that need a valid command take it from conformance/tests/bases.py and skip, saying
 why, where there is none (the device-facing ioctls, until the mock IOMMU is modelled).
 """
-import ctypes
 import errno
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from conformance.report import Errno
 from conformance.tests.bases import BASES
 from conformance.tests.helpers import err
-from model.uapi import B
+from model.uapi import T as B
 
 
 def _answer(fd, number, buf) -> int:

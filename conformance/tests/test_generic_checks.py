@@ -8,7 +8,7 @@ import errno
 
 import pytest
 
-from model.uapi import B
+from model.uapi import T as B
 from conformance.tests.helpers import err
 
 ROWS = [r for r in B.IOCTLS if r.struct]

@@ -10,8 +10,10 @@ import tempfile
 import pytest
 
 from conformance.tests.helpers import (
-    B, PAGE, RW, U64, Buf, err, ioas_alloc, map_, map_file, snapshot, sz, unmap,
+    B, PAGE, RW, U64, Buf, err, ioas_alloc, map_, map_file, require, snapshot, sz, unmap,
 )
+
+require("IOMMU_IOAS_MAP_FILE", "IOMMU_IOAS_CHANGE_PROCESS")
 
 HPAGE = 2 << 20
 

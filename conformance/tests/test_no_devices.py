@@ -12,8 +12,11 @@ import mmap
 
 import pytest
 
-from model.uapi import B
-from conformance.tests.helpers import PAGE, U64, destroy, err, ioas_alloc, unmapped_va
+from conformance.tests.helpers import PAGE, U64, destroy, err, ioas_alloc, require, unmapped_va
+from model.uapi import T as B
+
+require("IOMMU_HWPT_DATA_ARM_SMMUV3", "IOMMU_VIOMMU_ALLOC", "IOMMU_VDEVICE_ALLOC", "IOMMU_HW_QUEUE_ALLOC",
+        "IOMMU_VEVENTQ_ALLOC")
 
 ENTRY_NUM_MAX = 1 << 19  # hw_pagetable.c:493 IOMMU_HWPT_INVALIDATE_ENTRY_NUM_MAX
 VEVENTQ_MAX_DEPTH = 1 << 19  # eventq.c:502

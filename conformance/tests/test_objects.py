@@ -5,7 +5,7 @@ import mmap
 
 import pytest
 
-from model.uapi import B
+from model.uapi import T as B
 from conformance.tests.helpers import destroy, ioas_alloc
 
 

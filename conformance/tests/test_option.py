@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from model.uapi import B
+from model.uapi import T as B
 from conformance.tests.helpers import err, ioas_alloc
 
 

@@ -20,7 +20,7 @@ import pytest
 from conformance.tests.helpers import PAGE, U64, err, ioas_alloc, map_, model_iopt, unmap
 from model import open_iommufd as open_model
 from model.libc import libc
-from model.uapi import B
+from model.uapi import T as B
 
 S_ALLOC = ctypes.sizeof(B.iommu_ioas_alloc)
 FIONBIO, FIONCLEX, FIOCLEX, FIOASYNC, FIOQSIZE = 0x5421, 0x5450, 0x5451, 0x5452, 0x5460

@@ -2,9 +2,11 @@
 import ctypes
 import errno
 
-from conformance.tests.helpers import err, ioas_alloc
+from conformance.tests.helpers import err, ioas_alloc, require
 from model.limits import ULONG_MAX
-from model.uapi import B
+from model.uapi import T as B
+
+require("VFIO_IOMMU_MAP_DMA")  # vfio.h is fetched for 7.2 only
 
 
 def vfio_ioas(fd, op, ioas_id=0, reserved=0):

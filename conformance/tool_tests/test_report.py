@@ -17,8 +17,11 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _kunit_parser():
-    """tools/testing/kunit/kunit_parser.py of the kernel tree `kernel build` extracted, if any."""
-    for tree in sorted(cache_dir().glob("src/linux-source-*/linux-source-*")):
+    """tools/testing/kunit/kunit_parser.py of the tree `kernel build` extracted for model.uapi's
+    SERIES (the parser's API moves between releases), if any."""
+    from model.uapi import SERIES
+
+    for tree in sorted(cache_dir().glob(f"src/linux-source-{SERIES}_*/linux-source-{SERIES}")):
         kunit = tree / "tools" / "testing" / "kunit"
         if (kunit / "kunit_parser.py").is_file():
             sys.path.insert(0, str(kunit))
