@@ -25,7 +25,8 @@ SUITE_OF_SERIES = {"7.2": "sid", "6.12": "stable"}
 PACKAGES = {
     "python": ["python3-venv"],  # the README's commands make a virtual environment (PEP 668)
     "codegen": ["gcc", "cpp", "libc6-dev", "linux-libc-dev"],  # the preprocessor, the layout proof
-    "kernel build": ["gcc", "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "ccache", "cpio", "xz-utils"],
+    "kernel build": ["gcc", "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "ccache", "cpio", "xz-utils",
+                     "patch"],
     "selftests": ["libcap-dev", "rsync"],  # rsync: the selftests' lib.mk copies files with it
     "vm": ["qemu-system-x86"],
 }

@@ -82,15 +82,18 @@ def probe(target) -> Probe:
                 break
         ioas = _struct("iommu_ioas_alloc")
         if _errno(fd, B.IOMMU_IOAS_ALLOC, ioas) == 0:
-            memfd = os.memfd_create("iommufd-probe")
-            try:
-                os.ftruncate(memfd, PAGE_SIZE)
-                m = _struct("iommu_ioas_map_file", flags=B.IOMMU_IOAS_MAP_READABLE, ioas_id=ioas.out_ioas_id,
-                            fd=memfd, length=PAGE_SIZE)
-                e = _errno(fd, B.IOMMU_IOAS_MAP_FILE, m)
-                p.map_file_memfd = "yes" if e == 0 else f"no ({_name(e)})"
-            finally:
-                os.close(memfd)
+            if hasattr(B, "iommu_ioas_map_file"):
+                memfd = os.memfd_create("iommufd-probe")
+                try:
+                    os.ftruncate(memfd, PAGE_SIZE)
+                    m = _struct("iommu_ioas_map_file", flags=B.IOMMU_IOAS_MAP_READABLE, ioas_id=ioas.out_ioas_id,
+                                fd=memfd, length=PAGE_SIZE)
+                    e = _errno(fd, B.IOMMU_IOAS_MAP_FILE, m)
+                    p.map_file_memfd = "yes" if e == 0 else f"no ({_name(e)})"
+                finally:
+                    os.close(memfd)
+            else:
+                p.map_file_memfd = f"not in the Linux {B.KERNEL_VERSION} uapi"
             empty = _struct("iommu_ioas_alloc")  # a mock domain's aperture must hold every area
             if _errno(fd, B.IOMMU_IOAS_ALLOC, empty) == 0:
                 _device_features(fd, p, empty.out_ioas_id)
@@ -126,6 +129,9 @@ def _device_features(fd, p: Probe, ioas_id: int) -> None:
         hwpt = _struct("iommu_hwpt_alloc", dev_id=dev, pt_id=ioas_id, flags=B.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
         e = _errno(fd, B.IOMMU_HWPT_ALLOC, hwpt)
         p.dirty_tracking = ("yes" if dirty and e == 0 else f"no (capability {dirty}, HWPT_ALLOC {_name(e)})")
+    if not hasattr(B, "iommu_viommu_selftest"):
+        p.viommu_types = p.mmap = f"not in the Linux {B.KERNEL_VERSION} uapi"
+        return
     parent = _struct("iommu_hwpt_alloc", dev_id=dev, pt_id=ioas_id, flags=B.IOMMU_HWPT_ALLOC_NEST_PARENT)
     e = _errno(fd, B.IOMMU_HWPT_ALLOC, parent)
     if e:

@@ -49,8 +49,15 @@ class CaseResult:
 
 
 def ioctl_name(request: int) -> str:
-    row = T.BY_NUMBER.get(request & 0xFFFFFFFF)
-    return row.name if row is not None else f"{request & 0xFFFFFFFF:#x}"
+    """The ioctl's name: a row of the bindings under test, a VFS ioctl, or its number."""
+    from model import vfs
+
+    request &= 0xFFFFFFFF
+    row = T.BY_NUMBER.get(request)
+    if row is not None:
+        return row.name
+    names = {getattr(vfs, n): n for n in ("FIOCLEX", "FIONCLEX", "FIONBIO", "FIOASYNC", "FIOQSIZE")}
+    return names.get(request, f"{request:#x}")
 
 
 def family_of(nodeid: str) -> str:

@@ -103,7 +103,9 @@ class KernelTarget(Target):
         return KernelFile()
 
     def describe(self) -> str:
-        return f"Linux {os.uname().release} (/dev/iommu), uapi {B.VERSION} bindings"
+        from model.uapi import T
+
+        return f"Linux {os.uname().release} (/dev/iommu), uapi {T.VERSION} bindings"
 
 
 class VmTarget(Target):
