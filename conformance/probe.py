@@ -19,7 +19,7 @@ import os
 from dataclasses import asdict, dataclass, field
 
 from model.limits import PAGE_SIZE
-from model.uapi import T as B, every_version
+from model.uapi import T as B, every_version, set_fields
 
 
 @dataclass
@@ -54,15 +54,7 @@ def _errno(fd, request, arg) -> int:
 
 def _struct(name: str, **fields):
     cls = getattr(B, name)
-    obj = cls()
-    obj.size = ctypes.sizeof(cls)
-    for k, v in fields.items():
-        target = obj
-        parts = k.split(".")
-        for p in parts[:-1]:
-            target = getattr(target, p)
-        setattr(target, parts[-1], v)
-    return obj
+    return set_fields(cls(size=ctypes.sizeof(cls)), **fields)
 
 
 def probe(target) -> Probe:

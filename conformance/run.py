@@ -23,43 +23,54 @@ def kernel_for(value: str | None):
     return kbuild.build_kernel(log=log), None
 
 
-def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: float = 1500) -> int:
-    """Run `python -m pytest ARGS --iommufd-target kernel` in the test kernel's VM.
-
-    Returns pytest's exit status, or 1 when the guest kernel logged a WARNING/BUG/oops
-    (each shown with the test that was running).
-    """
-    import shutil
-    import tempfile
-
+def _vm_run(argv: list[str], kernel: str | None, timeout: float, cwd: str, **kw):
+    """Boot the target's kernel and run argv, streaming its output: (result, None), or
+    (None, 3) after saying why the VM run did not happen or did not finish."""
     from codegen.debian import DependencyError, FetchError
     from conformance import kbuild, vm
 
-    scratch = Path(tempfile.mkdtemp(prefix="iommufd-vm-run-"))
-    pytest_args, outputs = _outputs_to_scratch(pytest_args, scratch)
-    argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, "--iommufd-target=kernel"]
     try:
         image, series = kernel_for(kernel)
         env = {"IOMMUFD_TARGET_SERIES": series} if series else None
-        res = vm.run_in_vm(image, argv, timeout=timeout, cwd=os.getcwd(), hugepages=64, scratch=scratch, env=env,
-                           on_output=lambda s: print(s, end="", flush=True))
-        for inside, wanted in outputs:  # reports the guest wrote: where the user asked for them
-            if inside.exists():
-                shutil.copyfile(inside, wanted)
+        return vm.run_in_vm(image, argv, timeout=timeout, cwd=cwd, env=env,
+                            on_output=lambda s: print(s, end="", flush=True), **kw), None
     except vm.VmError as e:
         print(f"\niommufd-conformance: the VM run failed: {e}", file=sys.stderr)
-        return 3
     except (FileNotFoundError, ValueError, kbuild.KernelBuildError, DependencyError, FetchError) as e:
         print(f"iommufd-conformance: target vm: {e}", file=sys.stderr)
-        return 3
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    return None, 3
+
+
+def _status(res) -> int:
+    """The command's exit status, or 1 when the guest kernel logged a WARNING/BUG/oops."""
     if res.findings:
         print("\niommufd-conformance: the guest kernel reported problems during the run:", file=sys.stderr)
         for f in res.findings:
             print(f, file=sys.stderr)
         return 1
     return res.returncode if res.returncode is not None else 3
+
+
+def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: float = 1500) -> int:
+    """Run `python -m pytest ARGS --iommufd-target kernel` in the test kernel's VM (`kernel`: the
+    vm target's value). Returns pytest's exit status, or 1 when the guest kernel logged a
+    WARNING/BUG/oops, or 3 when the VM run failed."""
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix="iommufd-vm-run-"))
+    try:
+        pytest_args, outputs = _outputs_to_scratch(pytest_args, scratch)
+        argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, "--iommufd-target=kernel"]
+        res, failed = _vm_run(argv, kernel, timeout, os.getcwd(), hugepages=64, scratch=scratch)
+        if failed:
+            return failed
+        for inside, wanted in outputs:  # reports the guest wrote: where the user asked for them
+            if inside.exists():
+                shutil.copyfile(inside, wanted)
+        return _status(res)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 _OUTPUT_OPTIONS = ("--iommufd-json", "--iommufd-ktap", "--junit-xml")
@@ -87,20 +98,5 @@ def _outputs_to_scratch(args: list[str], scratch: Path) -> tuple[list[str], list
 
 def command_in_vm(cli_args: list[str], kernel: str | None = None, timeout: float = 600) -> int:
     """`iommufd-conformance CLI_ARGS` inside the test kernel's VM; its output streams here."""
-    from codegen.debian import DependencyError, FetchError
-    from conformance import kbuild, vm
-
-    argv = [sys.executable, "-m", "conformance.cli", *cli_args]
-    try:
-        image, series = kernel_for(kernel)
-        res = vm.run_in_vm(image, argv, timeout=timeout, cwd=str(ROOT), on_output=lambda s: print(s, end="", flush=True),
-                           env={"IOMMUFD_TARGET_SERIES": series} if series else None)
-    except vm.VmError as e:
-        print(f"\niommufd-conformance: the VM run failed: {e}", file=sys.stderr)
-        return 3
-    except (FileNotFoundError, ValueError, kbuild.KernelBuildError, DependencyError, FetchError) as e:
-        print(f"iommufd-conformance: target vm: {e}", file=sys.stderr)
-        return 3
-    for f in res.findings:
-        print(f, file=sys.stderr)
-    return 1 if res.findings else (res.returncode if res.returncode is not None else 3)
+    res, failed = _vm_run([sys.executable, "-m", "conformance.cli", *cli_args], kernel, timeout, str(ROOT))
+    return failed or _status(res)

@@ -22,3 +22,14 @@ def every_version():
     """The bindings of every generated version, oldest first: for tools that compare versions
     (probe, the kernel matrix), not for choosing one."""
     return [generated.load(v) for v in generated.VERSIONS]
+
+
+def set_fields(obj, **fields):
+    """Set fields of a bindings struct by dotted name (`mock_domain.out_stdev_id=...`); returns it."""
+    for name, value in fields.items():
+        target = obj
+        *path, last = name.split(".")
+        for part in path:
+            target = getattr(target, part)
+        setattr(target, last, value)
+    return obj

@@ -15,6 +15,7 @@ from conformance.report import Errno
 from model.libc import libc
 from model.limits import PAGE_SIZE, U64_MAX
 from model.uapi import T as B
+from model.uapi import set_fields
 
 PAGE = PAGE_SIZE
 U64 = U64_MAX
@@ -175,13 +176,7 @@ def snapshot(fd, ioas, probes=(), auto_probe=(0x40000000, PAGE)):
 
 def run_test_cmd(fd, op, id, **fields):
     """IOMMU_TEST_CMD (CONFIG_IOMMUFD_TEST): the model skips it while it is not modelled."""
-    cmd = B.iommu_test_cmd(size=sz(B.iommu_test_cmd), op=op, id=id)
-    for k, v in fields.items():
-        obj = cmd
-        parts = k.split(".")
-        for p in parts[:-1]:
-            obj = getattr(obj, p)
-        setattr(obj, parts[-1], v)
+    cmd = set_fields(B.iommu_test_cmd(size=sz(B.iommu_test_cmd), op=op, id=id), **fields)
     fd.ioctl(B.IOMMU_TEST_CMD, cmd)
     return cmd
 
