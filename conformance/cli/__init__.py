@@ -11,7 +11,7 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from conformance.cli import bench, codegen, kernel, probe, run, vm
+    from conformance.cli import bench, codegen, explore, kernel, probe, run, vm
 
     p = argparse.ArgumentParser(prog="iommufd-conformance", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     vm.register(sub)
     run.register(sub)
     probe.register(sub)
+    explore.register(sub)
     bench.register(sub)
     return p
 

@@ -1,0 +1,93 @@
+"""`explore --target model|vm[=...]`: differential campaigns (conformance/explore.py).
+
+model: the model against a second model context, every invariant checked after every step;
+vm: the model against the test kernel's /dev/iommu in the guest (one VM per worker). --jobs J runs
+J workers in parallel with seeds S, S+1, ...; the report gives steps and steps per second.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from conformance.run import ROOT
+
+
+def _worker_args(other: str, examples: int, steps: int, seed) -> list[str]:
+    out = ["--other", other, "--examples", str(examples), "--steps", str(steps)]
+    return out + (["--seed", str(seed)] if seed is not None else [])
+
+
+def _result(text: str) -> dict | None:
+    for line in reversed(text.splitlines()):
+        if line.startswith("EXPLORE-RESULT "):
+            return json.loads(line.removeprefix("EXPLORE-RESULT "))
+    return None
+
+
+def _cmd_explore(args) -> int:
+    from conformance.targets import parse_target
+
+    try:
+        target = parse_target(args.target)
+    except ValueError as e:
+        print(f"iommufd-conformance: {e}", file=sys.stderr)
+        return 2
+    if target.name == "kernel":
+        print("iommufd-conformance: explore runs on model or vm (the kernel side runs in the guest)", file=sys.stderr)
+        return 2
+    jobs = max(1, args.jobs)
+    per = -(-args.examples // jobs)
+    seeds = [None if args.seed is None else args.seed + i for i in range(jobs)]
+
+    def run_model(seed):
+        p = subprocess.run([sys.executable, "-m", "conformance.explore",
+                            *_worker_args("model", per, args.steps, seed)], capture_output=True, text=True)
+        sys.stdout.write(p.stdout if p.returncode else "")
+        sys.stderr.write(p.stderr)
+        return _result(p.stdout) or {"failure": f"worker exit {p.returncode}", "steps": 0}
+
+    def run_vm(seed):
+        from conformance.run import _vm_run
+
+        res, failed = _vm_run([sys.executable, "-m", "conformance.explore",
+                               *_worker_args("kernel", per, args.steps, seed)], target.value, 3600,
+                              str(ROOT))
+        if failed:
+            return {"failure": "the VM run failed", "steps": 0}
+        out = _result(res.stdout) or {"failure": f"worker exit {res.returncode}", "steps": 0}
+        if res.findings:
+            out["failure"] = (out.get("failure") or "") + " kernel reports: " + " | ".join(res.findings)
+        return out
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(jobs) as pool:
+        results = list(pool.map(run_vm if target.name == "vm" else run_model, seeds))
+    wall = time.perf_counter() - t0
+    steps = sum(r.get("steps", 0) for r in results)
+    failures = [r["failure"] for r in results if r.get("failure")]
+    summary = {"target": args.target, "jobs": jobs, "examples": per * jobs, "steps": steps,
+               "seconds": round(wall, 2), "steps_per_s": round(steps / wall, 1), "failures": failures,
+               "workers": results}
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"explore {args.target}: {jobs} worker(s), {per * jobs} sequences of up to {args.steps} steps: "
+              f"{steps} steps in {wall:.1f} s ({steps / wall:.0f} steps/s), "
+              f"{'no disagreement' if not failures else f'{len(failures)} failure(s)'}")
+        for f in failures:
+            print("  " + f[:2000])
+    return 1 if failures else 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("explore", help="differential campaigns: the model against itself or the VM kernel")
+    p.add_argument("--target", default="model", help="model (default) or vm[=BZIMAGE|SERIES]")
+    p.add_argument("--examples", type=int, default=200, help="random sequences in all (default 200)")
+    p.add_argument("--steps", type=int, default=50, help="steps per sequence at most (default 50)")
+    p.add_argument("--seed", type=int, help="a seed for reproducible campaigns (worker i gets seed + i)")
+    p.add_argument("--jobs", "-j", type=int, default=1, help="workers in parallel (one VM each for vm)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_explore)
