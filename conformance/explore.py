@@ -16,6 +16,7 @@ import mmap
 import os
 import sys
 import time
+from pathlib import Path
 
 from hypothesis import settings, strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
@@ -242,7 +243,7 @@ def database(other: str):
     from codegen.debian import cache_dir
 
     root = os.environ.get("IOMMUFD_VM_SCRATCH")  # in the guest the cache is read-only
-    base = cache_dir() if root is None else __import__("pathlib").Path(root)
+    base = cache_dir() if root is None else Path(root)
     return DirectoryBasedExampleDatabase(str(base / "hypothesis" / f"explore-{other}"))
 
 

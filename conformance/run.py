@@ -23,7 +23,7 @@ def kernel_for(value: str | None):
     return kbuild.build_kernel(log=log), None
 
 
-def _vm_run(argv: list[str], kernel: str | None, timeout: float, cwd: str, **kw):
+def vm_run(argv: list[str], kernel: str | None, timeout: float, cwd: str, **kw):
     """Boot the target's kernel and run argv, streaming its output: (result, None), or
     (None, 3) after saying why the VM run did not happen or did not finish."""
     from codegen.debian import DependencyError, FetchError
@@ -62,7 +62,7 @@ def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: flo
     try:
         pytest_args, outputs = _outputs_to_scratch(pytest_args, scratch)
         argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, "--iommufd-target=kernel"]
-        res, failed = _vm_run(argv, kernel, timeout, os.getcwd(), hugepages=64, scratch=scratch)
+        res, failed = vm_run(argv, kernel, timeout, os.getcwd(), hugepages=64, scratch=scratch)
         if failed:
             return failed
         for inside, wanted in outputs:  # reports the guest wrote: where the user asked for them
@@ -98,5 +98,5 @@ def _outputs_to_scratch(args: list[str], scratch: Path) -> tuple[list[str], list
 
 def command_in_vm(cli_args: list[str], kernel: str | None = None, timeout: float = 600) -> int:
     """`iommufd-conformance CLI_ARGS` inside the test kernel's VM; its output streams here."""
-    res, failed = _vm_run([sys.executable, "-m", "conformance.cli", *cli_args], kernel, timeout, str(ROOT))
+    res, failed = vm_run([sys.executable, "-m", "conformance.cli", *cli_args], kernel, timeout, str(ROOT))
     return failed or _status(res)

@@ -10,6 +10,20 @@ import argparse
 import sys
 
 
+class UsageError(Exception):
+    """A bad command line the parser could not catch: printed, exit 2."""
+
+
+def target(spec: str):
+    """conformance.targets.parse_target(), its ValueError as a UsageError."""
+    from conformance.targets import parse_target
+
+    try:
+        return parse_target(spec)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from conformance.cli import bench, codegen, explore, kernel, probe, run, vm
 
@@ -36,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except UsageError as e:
+        print(f"iommufd-conformance: {e}", file=sys.stderr)
+        return 2
     except BrokenPipeError:  # output piped into `head`: stop quietly, as cat does
         import os
 

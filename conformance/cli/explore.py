@@ -28,16 +28,11 @@ def _result(text: str) -> dict | None:
 
 
 def _cmd_explore(args) -> int:
-    from conformance.targets import parse_target
+    from conformance.cli import UsageError, target as parse
 
-    try:
-        target = parse_target(args.target)
-    except ValueError as e:
-        print(f"iommufd-conformance: {e}", file=sys.stderr)
-        return 2
+    target = parse(args.target)
     if target.name == "kernel":
-        print("iommufd-conformance: explore runs on model or vm (the kernel side runs in the guest)", file=sys.stderr)
-        return 2
+        raise UsageError("explore runs on model or vm (the kernel side runs in the guest)")
     jobs = max(1, args.jobs)
     per = -(-args.examples // jobs)
     seeds = [None if args.seed is None else args.seed + i for i in range(jobs)]
@@ -50,9 +45,9 @@ def _cmd_explore(args) -> int:
         return _result(p.stdout) or {"failure": f"worker exit {p.returncode}", "steps": 0}
 
     def run_vm(seed):
-        from conformance.run import _vm_run
+        from conformance.run import vm_run
 
-        res, failed = _vm_run([sys.executable, "-m", "conformance.explore",
+        res, failed = vm_run([sys.executable, "-m", "conformance.explore",
                                *_worker_args("kernel", per, args.steps, seed)], target.value, 3600,
                               str(ROOT))
         if failed:

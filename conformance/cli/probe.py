@@ -6,13 +6,9 @@ import sys
 
 
 def _cmd_probe(args) -> int:
-    from conformance.targets import parse_target
+    from conformance.cli import target as parse
 
-    try:
-        target = parse_target(args.target)
-    except ValueError as e:
-        print(f"iommufd-conformance: {e}", file=sys.stderr)
-        return 2
+    target = parse(args.target)
     if not target.in_process:  # vm: the same command inside the guest, against its /dev/iommu
         from conformance.run import command_in_vm
 

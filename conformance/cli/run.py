@@ -36,15 +36,11 @@ def _pytest_args(target: str, extra: list[str], ktap=None, junit=None, js=None) 
 
 
 def cmd_run(args) -> int:
-    from conformance.targets import parse_target
+    from conformance.cli import target as parse
 
     targets = args.target or [os.environ.get("IOMMUFD_CONFORMANCE_TARGET", "model")]
-    try:
-        for t in targets:
-            parse_target(t)
-    except ValueError as e:
-        print(f"iommufd-conformance: {e}", file=sys.stderr)
-        return 2
+    for t in targets:
+        parse(t)
     extra = getattr(args, "pytest_args", [])
     if len(targets) == 1:
         import pytest
