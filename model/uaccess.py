@@ -56,10 +56,10 @@ class UserMemory:
 
     def read(self, addr: int, n: int) -> bytes:
         """copy_from_user: n bytes at addr, or EFAULT."""
-        buf = ctypes.create_string_buffer(n)
-        if _xfer(process_vm_readv, self.pid, addr, buf, n) != n:
+        data = self.read_partial(addr, n)
+        if len(data) != n:
             raise UserFault()
-        return buf.raw
+        return data
 
     def write(self, addr: int, data: bytes) -> None:
         """copy_to_user: data at addr, or EFAULT."""
@@ -84,11 +84,6 @@ class BouncedMemory(UserMemory):
         if self.lo <= addr and addr + n <= self.hi:
             return ctypes.string_at(addr, n)
         return super().read_partial(addr, n)
-
-    def read(self, addr: int, n: int) -> bytes:
-        if self.lo <= addr and addr + n <= self.hi:
-            return ctypes.string_at(addr, n)
-        return super().read(addr, n)
 
     def write(self, addr: int, data: bytes) -> None:
         if self.lo <= addr and addr + len(data) <= self.hi:
