@@ -385,7 +385,8 @@ class IoPagetable:
         assert self._holes.firsts == [b.starts[0] for b in self._holes.blks]
         assert self.reserved == _spans(self._reserved_nodes) and self._allowed_spans == _spans(self.allowed)
         for p in {id(a.pages): a.pages for a in areas}.values():
-            assert p.npinned == p._union_size(p.domain_spans), "npinned is not what the filled areas hold"
+            assert set(p.pfns) == p.held_indexes() and p.npinned == len(p.pfns), \
+                "the pinned pages are not what the filled areas and accesses hold"
 
     def allowed_holes(self, start: int, last: int):
         """interval_tree_for_each_span over reserved_itree: the holes in [start, last]."""

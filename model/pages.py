@@ -1,13 +1,15 @@
 """struct iopt_pages (drivers/iommu/iommufd/pages.c, io_pagetable.h): what an area maps, pins and accounts.
 
-The model pins nothing for real. What it keeps is the kernel's bookkeeping:
+The model pins nothing for real: a pin is a count on a frame of model/memory.py's physical
+memory. What it keeps is the kernel's bookkeeping:
 - an iopt_pages is created per IOMMU_IOAS_MAP / MAP_FILE (iopt_alloc_pages()) and shared
   (kref) by the areas IOMMU_IOAS_COPY makes from it;
 - pages are pinned only when an area is filled into an iommu_domain
-  (iopt_area_fill_domains() returns 0 at once while iopt->domains is empty); an IOAS without
-  a device/domain therefore pins and accounts nothing, and its user_va is not read at map time;
-- npinned counts distinct PAGE_SIZE indexes pinned (domains_itree: several areas sharing one
-  iopt_pages pin a page once), charged by iopt_pages_update_pinned(): RLIMIT_MEMLOCK of the
+  (iopt_area_fill_domains() returns 0 at once while iopt->domains is empty) or an in-kernel
+  access pins them (iopt_area_add_access()); an IOAS without either pins and accounts nothing,
+  and its user_va is not read at map time;
+- npinned counts distinct PAGE_SIZE indexes pinned (domains_itree and access_itree: several
+  areas or accesses sharing one iopt_pages pin a page once), charged by iopt_pages_update_pinned(): RLIMIT_MEMLOCK of the
   source task against user_struct->locked_vm (IOPT_PAGES_ACCOUNT_USER, incr_user_locked_vm()),
   or mm->locked_vm (IOPT_PAGES_ACCOUNT_MM), or nothing with CAP_IPC_LOCK (ACCOUNT_NONE);
   every charge also adds to mm->pinned_vm.
@@ -17,8 +19,10 @@ from __future__ import annotations
 import errno
 
 from model.limits import CAP_IPC_LOCK, PAGE_SIZE, SIZE_MAX, U64_MAX
-from model.objects import IommufdError
+from model.memory import Vmas, file_key
+from model.objects import IommufdError, NotModelled
 from model.task import Accounts, Task
+from model.uaccess import UserFault, UserMemory
 
 IOPT_PAGES_ACCOUNT_NONE = 0
 IOPT_PAGES_ACCOUNT_USER = 1
@@ -33,7 +37,8 @@ class IoptPages:
     """struct iopt_pages."""
 
     __slots__ = ("refs", "npages", "npinned", "last_npinned", "type", "uptr", "file", "start",
-                 "writable", "account_mode", "source_pid", "source_uid", "accounts", "domain_spans", "pfns")
+                 "writable", "account_mode", "source_pid", "source_uid", "accounts", "domain_spans", "access_users",
+                 "pfns", "keys")
 
     def __init__(self, npages: int, writable: bool, task: Task, account_mode: int, accounts: Accounts):
         self.refs = 1  # kref_init()
@@ -51,7 +56,10 @@ class IoptPages:
         self.accounts = accounts  # the user_struct and mm counters it is charged to
         # domains_itree: (first index, last index) of the areas filled into domains
         self.domain_spans: list[tuple[int, int]] = []
+        # access_itree: (first index, last index) of in-kernel accesses -> users of that exact range
+        self.access_users: dict[tuple[int, int], int] = {}
         self.pfns: dict[int, int] = {}  # index -> the frame pinned for it
+        self.keys: dict[int, tuple] = {}  # index -> the physical page (model/memory.py) pinned
 
     # -- accounting ------------------------------------------------------------------
 
@@ -70,57 +78,108 @@ class IoptPages:
         with acc.lock:  # mm->pinned_vm moves by exactly npages, either way
             acc.mm_pinned_vm[self.source_pid] = acc.mm_pinned_vm.get(self.source_pid, 0) + delta
 
-    # -- pinning (only reached with domains) -----------------------------------------
+    # -- pinning: domains (domains_itree) and in-kernel accesses (access_itree) ----------------
 
-    @staticmethod
-    def _union_size(spans) -> int:
-        n, cur = 0, -1
-        for s, l in sorted(spans):
-            if l <= cur:
-                continue
-            n += l - max(s, cur + 1) + 1
-            cur = l
-        return n
+    def _key(self, vmas, index: int) -> tuple[tuple, int]:
+        """The physical page behind `index` (model/memory.py) and its frames per block."""
+        if self.type == IOPT_ADDRESS_FILE:
+            return file_key(self.file, self.start // PAGE_SIZE + index), 1
+        return vmas.backing(self.source_pid, self.uptr + index * PAGE_SIZE)
 
-    def fill(self, mm, first_index: int, last_index: int) -> list[int]:
-        """The pinning half of iopt_area_fill_domains() -> pfn_reader: pin [first, last] (EFAULT on
-        an unmapped page), pfn_reader_user_update_pinned() charges the growth; on failure nothing
-        stays pinned. Returns the frame of each index: a page pinned by another area keeps its
-        frame, a new pin gets one from the machine's frames (Accounts.alloc_frames)."""
-        if self.type == IOPT_ADDRESS_USER:
-            for index in range(first_index, last_index + 1):
-                # pin_user_pages_fast(): one byte per page tells whether it is mapped.
-                mm.read(self.uptr + index * PAGE_SIZE, 1)
-        new_spans = self.domain_spans + [(first_index, last_index)]
-        npinned = self._union_size(new_spans)
-        if npinned > self.npinned:
+    def _pin(self, mm, first_index: int, last_index: int) -> list[int]:
+        """pfn_reader for a new holder of [first, last]: pages already pinned (by a domain or an
+        access) keep their frame; the rest are pinned from the source mm (EFAULT unmapped,
+        EFAULT for FOLL_WRITE on a read-only mapping) and charged (ENOMEM over the limit).
+        On failure nothing stays pinned or charged. Returns the frame of each index."""
+        fresh = [i for i in range(first_index, last_index + 1) if i not in self.pfns]
+        if fresh:
+            vmas = Vmas(self.source_pid)
+            if self.type == IOPT_ADDRESS_USER:
+                for i in fresh:
+                    va = self.uptr + i * PAGE_SIZE
+                    err = vmas.check_pin(va, self.writable)
+                    if err:
+                        raise IommufdError(err)
+                    mm.read(va, 1)  # the page must really be there (a file hole past EOF is not)
+            keys = [self._key(vmas, i) for i in fresh]
             old = self.npinned
-            self.npinned = npinned
+            self.npinned = old + len(fresh)
             try:
-                self.update_pinned(npinned - old, True)
+                self.update_pinned(len(fresh), True)  # pfn_reader_user_update_pinned()
             except IommufdError:
                 self.npinned = old
                 raise
-        self.domain_spans = new_spans
-        fresh = [i for i in range(first_index, last_index + 1) if i not in self.pfns]
-        if fresh:
-            base = self.accounts.alloc_frames(len(fresh))
-            for k, i in enumerate(fresh):
-                self.pfns[i] = base + k
+            memory = self.accounts.memory
+            for i, (key, block) in zip(fresh, keys):
+                self.keys[i] = key
+                self.pfns[i] = memory.pin(key, block)
         return [self.pfns[i] for i in range(first_index, last_index + 1)]
 
+    def _unpin_unheld(self, first_index: int, last_index: int) -> None:
+        """Unpin what no domain span or access span holds any more (iopt_pages_unpin...)."""
+        held = self.domain_spans + list(self.access_users)
+        gone = [i for i in range(first_index, last_index + 1) if not any(s <= i <= l for s, l in held)]
+        memory = self.accounts.memory
+        for i in gone:
+            del self.pfns[i]
+            memory.unpin(self.keys.pop(i))
+        if gone:
+            self.npinned -= len(gone)
+            self.update_pinned(len(gone), False)
+
+    def fill(self, mm, first_index: int, last_index: int) -> list[int]:
+        """The pinning half of iopt_area_fill_domains(): [first, last] joins the domains_itree."""
+        pfns = self._pin(mm, first_index, last_index)
+        self.domain_spans.append((first_index, last_index))
+        return pfns
+
     def unfill(self, first_index: int, last_index: int) -> None:
-        """iopt_area_unfill_domains(): unpin what no other area still holds (update_unpinned())."""
+        """iopt_area_unfill_domains(): unpin what no other area or access still holds."""
         self.domain_spans.remove((first_index, last_index))
-        still = self.domain_spans
-        for i in range(first_index, last_index + 1):
-            if not any(s <= i <= l for s, l in still):
-                del self.pfns[i]
-        npinned = self._union_size(self.domain_spans)
-        if npinned < self.npinned:
-            old = self.npinned
-            self.npinned = npinned
-            self.update_pinned(old - npinned, False)
+        self._unpin_unheld(first_index, last_index)
+
+    def add_access(self, mm, first_index: int, last_index: int) -> list[int]:
+        """iopt_area_add_access() for the pages: an access of exactly [first, last] already there
+        gains a user; otherwise the range is pinned (iopt_pages_fill_xarray()) and recorded."""
+        key = (first_index, last_index)
+        if key in self.access_users:
+            self.access_users[key] += 1
+            return [self.pfns[i] for i in range(first_index, last_index + 1)]
+        pfns = self._pin(mm, first_index, last_index)
+        self.access_users[key] = 1
+        return pfns
+
+    def remove_access(self, first_index: int, last_index: int) -> None:
+        """iopt_area_remove_access(): the last user of the exact range unpins it."""
+        key = (first_index, last_index)
+        self.access_users[key] -= 1
+        if not self.access_users[key]:
+            del self.access_users[key]
+            self._unpin_unheld(first_index, last_index)
+
+    def held_indexes(self) -> set[int]:
+        """Every index some domain span or access span holds (what must be pinned)."""
+        out: set[int] = set()
+        for s, l in self.domain_spans + list(self.access_users):
+            out.update(range(s, l + 1))
+        return out
+
+    def rw(self, start_byte: int, data: bytearray | None, length: int, write: bool, payload: bytes = b"") -> bytes:
+        """iopt_pages_rw_access() for user pages: copy to or from the source mm at
+        uptr + start_byte (every path of the kernel's ends in EFAULT where memory is missing).
+        EPERM for a write to pages mapped without WRITEABLE."""
+        if write and not self.writable:
+            raise IommufdError(errno.EPERM)
+        if self.type != IOPT_ADDRESS_USER:
+            raise NotModelled("IOMMU_TEST_OP_ACCESS_RW of file-backed pages")
+        mm = UserMemory(self.source_pid)
+        try:
+            if write:
+                mm.write(self.uptr + start_byte, payload)
+                return b""
+            return mm.read(self.uptr + start_byte, length)
+        except UserFault:
+            raise IommufdError(errno.EFAULT) from None
 
 
 def account_mode_of(ictx, task: Task) -> int:

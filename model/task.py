@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from model.libc import effective_caps
 from model.limits import PAGE_SHIFT, U64_MAX
+from model.memory import PhysicalMemory
 from model.uaccess import UserMemory
 
 
@@ -64,20 +65,14 @@ class Task:
 @dataclass
 class Accounts:
     """The machine's shared counters, in pages: user->locked_vm by uid; mm->locked_vm and
-    mm->pinned_vm by mm (the process, by pid); and the frames pinned pages get."""
+    mm->pinned_vm by mm (the process, by pid); and the physical memory pinned pages are in."""
 
     user_locked_vm: dict[int, int] = field(default_factory=dict)
     mm_locked_vm: dict[int, int] = field(default_factory=dict)
     mm_pinned_vm: dict[int, int] = field(default_factory=dict)
-    next_pfn: int = 0x100000  # the machine's page frames for pinned pages (from 4 GiB up)
+    memory: PhysicalMemory = field(default_factory=PhysicalMemory)  # the frames pinned pages get
     # Contexts on several threads share these counters, as the kernel's atomics are shared.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def alloc_frames(self, n: int) -> int:
-        """n consecutive page frames never handed out before: the first one's number."""
-        with self.lock:
-            base, self.next_pfn = self.next_pfn, self.next_pfn + n
-        return base
 
     def charge(self, counter: dict[int, int], key: int, npages: int, limit: int | None = None) -> bool:
         """counter[key] += npages, unless that passes `limit` (False, nothing changed); a negative

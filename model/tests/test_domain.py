@@ -139,7 +139,7 @@ def test_a_fill_that_faults_leaves_nothing_behind():
     good = u.pages(0, 4 * PAGE_SIZE)
     bad = iopt_alloc_user_pages(u.ictx, u.task, 0x1000, 4 * PAGE_SIZE, True)  # nothing mapped there
     before = iopt.snapshot()
-    with pytest.raises(OSError) as e:
+    with pytest.raises(IommufdError) as e:  # get_user_pages(): EFAULT
         iopt.map_pages(u.task.mm, [(good, 0, 4 * PAGE_SIZE), (bad, 0, 4 * PAGE_SIZE)], 8 * PAGE_SIZE,
                        1 << 30, IOMMU_READ, False)
     assert e.value.errno == errno.EFAULT
