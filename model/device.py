@@ -1,32 +1,516 @@
-"""Devices (drivers/iommu/iommufd/device.c): bind, attach, replace, and IOMMU_GET_HW_INFO.
+"""Devices (drivers/iommu/iommufd/device.c): bind, attach, replace and detach (PASIDs too), the
+automatic domains of an IOAS, in-kernel accesses (iommufd_access_*), and IOMMU_GET_HW_INFO.
 
-The model has no devices yet (the mock IOMMU will bring them): no DEVICE object can exist, and
-handlers make the kernel's checks in its order up to the first lookup of one, which answers
-ENOENT (iommufd_get_object(): unknown ID or another type).
+A device is a driver's struct device with its iommu_ops (`dev.ops`): the model's only driver is
+the mock IOMMU of CONFIG_IOMMUFD_TEST (model/selftest/mock.py), reached through those ops as
+device.c reaches a driver, never by import. Each mock device is alone in its iommu_group
+(generic_device_group()), so an iommufd_group holds one device here, but the code keeps the
+group's per-PASID attach table (igroup->pasid_attach) as the kernel does.
+
+References: the kernel's obj->users is the model's `refs + 1` (objects.py); a driver holding an
+object (bind, access_create) or an attachment adds one, and IOMMU_DESTROY answers EBUSY while
+any is held.
 """
 from __future__ import annotations
 
 import errno
 
-from model.objects import IommufdError, NotModelled
+from model.domain import (  # noqa: F401 (the mock driver takes the caps from here)
+    IOMMU_CAP_CACHE_COHERENCY, IOMMU_CAP_DIRTY_TRACKING, IOMMU_CAP_ENFORCE_CACHE_COHERENCY,
+    IOMMU_CAP_PCI_ATS_SUPPORTED,
+)
+from model.hw_pagetable import iommufd_hwpt_paging_alloc
+from model.objects import IommufdError, IommufdObject, needs_devices  # noqa: F401
 from model.uapi import B
 
-
-def needs_devices(name: str, obj) -> NotModelled:
-    """Past a lookup that found a DEVICE / HWPT / vIOMMU: nothing the model can have yet."""
-    return NotModelled(f"{name} on a {obj.type} object")
+IOMMU_NO_PASID = 0
 
 
-def iommufd_get_device(ucmd, id: int):
+class IommufdAttach:
+    """struct iommufd_attach: the HWPT a group's PASID is attached to, and its devices."""
+
+    def __init__(self):
+        self.hwpt = None
+        self.device_array: dict[int, "IommufdDevice"] = {}
+
+
+class IommufdGroup:
+    """struct iommufd_group."""
+
+    def __init__(self, group):
+        self.group = group
+        self.pasid_attach: dict[int, IommufdAttach] = {}
+
+
+class IommufdDevice(IommufdObject):
+    """struct iommufd_device."""
+
+    type = "DEVICE"
+
+    def __init__(self, ictx, dev):
+        super().__init__()
+        self.ictx = ictx
+        self.dev = dev
+        self.igroup = IommufdGroup(dev.group)
+        self.enforce_cache_coherency = dev.ops.capable(dev, IOMMU_CAP_ENFORCE_CACHE_COHERENCY)
+        self.vdev = None
+        self.destroying = False
+
+
+def iommufd_device_destroy(idev: IommufdDevice) -> None:
+    """iommufd_device_destroy(): DMA ownership and the group go (nothing the model keeps)."""
+
+
+def iommufd_get_device(ucmd, id: int) -> IommufdDevice:
     """iommufd_get_device() (iommufd_private.h): iommufd_get_object(id, IOMMUFD_OBJ_DEVICE)."""
     return ucmd.ictx.objects.get(id, "DEVICE")
 
 
+def iommufd_device_bind(ictx, dev) -> IommufdDevice:
+    """iommufd_device_bind(): EINVAL without IOMMU_CAP_CACHE_COHERENCY; the object is finalized
+    at once, with the binding driver as a user until iommufd_device_unbind()."""
+    if not dev.ops.capable(dev, IOMMU_CAP_CACHE_COHERENCY):
+        raise IommufdError(errno.EINVAL)
+    idev = ictx.objects.alloc(IommufdDevice(ictx, dev))
+    idev.refs += 1
+    ictx.objects.finalize(idev)
+    return idev
+
+
+def iommufd_device_unbind(idev: IommufdDevice) -> None:
+    """iommufd_device_unbind() -> iommufd_object_destroy_user(): the driver's reference goes
+    and the object with it."""
+    idev.refs -= 1
+    idev.ictx.objects.destroy(idev.ictx.objects.remove(idev.id))
+
+
+# -- attach / replace / detach -------------------------------------------------------------------
+
+def find_hwpt_paging(hwpt):
+    """find_hwpt_paging() (iommufd_private.h): a paging HWPT itself, a nested one's parent."""
+    if hwpt.type == "HWPT_PAGING":
+        return hwpt
+    if hwpt.type == "HWPT_NESTED":
+        return hwpt.parent
+    return None
+
+
+def _hwpt_pasid_compat(hwpt, idev: IommufdDevice, pasid: int) -> None:
+    """iommufd_hwpt_pasid_compat(): a HWPT without IOMMU_HWPT_ALLOC_PASID cannot be the RID's
+    while PASIDs are attached, nor a PASID's; nor can any PASID attach beside a RID HWPT
+    without it (EINVAL)."""
+    pa = idev.igroup.pasid_attach
+    if pasid == IOMMU_NO_PASID:
+        if not hwpt.pasid_compat and any(p != IOMMU_NO_PASID for p in pa):
+            raise IommufdError(errno.EINVAL)
+    else:
+        if not hwpt.pasid_compat:
+            raise IommufdError(errno.EINVAL)
+        attach = pa.get(IOMMU_NO_PASID)
+        if attach is not None and attach.hwpt is not None and not attach.hwpt.pasid_compat:
+            raise IommufdError(errno.EINVAL)
+
+
+def _domain_attach(domain, idev: IommufdDevice, pasid: int, old=None) -> None:
+    """iommu_attach_group_handle() / iommu_attach_device_pasid() / the replace variants: the
+    driver's attach_dev or set_dev_pasid (iommu.c). A PASID needs set_dev_pasid (EOPNOTSUPP)
+    and a domain of the device's driver (EINVAL); a device without PASID support skips the
+    PASID checks and the driver call (max_pasids 0)."""
+    dev = idev.dev
+    if pasid == IOMMU_NO_PASID:
+        dev.ops.attach_dev(domain, dev)
+        return
+    if domain.dops is None or not hasattr(domain.dops, "set_dev_pasid"):
+        raise IommufdError(errno.EOPNOTSUPP)
+    if domain.owner is not dev.ops:
+        raise IommufdError(errno.EINVAL)
+    if dev.max_pasids and pasid >= dev.max_pasids:
+        raise IommufdError(errno.EINVAL)
+    if dev.max_pasids:
+        dev.ops.set_dev_pasid(domain, dev, pasid, old)
+
+
+def iommufd_hw_pagetable_attach(hwpt, idev: IommufdDevice, pasid: int) -> None:
+    """iommufd_hw_pagetable_attach(): EBUSY if the device is already attached at this PASID,
+    EINVAL if the group's PASID has another HWPT; the first device of the group attaches the
+    domain (compat checks, then the driver); the HWPT gains a user per device."""
+    igroup = idev.igroup
+    hwpt_paging = find_hwpt_paging(hwpt)
+    attach_resv = hwpt_paging is not None and pasid == IOMMU_NO_PASID
+    attach = igroup.pasid_attach.get(pasid)
+    first = attach is None
+    if first:
+        attach = IommufdAttach()
+    if idev.id in attach.device_array:
+        raise IommufdError(errno.EBUSY)  # xa_insert()
+    if attach.hwpt is not None and attach.hwpt is not hwpt:
+        raise IommufdError(errno.EINVAL)
+    if attach_resv:
+        iommufd_device_attach_reserved_iova(idev, hwpt_paging)
+    try:
+        if first:
+            if idev.dev.is_pci and hwpt.fault is not None:
+                pass  # iommufd_hwpt_compatible_device(): only PCI VFs with PRI are refused
+            _hwpt_pasid_compat(hwpt, idev, pasid)
+            _domain_attach(hwpt.domain, idev, pasid)
+            attach.hwpt = hwpt
+            igroup.pasid_attach[pasid] = attach
+    except BaseException:
+        if attach_resv:
+            hwpt_paging.ioas.iopt.remove_reserved_iova(idev.dev)
+        raise
+    hwpt.refs += 1
+    attach.device_array[idev.id] = idev
+
+
+def iommufd_device_attach_reserved_iova(idev: IommufdDevice, hwpt_paging) -> None:
+    """iommufd_device_attach_reserved_iova() -> iopt_table_enforce_dev_resv_regions(): the
+    device's reserved regions become reserved IOVA (owner: the device). The mock driver
+    reports none and no MSI window, so this reserves nothing."""
+    iopt = hwpt_paging.ioas.iopt
+    for start, last in idev.dev.resv_regions():
+        try:
+            iopt.reserve_iova(start, last, idev.dev)
+        except IommufdError:
+            iopt.remove_reserved_iova(idev.dev)
+            raise
+
+
+def iommufd_hw_pagetable_put(ictx, hwpt) -> None:
+    """iommufd_hw_pagetable_put(): an automatic domain goes with its last user
+    (iommufd_object_put_and_try_destroy()); any other HWPT just loses the user."""
+    hwpt.refs -= 1
+    if hwpt.type == "HWPT_PAGING" and hwpt.auto_domain and hwpt.refs == 0:
+        ictx.objects.destroy(ictx.objects.remove(hwpt.id))
+
+
+def iommufd_hw_pagetable_detach(idev: IommufdDevice, pasid: int):
+    """iommufd_hw_pagetable_detach(): the device leaves; the last one of the group detaches
+    the domain (the device goes to the blocking domain). Returns the HWPT or None."""
+    igroup = idev.igroup
+    attach = igroup.pasid_attach.get(pasid)
+    if attach is None:
+        return None
+    hwpt = attach.hwpt
+    hwpt_paging = find_hwpt_paging(hwpt)
+    del attach.device_array[idev.id]
+    if not attach.device_array:
+        idev.dev.ops.detach(hwpt.domain, idev.dev, pasid)
+        hwpt_fault_auto_response(hwpt, idev)
+        del igroup.pasid_attach[pasid]
+    if hwpt_paging is not None and pasid == IOMMU_NO_PASID:
+        hwpt_paging.ioas.iopt.remove_reserved_iova(idev.dev)
+    iommufd_hw_pagetable_put(idev.ictx, hwpt)
+    return hwpt
+
+
+def hwpt_fault_auto_response(hwpt, idev) -> None:
+    """iommufd_auto_response_faults(): the fault groups of this device still waiting for a
+    response are answered with IOMMUFD_PAGE_RESP_INVALID and dropped."""
+    if hwpt.fault is not None:
+        hwpt.fault.auto_response(idev)
+
+
+def iommufd_device_do_attach(idev: IommufdDevice, pasid: int, hwpt):
+    iommufd_hw_pagetable_attach(hwpt, idev, pasid)
+    return None
+
+
+def iommufd_device_do_replace(idev: IommufdDevice, pasid: int, hwpt):
+    """iommufd_device_do_replace(): EINVAL unless this device is attached at this PASID;
+    replacing with the same HWPT changes nothing. The users of every device of the group move
+    to the new HWPT; the old one is returned for the caller to put."""
+    igroup = idev.igroup
+    hwpt_paging = find_hwpt_paging(hwpt)
+    attach_resv = hwpt_paging is not None and pasid == IOMMU_NO_PASID
+    attach = igroup.pasid_attach.get(pasid)
+    if attach is None or idev.id not in attach.device_array:
+        raise IommufdError(errno.EINVAL)
+    old_hwpt = attach.hwpt
+    if hwpt is old_hwpt:
+        return None
+    old_paging = find_hwpt_paging(old_hwpt)
+    new_ioas = old_paging is None or hwpt_paging is None or hwpt_paging.ioas is not old_paging.ioas
+    if attach_resv and new_ioas:
+        done = []
+        try:
+            for cur in attach.device_array.values():
+                iommufd_device_attach_reserved_iova(cur, hwpt_paging)
+                done.append(cur)
+        except BaseException:
+            for cur in done:
+                hwpt_paging.ioas.iopt.remove_reserved_iova(cur.dev)
+            raise
+    try:
+        _hwpt_pasid_compat(hwpt, idev, pasid)
+        _domain_attach(hwpt.domain, idev, pasid, old_hwpt.domain)
+    except BaseException:
+        if attach_resv and new_ioas:
+            for cur in attach.device_array.values():
+                hwpt_paging.ioas.iopt.remove_reserved_iova(cur.dev)
+        raise
+    hwpt_fault_auto_response(old_hwpt, idev)
+    if old_paging is not None and pasid == IOMMU_NO_PASID and new_ioas:
+        for cur in attach.device_array.values():
+            old_paging.ioas.iopt.remove_reserved_iova(cur.dev)
+    attach.hwpt = hwpt
+    n = len(attach.device_array)
+    hwpt.refs += n
+    old_hwpt.refs -= n - 1
+    return old_hwpt
+
+
+def iommufd_device_auto_get_domain(idev: IommufdDevice, pasid: int, ioas, do_attach):
+    """iommufd_device_auto_get_domain(): the first automatic HWPT of the IOAS that takes the
+    device (EINVAL means incompatible: try the next; any other error is the answer), else a new
+    automatic HWPT_PAGING. Returns (HWPT to put or None, the HWPT's ID)."""
+    immediate_attach = do_attach is iommufd_device_do_attach
+    for hwpt in list(ioas.hwpt_list):
+        if not hwpt.auto_domain:
+            continue
+        try:
+            destroy_hwpt = do_attach(idev, pasid, hwpt)
+        except IommufdError as e:
+            if e.errno == errno.EINVAL:
+                continue
+            raise
+        return destroy_hwpt, hwpt.id
+    ictx = idev.ictx
+    hwpt = iommufd_hwpt_paging_alloc(ictx, ioas, idev, pasid, 0, None,
+                                     (iommufd_hw_pagetable_attach, iommufd_hw_pagetable_detach)
+                                     if immediate_attach else None)
+    destroy_hwpt = None
+    if not immediate_attach:
+        try:
+            destroy_hwpt = do_attach(idev, pasid, hwpt)
+        except BaseException:
+            ictx.objects.abort_and_destroy(hwpt)
+            raise
+    hwpt.auto_domain = True
+    ictx.objects.finalize(hwpt)
+    return destroy_hwpt, hwpt.id
+
+
+def iommufd_device_change_pt(idev: IommufdDevice, pasid: int, pt_id: int, do_attach) -> int:
+    """iommufd_device_change_pt(): pt_id an IOAS (automatic domain) or a HWPT; anything else
+    EINVAL, unknown ENOENT. Returns the HWPT ID attached."""
+    pt_obj = idev.ictx.objects.get(pt_id)
+    if pt_obj.type in ("HWPT_NESTED", "HWPT_PAGING"):
+        destroy_hwpt = do_attach(idev, pasid, pt_obj)
+    elif pt_obj.type == "IOAS":
+        destroy_hwpt, pt_id = iommufd_device_auto_get_domain(idev, pasid, pt_obj, do_attach)
+    else:
+        raise IommufdError(errno.EINVAL)
+    if destroy_hwpt is not None:
+        iommufd_hw_pagetable_put(idev.ictx, destroy_hwpt)
+    return pt_id
+
+
+def iommufd_device_attach(idev: IommufdDevice, pasid: int, pt_id: int) -> int:
+    """iommufd_device_attach(): the attachment holds the device (a user until detach)."""
+    pt_id = iommufd_device_change_pt(idev, pasid, pt_id, iommufd_device_do_attach)
+    idev.refs += 1
+    return pt_id
+
+
+def iommufd_device_replace(idev: IommufdDevice, pasid: int, pt_id: int) -> int:
+    """iommufd_device_replace(): detach + attach with no window; a failure changes nothing."""
+    return iommufd_device_change_pt(idev, pasid, pt_id, iommufd_device_do_replace)
+
+
+def iommufd_device_detach(idev: IommufdDevice, pasid: int) -> None:
+    """iommufd_device_detach()."""
+    if iommufd_hw_pagetable_detach(idev, pasid) is not None:
+        idev.refs -= 1
+
+
+# -- in-kernel accesses --------------------------------------------------------------------------
+
+class IommufdAccess(IommufdObject):
+    """struct iommufd_access: a driver reading and writing an IOAS without DMA. `ops` is the
+    driver's iommufd_access_ops (needs_pin_pages, unmap(iova, length))."""
+
+    type = "ACCESS"
+
+    def __init__(self, ictx, ops):
+        super().__init__()
+        self.ictx = ictx
+        self.ops = ops
+        self.ioas = None
+        self.ioas_unpin = None
+        self.iopt_access_list_id = 0
+        self.iova_alignment = 1
+
+    def notify_unmap(self, iova: int, length: int) -> None:
+        """iommufd_access_notify_unmap()'s call of ops->unmap for this access."""
+        self.ops.unmap(iova, length)
+
+
+def iommufd_access_destroy_object(access: IommufdAccess) -> None:
+    """iommufd_access_destroy_object(): detach from the IOAS (the driver's unmap op runs)."""
+    if access.ioas is not None:
+        iommufd_access_change_ioas(access, None)
+
+
+def iommufd_access_create(ictx, ops) -> IommufdAccess:
+    """iommufd_access_create(): finalized at once, the driver a user until destroy; alignment
+    PAGE_SIZE if the driver pins pages, else 1."""
+    from model.limits import PAGE_SIZE
+
+    access = ictx.objects.alloc(IommufdAccess(ictx, ops))
+    access.refs += 1
+    access.iova_alignment = PAGE_SIZE if ops.needs_pin_pages else 1
+    ictx.objects.finalize(access)
+    return access
+
+
+def iommufd_access_destroy(access: IommufdAccess) -> None:
+    """iommufd_access_destroy() -> iommufd_object_destroy_user()."""
+    access.refs -= 1
+    objects = access.ictx.objects
+    objects.destroy(objects.remove(access.id))
+
+
+def iommufd_access_change_ioas(access: IommufdAccess, new_ioas) -> None:
+    """iommufd_access_change_ioas(): join the new IOAS (iopt_add_access(): EADDRINUSE when its
+    areas do not suit the access's alignment; nothing changes then), then leave the old one
+    after the driver's unmap op has dropped every pin it held there."""
+    cur_ioas = access.ioas
+    if cur_ioas is not access.ioas_unpin:
+        raise IommufdError(errno.EBUSY)
+    if cur_ioas is new_ioas:
+        return
+    access.ioas = None
+    if new_ioas is not None:
+        try:
+            new_id = new_ioas.iopt.add_access(access)
+        except BaseException:
+            access.ioas = cur_ioas
+            raise
+        new_ioas.refs += 1
+    if cur_ioas is not None:
+        access.ops.unmap(0, (1 << 64) - 1)
+        cur_ioas.iopt.remove_access(access.iopt_access_list_id)
+        cur_ioas.refs -= 1
+    if new_ioas is not None:
+        access.iopt_access_list_id = new_id
+    access.ioas = new_ioas
+    access.ioas_unpin = new_ioas
+
+
+def iommufd_access_attach(access: IommufdAccess, ictx, ioas_id: int) -> None:
+    """iommufd_access_attach(): iommufd_get_ioas() (ENOENT), then change_ioas."""
+    ioas = ictx.objects.get(ioas_id, "IOAS")
+    iommufd_access_change_ioas(access, ioas)
+
+
+def iommufd_access_replace(access: IommufdAccess, ictx, ioas_id: int) -> None:
+    """iommufd_access_replace(): ENOENT when the access has no IOAS."""
+    if access.ioas is None:
+        raise IommufdError(errno.ENOENT)
+    ioas = ictx.objects.get(ioas_id, "IOAS")
+    iommufd_access_change_ioas(access, ioas)
+
+
+def _check_range(iova: int, length: int) -> int:
+    if not length:
+        raise IommufdError(errno.EINVAL)
+    last = iova + length - 1
+    if last > (1 << 64) - 1:
+        raise IommufdError(errno.EOVERFLOW)
+    return last
+
+
+def iommufd_access_pin_pages(access: IommufdAccess, iova: int, length: int, write: bool) -> list[int]:
+    """iommufd_access_pin_pages(): EINVAL length 0 (or an access without pin ops), EOVERFLOW,
+    ENOENT without an IOAS; then over the contiguous areas: EINVAL for an area being unmapped
+    or a range not page aligned inside it, EPERM for a write through a read-only area or pages,
+    ENOENT for a gap. What was pinned before a failure is unpinned. Returns the frames."""
+    from model.limits import PAGE_SIZE
+
+    if access.iova_alignment != PAGE_SIZE:  # WARN_ON under CONFIG_IOMMUFD_TEST
+        raise IommufdError(errno.EINVAL)
+    last_iova = _check_range(iova, length)
+    if access.ioas is None:
+        raise IommufdError(errno.ENOENT)
+    iopt = access.ioas.iopt
+    areas, done = iopt.contig_areas(iova, last_iova)
+    pinned, pfns = [], []
+    try:
+        for k, (area, cur, last) in enumerate(areas):
+            contig_done = k == len(areas) - 1 and done
+            if area.prevent_access or area.start_byte(cur) % PAGE_SIZE or (
+                    not contig_done and area.start_byte(area.last) % PAGE_SIZE != PAGE_SIZE - 1):
+                raise IommufdError(errno.EINVAL)
+            if not _check_area_prot(area, write):
+                raise IommufdError(errno.EPERM)
+            if write and not area.pages.writable:
+                raise IommufdError(errno.EPERM)
+            first_i, last_i = area.start_byte(cur) // PAGE_SIZE, area.start_byte(last) // PAGE_SIZE
+            pfns += area.pages.add_access(None, first_i, last_i)
+            area.num_accesses += 1
+            pinned.append((area, first_i, last_i))
+        if not done:
+            raise IommufdError(errno.ENOENT)
+    except BaseException:
+        for area, first_i, last_i in pinned:
+            area.num_accesses -= 1
+            area.pages.remove_access(first_i, last_i)
+        raise
+    return pfns
+
+
+def iommufd_access_unpin_pages(access: IommufdAccess, iova: int, length: int) -> None:
+    """iommufd_access_unpin_pages(): undo a pin of exactly this range (WARNs aside)."""
+    from model.limits import PAGE_SIZE
+
+    if not length or access.ioas_unpin is None:
+        return
+    last_iova = iova + length - 1
+    areas, _ = access.ioas_unpin.iopt.contig_areas(iova, last_iova)
+    for area, cur, last in areas:
+        first_i, last_i = area.start_byte(cur) // PAGE_SIZE, area.start_byte(last) // PAGE_SIZE
+        area.num_accesses -= 1
+        area.pages.remove_access(first_i, last_i)
+
+
+def _check_area_prot(area, write: bool) -> bool:
+    """check_area_prot()."""
+    from model.domain import IOMMU_READ, IOMMU_WRITE
+
+    return bool(area.iommu_prot & (IOMMU_WRITE if write else IOMMU_READ))
+
+
+def iommufd_access_rw(access: IommufdAccess, iova: int, length: int, write: bool, payload: bytes = b"") -> bytes:
+    """iommufd_access_rw(): EINVAL length 0, EOVERFLOW, ENOENT without an IOAS; over the
+    contiguous areas EINVAL for an area being unmapped, EPERM for the wrong direction, ENOENT at
+    a gap (after copying what came before). Returns the bytes read."""
+    last_iova = _check_range(iova, length)
+    if access.ioas is None:
+        raise IommufdError(errno.ENOENT)
+    areas, done = access.ioas.iopt.contig_areas(iova, last_iova)
+    out, off = [], 0
+    for area, cur, last in areas:
+        n = last - cur + 1
+        if area.prevent_access:
+            raise IommufdError(errno.EINVAL)
+        if not _check_area_prot(area, write):
+            raise IommufdError(errno.EPERM)
+        out.append(area.pages.rw(area.start_byte(cur), None, n, write, payload[off:off + n]))
+        off += n
+    if not done:
+        raise IommufdError(errno.ENOENT)
+    return b"".join(out)
+
+
+# -- IOMMU_GET_HW_INFO ---------------------------------------------------------------------------
+
 def iommufd_get_hw_info(ucmd) -> int:
-    """iommufd_get_hw_info() (device.c:1545): flags other than INPUT_TYPE EOPNOTSUPP (:1557),
-    __reserved[0..2] EOPNOTSUPP (:1559), in_data_type cleared without INPUT_TYPE (:1564, in the
-    kernel's copy only), then the device (:1566) ENOENT. data_uptr / data_len are used only
-    once the device is found: nothing is written to user memory before."""
+    """iommufd_get_hw_info() (device.c): flags other than INPUT_TYPE EOPNOTSUPP, __reserved[0..2]
+    EOPNOTSUPP, in_data_type cleared without INPUT_TYPE, then the device (ENOENT). The driver's
+    hw_info (its error: EOPNOTSUPP for a type it does not know) gives data and length; min(
+    data_len, length) bytes go to data_uptr and the rest of the user's data_len is cleared
+    (EFAULT), data_len answers the driver's length, capabilities and max_pasid_log2 follow."""
     cmd = ucmd.cmd
     if cmd.flags & ~B.IOMMU_HW_INFO_FLAG_INPUT_TYPE:
         raise IommufdError(errno.EOPNOTSUPP)
@@ -35,4 +519,22 @@ def iommufd_get_hw_info(ucmd) -> int:
     if not cmd.flags & B.IOMMU_HW_INFO_FLAG_INPUT_TYPE:
         cmd.in_data_type = B.IOMMU_HW_INFO_TYPE_DEFAULT
     idev = iommufd_get_device(ucmd, cmd.dev_id)
-    raise needs_devices("IOMMU_GET_HW_INFO", idev)
+    dev = idev.dev
+    data, cmd.out_data_type = dev.ops.hw_info(dev, cmd.in_data_type)
+    copy_len = min(cmd.data_len, len(data))
+    from model.uaccess import UserFault
+
+    try:
+        if cmd.data_len:
+            ucmd.mem.write(cmd.data_uptr, data[:copy_len] + bytes(cmd.data_len - copy_len))
+    except UserFault:
+        raise IommufdError(errno.EFAULT) from None
+    cmd.data_len = len(data)
+    cmd.out_capabilities = 0
+    if dev.ops.capable(dev, IOMMU_CAP_DIRTY_TRACKING):
+        cmd.out_capabilities |= B.IOMMU_HW_CAP_DIRTY_TRACKING
+    if not dev.ops.capable(dev, IOMMU_CAP_PCI_ATS_SUPPORTED):
+        cmd.out_capabilities |= B.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
+    cmd.out_max_pasid_log2 = dev.max_pasids.bit_length() - 1 if dev.max_pasids else 0
+    ucmd.respond()
+    return 0

@@ -20,6 +20,12 @@ IOMMU_READ = 1 << 0
 IOMMU_WRITE = 1 << 1
 IOMMU_CACHE = 1 << 2
 
+# enum iommu_cap (include/linux/iommu.h): what device_iommu_capable() asks a driver
+IOMMU_CAP_CACHE_COHERENCY = "CACHE_COHERENCY"
+IOMMU_CAP_ENFORCE_CACHE_COHERENCY = "ENFORCE_CACHE_COHERENCY"
+IOMMU_CAP_DIRTY_TRACKING = "DIRTY_TRACKING"
+IOMMU_CAP_PCI_ATS_SUPPORTED = "PCI_ATS_SUPPORTED"
+
 # include/linux/iommu.h: read_and_clear_dirty() flag: read the dirty bits, do not clear them
 IOMMU_DIRTY_NO_CLEAR = 1 << 0
 
@@ -47,14 +53,33 @@ class DomainOps(Protocol):
 
 
 class IommuDomain:
-    """struct iommu_domain with the iommu core's map/unmap over a format's ops."""
+    """struct iommu_domain with the iommu core's map/unmap over a format's ops.
 
-    def __init__(self, ops: DomainOps):
+    type: IOMMU_DOMAIN_UNMANAGED (paging) or NESTED (no page table: `ops` is None); owner: the
+    iommu_ops of the driver that made it (the mock driver's, for every domain the model makes);
+    dirty_ops: the driver's struct iommu_dirty_ops (set_dirty_tracking), or None; iopf_handler:
+    a fault object's handler is installed (IOMMU_HWPT_FAULT_ID_VALID)."""
+
+    def __init__(self, ops: DomainOps | None, type: str = "UNMANAGED", owner=None, dirty_ops=None):
         self.ops = ops
+        self.type = type
+        self.owner = owner
+        self.dirty_ops = dirty_ops
+        self.iopf_handler = None
+        self.iommufd_hwpt = None
+        self.dops = None  # the driver's iommu_domain_ops beyond the page table (set_dev_pasid, ...)
 
     @property
     def pgsize_bitmap(self) -> int:
         return self.ops.pgsize_bitmap
+
+    @property
+    def aperture_start(self) -> int:
+        return self.ops.aperture_start
+
+    @property
+    def aperture_end(self) -> int:
+        return self.ops.aperture_end
 
     def map(self, iova: int, paddr: int, size: int, prot: int) -> None:
         """iommu_map() -> iommu_map_nosync(): map_range(); on a failure what it mapped is unmapped."""

@@ -234,7 +234,7 @@ class IopArea:
     """struct iopt_area: [start, last] of IOVA mapping the bytes of `pages` from index*PAGE_SIZE+page_offset."""
 
     __slots__ = ("start", "last", "pages", "page_offset", "index", "last_index", "iommu_prot",
-                 "num_locks", "num_accesses", "filled")
+                 "num_locks", "num_accesses", "prevent_access", "filled")
 
     def __init__(self, start, last, pages, page_offset, index, last_index, iommu_prot):
         self.start, self.last, self.pages = start, last, pages
@@ -242,6 +242,7 @@ class IopArea:
         self.iommu_prot = iommu_prot
         self.num_locks = 0
         self.num_accesses = 0
+        self.prevent_access = False  # set by an unmap waiting for accesses to go
         self.filled = False  # in pages->domains_itree: pinned and mapped into every domain
 
     def start_byte(self, iova: int) -> int:
@@ -330,6 +331,13 @@ class _Areas:
 
 
 
+class _NoBitmap:
+    """iommu_dirty_bitmap_init(&dirty, NULL, ...): records go nowhere."""
+
+    def record(self, iova: int, length: int) -> None:
+        pass
+
+
 class IoPagetable:
     def __init__(self):
         self.iova_alignment = 1  # iopt_init_table(): SW tables have no alignment restriction
@@ -340,6 +348,7 @@ class IoPagetable:
         self._areas = _Areas()
         self._holes = _Holes([(0, U64_MAX)])
         self.domains: list[IommuDomain] = []  # iopt->domains: every area is filled into each
+        self.accesses: dict[int, object] = {}  # access_list: iommufd_access by its 16-bit ID
         self.disable_large_pages = False
 
     # -- introspection (model only) ------------------------------------------------------
@@ -580,10 +589,30 @@ class IoPagetable:
         area.filled = False
 
     def table_add_domain(self, mm, domain: IommuDomain) -> None:
-        """iopt_table_add_domain() -> iopt_fill_domain(): every area into the new domain (pinning
-        the first time a domain appears); on failure the areas done are taken out again.
-        Every area must suit the domain's smallest page size first (EADDRINUSE)."""
-        new_alignment = self.calculate_iova_alignment(self.domains + [domain])
+        """iopt_table_add_domain(): the domain's smallest page size above PAGE_SIZE is EINVAL, an
+        area it cannot map EADDRINUSE (iopt_check_iova_alignment()); what lies outside its
+        aperture becomes reserved (owned by the domain; EADDRINUSE over an area or an allowed
+        range); then iopt_fill_domain(): every area into the new domain (pinning the first time
+        a domain appears). On failure the areas done are taken out again and the reservations go."""
+        new_alignment = max(domain.pgsize_bitmap & -domain.pgsize_bitmap, self.iova_alignment)
+        if new_alignment > PAGE_SIZE:
+            _err(errno.EINVAL)
+        if new_alignment != self.iova_alignment:
+            self.check_iova_alignment(new_alignment)
+        try:
+            if domain.aperture_start != 0:
+                self.reserve_iova(0, domain.aperture_start - 1, domain)
+            if domain.aperture_end != ULONG_MAX:
+                self.reserve_iova(domain.aperture_end + 1, ULONG_MAX, domain)
+            self._fill_domain(mm, domain)
+        except BaseException:
+            self.remove_reserved_iova(domain)
+            raise
+        self.domains.append(domain)
+        self.iova_alignment = new_alignment
+
+    def _fill_domain(self, mm, domain: IommuDomain) -> None:
+        """iopt_fill_domain()."""
         done = []
         try:
             for area in self._areas:
@@ -605,8 +634,6 @@ class IoPagetable:
             raise
         for area in done:
             area.filled = True
-        self.domains.append(domain)
-        self.iova_alignment = new_alignment
 
     def table_remove_domain(self, domain: IommuDomain) -> None:
         """iopt_table_remove_domain() -> iopt_unfill_domain(): unmap every area; the last domain
@@ -617,6 +644,7 @@ class IoPagetable:
             if not self.domains and area.filled:
                 area.pages.unfill(area.index, area.last_index)
                 area.filled = False
+        self.remove_reserved_iova(domain)
         self.calculate_iova_alignment()
 
     def unmap_iova_range(self, start: int, last: int) -> tuple[int, int]:
@@ -626,16 +654,27 @@ class IoPagetable:
         areas = self._areas
         pos = areas.first(start, last)
         rc, unmapped, gone = 0, 0, []
+        tries = 0
         while pos is not None:
             a = areas.at(pos)
             if a.start > last:
                 break
-            if a.num_locks or a.num_accesses:
+            if a.num_locks:  # locked by an object that has not been destroyed
                 rc = errno.EBUSY
                 break
             if a.start < start or a.last > last:
                 rc = errno.ENOENT
                 break
+            if a.num_accesses:
+                # iommufd_access_notify_unmap(): every access's unmap op must unpin, then retry
+                a.prevent_access = True
+                self.notify_unmap(a.start, a.last - a.start + 1)
+                tries += 1
+                if tries > 100:  # WARN_ON: something is not responding to unmap requests
+                    rc = errno.EDEADLOCK
+                    break
+                continue
+            tries = 0
             unmapped += a.last - a.start + 1
             gone.append(a)
             pos = areas.next(*pos)
@@ -651,6 +690,11 @@ class IoPagetable:
                 areas.remove(a)
                 self._holes.give(a.start, a.last)
         return unmapped, rc
+
+    def notify_unmap(self, iova: int, length: int) -> None:
+        """iommufd_access_notify_unmap(): each access's ops->unmap, in access_list order."""
+        for access in list(self.accesses.values()):
+            access.notify_unmap(iova, length)
 
     def area_split(self, area: IopArea, iova: int) -> None:
         """iopt_area_split(): [start, iova] and [iova + 1, last] over the same pages. Cutting at
@@ -743,21 +787,110 @@ class IoPagetable:
         used = _spans(self.reserved + [(a.start, a.last) for a in self._areas])
         self._holes.build(list(_holes_of(used)))
 
-    def calculate_iova_alignment(self, domains=None) -> int:
+    def check_iova_alignment(self, new: int) -> None:
+        """iopt_check_iova_alignment(): EADDRINUSE if an area does not suit the new alignment."""
+        mask = new - 1
+        for a in self._areas:
+            if a.start & mask or (a.last - a.start + 1) & mask or a.page_offset & mask:
+                _err(errno.EADDRINUSE)
+
+    def calculate_iova_alignment(self) -> int:
         """iopt_calculate_iova_alignment(): PAGE_SIZE with large pages disabled, else 1, and at least
-        each domain's smallest page size; growing it fails with EADDRINUSE if an area is not
-        aligned (iopt_check_iova_alignment). `domains`: compute for these, change nothing."""
+        each domain's smallest page size and each access's alignment; growing it fails with
+        EADDRINUSE if an area is not aligned (nothing changes then)."""
         new = PAGE_SIZE if self.disable_large_pages else 1
-        for domain in self.domains if domains is None else domains:
+        for domain in self.domains:
             new = max(new, domain.pgsize_bitmap & -domain.pgsize_bitmap)
+        for access in self.accesses.values():
+            new = max(new, access.iova_alignment)
         if new > self.iova_alignment:
-            mask = new - 1
-            for a in self._areas:
-                if a.start & mask or (a.last - a.start + 1) & mask or a.page_offset & mask:
-                    _err(errno.EADDRINUSE)
-        if domains is None:
-            self.iova_alignment = new
+            self.check_iova_alignment(new)
+        self.iova_alignment = new
         return new
+
+    # -- in-kernel accesses (iommufd_access) --------------------------------------------------
+
+    def add_access(self, access) -> int:
+        """iopt_add_access(): the lowest free 16-bit ID in access_list; the alignment grows to the
+        access's (EADDRINUSE if an area does not suit it: the access is not added)."""
+        new_id = next(i for i in range(len(self.accesses) + 1) if i not in self.accesses)
+        if new_id > 0xFFFF:
+            _err(errno.EBUSY)  # xa_limit_16b
+        self.accesses[new_id] = access
+        try:
+            self.calculate_iova_alignment()
+        except IommufdError:
+            del self.accesses[new_id]
+            raise
+        return new_id
+
+    def remove_access(self, access_id: int) -> None:
+        """iopt_remove_access()."""
+        del self.accesses[access_id]
+        self.calculate_iova_alignment()
+
+    def contig_areas(self, iova: int, last_iova: int) -> tuple[list, bool]:
+        """iopt_for_each_contig_area(): the areas covering [iova, last_iova] without a gap from
+        iova on, as (area, cur_iova, last in area), and whether they reach last_iova
+        (iopt_area_contig_done())."""
+        areas = self._areas
+        pos = areas.first(iova, iova)
+        out, cur = [], iova
+        while pos is not None:
+            a = areas.at(pos)
+            if a.start > cur or a.last < cur:
+                break
+            out.append((a, cur, min(last_iova, a.last)))
+            if last_iova <= a.last:
+                return out, True
+            cur = a.last + 1
+            pos = areas.next(*pos)
+        return out, False
+
+    # -- dirty tracking ------------------------------------------------------------------------
+
+    def set_dirty_tracking(self, domain, enable: bool) -> None:
+        """iopt_set_dirty_tracking(): EOPNOTSUPP without dirty ops; enabling first clears the D
+        bits of every area's IOPTEs (iopt_clear_dirty_data()), then set_dirty_tracking()."""
+        if domain.dirty_ops is None:
+            _err(errno.EOPNOTSUPP)
+        if enable:
+            for a in self._areas:
+                domain.read_and_clear_dirty(a.start, a.last - a.start + 1, 0, _NoBitmap())
+        domain.dirty_ops.set_dirty_tracking(domain, enable)
+
+    def check_dirty_range(self, iova: int, length: int, page_size: int) -> None:
+        """iommufd_check_iova_range(): EOVERFLOW past ULONG_MAX, EINVAL misaligned to the table's
+        alignment or to page_size, or page_size 0."""
+        last_iova = iova + length - 1  # length 0 wraps in the kernel: EOVERFLOW unless iova is 0
+        if length == 0:
+            last_iova = (iova - 1) & U64_MAX
+            if iova == 0:
+                last_iova = U64_MAX
+            else:
+                _err(errno.EOVERFLOW)
+        if last_iova > U64_MAX or iova > ULONG_MAX or last_iova > ULONG_MAX:
+            _err(errno.EOVERFLOW)
+        mask = self.iova_alignment - 1
+        if iova & mask or ((last_iova + 1) & U64_MAX) & mask:
+            _err(errno.EINVAL)
+        if not page_size:
+            _err(errno.EINVAL)
+        if iova & (page_size - 1) or ((last_iova + 1) & U64_MAX) & (page_size - 1):
+            _err(errno.EINVAL)
+
+    def read_and_clear_dirty(self, domain, iova: int, last_iova: int, flags: int, bitmap) -> None:
+        """iommu_read_and_clear_dirty() -> __iommu_read_and_clear_dirty(): the domain's
+        read_and_clear_dirty over each contiguous area of the range. Its result, a gap included,
+        is dropped: iova_bitmap_for_each()'s return value is ignored and 0 returned (7.2)."""
+        if domain.dirty_ops is None:
+            _err(errno.EOPNOTSUPP)
+        areas, _done = self.contig_areas(iova, last_iova)
+        for area, cur, last in areas:
+            try:
+                domain.read_and_clear_dirty(cur, last - cur + 1, flags, bitmap)
+            except IommufdError:
+                return
 
     def destroy(self) -> None:
         """iommufd_ioas_destroy(): iopt_unmap_all() + iopt_destroy_table()."""

@@ -18,10 +18,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 from model import device, eventq, hw_pagetable, ioas, vfio_compat, viommu
-from model.hooks import iommufd_test
+from model.anon_inode import AnonFiles
+from model.hooks import iommufd_selftest_destroy, iommufd_test
 from model.objects import OBJECT_TYPES, IommufdError, NotModelled, ObjectOps, ObjectTable
 from model.pages import IOPT_PAGES_ACCOUNT_USER
 from model.task import SYSTEM_ACCOUNTS, Accounts, Task
+from model.uaccess import check_zeroed_user
 from model.uapi import B
 
 IOMMUFD_CMD_BASE = B.IOMMUFD_CMD_BASE
@@ -113,7 +115,13 @@ IOCTL_OPS = (
 
 # iommufd_object_ops[]: the object types the model can create.
 OBJECT_OPS = {
+    "ACCESS": ObjectOps(destroy=device.iommufd_access_destroy_object),
+    "DEVICE": ObjectOps(destroy=device.iommufd_device_destroy),
+    "FAULT": ObjectOps(destroy=eventq.iommufd_fault_destroy),
+    "HWPT_PAGING": ObjectOps(destroy=hw_pagetable.iommufd_hwpt_paging_destroy),
+    "HWPT_NESTED": ObjectOps(destroy=hw_pagetable.iommufd_hwpt_nested_destroy),
     "IOAS": ObjectOps(destroy=ioas.iommufd_ioas_destroy),
+    **({"SELFTEST": ObjectOps(destroy=iommufd_selftest_destroy)} if iommufd_selftest_destroy else {}),
 }
 
 
@@ -160,9 +168,12 @@ class IommufdCtx:
         # objects it touches. The caller (model/file.py, a server) holds it around ioctl().
         self.lock = threading.Lock()
         self.released = False
+        self.files = AnonFiles()  # access / fault files handed out (model/anon_inode.py)
 
     def ioctl(self, task: Task, cmd: int, arg: int) -> int:
         """iommufd_fops_ioctl(): the command at user address `arg` of `task`."""
+        if self.files.files:
+            self.catch_up()
         nr = cmd & 0xFF
         if nr < IOMMUFD_CMD_BASE or nr - IOMMUFD_CMD_BASE >= _TABLE_LEN:
             return vfio_compat.iommufd_vfio_ioctl(Ucmd(self, task, arg), cmd)
@@ -190,34 +201,72 @@ class IommufdCtx:
             raise NotModelled(row.name)
         return handler(Ucmd(self, task, arg, user_size, row, cmd_struct))
 
+    def catch_up(self) -> None:
+        """What happened on the files this context handed out since its last ioctl: releases of
+        closed ones (f_op->release), responses written to fault queues."""
+        self.files.reap()
+        for fault in self.objects.of_type("FAULT"):
+            fault.take_responses()
+
     def check_invariants(self) -> None:
-        """AssertionError unless the context is consistent (objects, and each IOAS's table)."""
+        """AssertionError unless the context is consistent: objects and IDs, each IOAS's table,
+        and every object's users equal to what holds it (the reference graph)."""
         self.objects.check_invariants()
         for obj in self.objects.of_type("IOAS"):
             obj.iopt.check_invariants()
         if self.vfio_ioas is not None:  # iommufd_destroy() clears it with its IOAS
             assert self.objects.objects.get(self.vfio_ioas.id) is self.vfio_ioas, "stale vfio_ioas"
+        expected = {id(o): 0 for o in self.objects.objects.values()}
+
+        def hold(o):
+            assert id(o) in expected, f"a reference to {o.type} {o.id}, which is not in the table"
+            expected[id(o)] += 1
+
+        for o in self.objects.objects.values():
+            if o.type == "HWPT_PAGING":
+                hold(o.ioas)
+                assert o.in_list == (o in o.ioas.hwpt_list), f"HWPT {o.id} and the IOAS's hwpt_list"
+                assert o.domain in o.ioas.iopt.domains, f"HWPT {o.id}: its domain is not filled"
+            elif o.type == "HWPT_NESTED":
+                hold(o.viommu if o.viommu is not None else o.parent)
+            elif o.type == "ACCESS":
+                hold(o)  # the driver
+                if o.ioas is not None:
+                    hold(o.ioas)
+            elif o.type == "DEVICE":
+                hold(o)  # the driver
+                for attach in o.igroup.pasid_attach.values():
+                    if o.id in attach.device_array:
+                        hold(o)
+                        hold(attach.hwpt)
+            elif o.type == "FAULT" and o.filep is not None:
+                hold(o)
+            if o.type in ("HWPT_PAGING", "HWPT_NESTED") and o.fault is not None:
+                hold(o.fault)
+        for o in self.objects.objects.values():
+            assert o.refs == expected[id(o)], f"{o.type} {o.id}: {o.refs} users beyond its own, {expected[id(o)]} holders"
+        for obj in self.objects.of_type("IOAS"):
+            assert len(obj.iopt.domains) == len(obj.hwpt_list), f"IOAS {obj.id}: domains and hwpt_list differ"
 
     def release(self) -> None:
-        """iommufd_fops_release(): every object goes with the file (and its pins)."""
+        """iommufd_fops_release(): every object goes with the file (and its pins), in rounds:
+        each round destroys the objects nobody else uses, in ID order. The files this context
+        handed out are released first (the kernel's would hold the context open until they
+        close: the model does not keep it, see the README)."""
         self.released = True
-        for obj in list(self.objects.objects.values()):
-            self.objects.destroy(obj)
-        self.objects.objects.clear()
-
-
-_ZERO_CHUNK = 1 << 16
-
-
-def check_zeroed_user(mem, addr: int, size: int) -> None:
-    """check_zeroed_user() (lib/usercopy.c) for copy_struct_from_user(): the tail in bounded
-    pieces, page by page: E2BIG at the first nonzero byte, EFAULT where a read stops short."""
-    end = addr + size
-    while addr < end:
-        n = min(end - addr, _ZERO_CHUNK - (addr % _ZERO_CHUNK))
-        got = mem.read_partial(addr, n)
-        if got.count(0) != len(got):
-            raise IommufdError(errno.E2BIG)
-        if len(got) < n:
-            raise IommufdError(errno.EFAULT)
-        addr += n
+        for f in list(self.files.files):
+            if not f.released:
+                f.release()
+        self.files.release_all()
+        objects = self.objects
+        while objects.objects:
+            destroyed = 0
+            for id_ in sorted(objects.objects):
+                obj = objects.objects.get(id_)
+                if obj is None or obj.refs:
+                    continue
+                objects.destroy(objects.remove(id_))
+                destroyed += 1
+            if not destroyed:  # WARN_ON: a users refcount bug; what is left is dropped
+                break
+        objects.objects.clear()

@@ -94,13 +94,18 @@ class IoptPages:
         fresh = [i for i in range(first_index, last_index + 1) if i not in self.pfns]
         if fresh:
             vmas = Vmas(self.source_pid)
+            if mm is None:  # an in-kernel access pins from pages->source_mm
+                mm = UserMemory(self.source_pid)
             if self.type == IOPT_ADDRESS_USER:
                 for i in fresh:
                     va = self.uptr + i * PAGE_SIZE
                     err = vmas.check_pin(va, self.writable)
                     if err:
                         raise IommufdError(err)
-                    mm.read(va, 1)  # the page must really be there (a file hole past EOF is not)
+                    try:
+                        mm.read(va, 1)  # the page must really be there (a file hole past EOF is not)
+                    except UserFault:
+                        raise IommufdError(errno.EFAULT) from None
             keys = [self._key(vmas, i) for i in fresh]
             old = self.npinned
             self.npinned = old + len(fresh)

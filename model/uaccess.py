@@ -13,6 +13,7 @@ import os
 
 from model.libc import Iovec, process_vm_readv, process_vm_writev
 from model.limits import U64_MAX
+from model.objects import IommufdError
 
 
 class UserFault(OSError):
@@ -90,3 +91,35 @@ class BouncedMemory(UserMemory):
             ctypes.memmove(addr, data, len(data))
             return
         super().write(addr, data)
+
+
+_ZERO_CHUNK = 1 << 16
+
+
+def check_zeroed_user(mem, addr: int, size: int) -> None:
+    """check_zeroed_user() (lib/usercopy.c) for copy_struct_from_user(): the tail in bounded
+    pieces, page by page: E2BIG at the first nonzero byte, EFAULT where a read stops short."""
+    end = addr + size
+    while addr < end:
+        n = min(end - addr, _ZERO_CHUNK - (addr % _ZERO_CHUNK))
+        got = mem.read_partial(addr, n)
+        if got.count(0) != len(got):
+            raise IommufdError(errno.E2BIG)
+        if len(got) < n:
+            raise IommufdError(errno.EFAULT)
+        addr += n
+
+
+def copy_struct_from_user(mem, cls, uptr: int, usize: int):
+    """copy_struct_from_user() (include/linux/uaccess.h): `cls` (a ctypes struct) from usize
+    bytes at uptr: a longer user struct must have a zero tail (E2BIG, EFAULT), a shorter one is
+    zero-extended; a fault is EFAULT."""
+    ksize = ctypes.sizeof(cls)
+    if usize > ksize:
+        check_zeroed_user(mem, uptr + ksize, usize - ksize)
+    n = min(ksize, usize)
+    try:
+        data = mem.read(uptr, n) if n else b""
+    except UserFault:
+        raise IommufdError(errno.EFAULT) from None
+    return cls.from_buffer_copy(data.ljust(ksize, b"\0"))

@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import errno
 
-from model.device import iommufd_get_device, needs_devices
 from model.limits import U64_MAX, ULONG_MAX
-from model.objects import IommufdError
+from model.objects import IommufdError, needs_devices
 from model.uapi import B
 
 
@@ -26,7 +25,7 @@ def iommufd_viommu_alloc_ioctl(ucmd) -> int:
     cmd = ucmd.cmd
     if cmd.flags or cmd.type == B.IOMMU_VIOMMU_TYPE_DEFAULT:
         raise IommufdError(errno.EOPNOTSUPP)
-    idev = iommufd_get_device(ucmd, cmd.dev_id)
+    idev = ucmd.ictx.objects.get(cmd.dev_id, "DEVICE")  # iommufd_get_device()
     raise needs_devices("IOMMU_VIOMMU_ALLOC", idev)
 
 
@@ -53,3 +52,9 @@ def iommufd_hw_queue_alloc_ioctl(ucmd) -> int:
         raise IommufdError(errno.EOVERFLOW)
     viommu = iommufd_get_viommu(ucmd, cmd.viommu_id)
     raise needs_devices("IOMMU_HW_QUEUE_ALLOC", viommu)
+
+
+def iommufd_viommu_alloc_hwpt_nested(viommu, flags: int, user_data):
+    """iommufd_viommu_alloc_hwpt_nested() (hw_pagetable.c): vIOMMU objects come with the vIOMMU
+    issue; no vIOMMU can exist before."""
+    raise needs_devices("IOMMU_HWPT_ALLOC", viommu)

@@ -1,0 +1,110 @@
+"""Files the model hands out (anon_inode_getfile() + fd_install()): out_access_fd,
+out_fault_fd, later out_veventq_fd.
+
+Each is one end of a Unix socket pair: the caller gets the other end as a real file descriptor
+of its process, so it can read, write, dup, pass it (SCM_RIGHTS) or close it, and the model
+keeps its own end. The kernel's f_op->release runs when the last reference to the file goes;
+the model sees that as a hangup on its end, and runs the file's release at the start of the next
+ioctl on the context that made it (AnonFiles.reap()), before anything else can observe the
+object, as the kernel's release has run by the time close() returns.
+
+A file is found from a descriptor number of the caller (fget()) by the inode of the socket.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import select
+import socket
+import threading
+import weakref
+
+from model.objects import IommufdError, NotModelled
+
+_BY_INO: "weakref.WeakValueDictionary[int, AnonFile]" = weakref.WeakValueDictionary()
+_LOCK = threading.Lock()
+
+
+class AnonFile:
+    """struct file of an anonymous inode: `kind` names its fops; release() is f_op->release."""
+
+    kind = "anon"
+
+    def __init__(self):
+        self.sock, self._peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.setblocking(False)
+        self.ino = os.fstat(self._peer.fileno()).st_ino
+        self.released = False
+        with _LOCK:
+            _BY_INO[self.ino] = self
+
+    def release(self) -> None:
+        """f_op->release: the subclass's, then the model's end closes."""
+
+    def install(self, task) -> int:
+        """fd_install() into the caller's table: the descriptor number (O_CLOEXEC, as
+        get_unused_fd_flags(O_CLOEXEC))."""
+        if task.pid != os.getpid():
+            raise NotModelled("handing a file descriptor to another process (the server of issue 13)")
+        fd = self._peer.detach()
+        os.set_inheritable(fd, False)
+        self._peer = None
+        return fd
+
+    def discard(self) -> None:
+        """put_unused_fd() + fput() before the file was installed: nothing reaches the caller."""
+        if self._peer is not None:
+            self._peer.close()
+            self._peer = None
+        self._close()
+
+    def hung_up(self) -> bool:
+        p = select.poll()
+        p.register(self.sock, select.POLLHUP)
+        return any(ev & (select.POLLHUP | select.POLLERR) for _, ev in p.poll(0))
+
+    def _close(self) -> None:
+        self.released = True
+        self.sock.close()
+        with _LOCK:
+            _BY_INO.pop(self.ino, None)
+
+
+def fget(task, fd: int, kind: str, err: int = errno.EBADFD) -> AnonFile:
+    """fget() of the caller's descriptor and a check of its f_op: `err` when the descriptor is
+    closed or is not a file of this kind."""
+    try:
+        st = os.fstat(fd) if task.pid == os.getpid() else os.stat(f"/proc/{task.pid}/fd/{fd}")
+    except (OSError, OverflowError, ValueError):
+        raise IommufdError(err) from None
+    with _LOCK:
+        f = _BY_INO.get(st.st_ino)
+    if f is None or f.kind != kind or f.released:
+        raise IommufdError(err)
+    return f
+
+
+class AnonFiles:
+    """The files one context has handed out."""
+
+    def __init__(self):
+        self.files: list[AnonFile] = []
+
+    def add(self, f: AnonFile) -> None:
+        self.files.append(f)
+
+    def reap(self) -> None:
+        """Run the release of every file whose last descriptor was closed."""
+        if not self.files:
+            return
+        for f in list(self.files):
+            if not f.released and f.hung_up():
+                self.files.remove(f)
+                f.release()
+                f._close()
+
+    def release_all(self) -> None:
+        for f in self.files:
+            if not f.released:
+                f._close()
+        self.files.clear()
