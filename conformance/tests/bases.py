@@ -2,8 +2,8 @@
 would otherwise succeed (conformance/tests/test_generated_cases.py).
 
 Each base builds, on a fresh file, objects the command needs and returns the command's bytes and
-the objects it names. Only what a target can do without devices is here: the device-facing
-ioctls need the mock IOMMU and their cases skip until it is modelled. `unread` lists user
+the objects it names. The device-facing ioctls use a mock device (IOMMU_TEST_OP_MOCK_DOMAIN,
+CONFIG_IOMMUFD_TEST); the vIOMMU family's bases come with the vIOMMU work. `unread` lists user
 pointers the handler does not dereference for that command, with the kernel's reason.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import ctypes
 import mmap
 from dataclasses import dataclass, field
 
-from conformance.tests.helpers import PAGE, RW, ioas_alloc, map_
+from conformance.tests.helpers import PAGE, RW, ioas_alloc, map_, run_test_cmd
 from model.uapi import T as B
 
 
@@ -21,6 +21,9 @@ class Base:
     cmd: bytearray
     unread: dict[str, str] = field(default_factory=dict)
     keep: list = field(default_factory=list)  # buffers the command points into
+    # (case kind, field) -> (errno name, the kernel's reason) where the handler answers other
+    # than the generic expectation
+    answers: dict[tuple[str, str], tuple[str, str]] = field(default_factory=dict)
 
 
 def _bytes(cmd) -> bytearray:
@@ -99,6 +102,76 @@ def change_process(fd):
     return Base(_bytes(B.iommu_ioas_change_process(size=ctypes.sizeof(B.iommu_ioas_change_process))))
 
 
+def _mock_device(fd, flags: int = 0):
+    """(ioas, stdev_id, hwpt_id, idev_id): a mock device attached to a fresh IOAS."""
+    ioas = ioas_alloc(fd)
+    if flags:
+        cmd = run_test_cmd(fd, B.IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, ioas, **{"mock_domain_flags.dev_flags": flags})
+    else:
+        cmd = run_test_cmd(fd, B.IOMMU_TEST_OP_MOCK_DOMAIN, ioas)
+    return ioas, cmd.mock_domain.out_stdev_id, cmd.mock_domain.out_hwpt_id, cmd.mock_domain.out_idev_id
+
+
+def _hwpt_alloc(fd, idev, pt_id, flags=0) -> int:
+    cmd = B.iommu_hwpt_alloc(size=ctypes.sizeof(B.iommu_hwpt_alloc), flags=flags, dev_id=idev, pt_id=pt_id)
+    fd.ioctl(B.IOMMU_HWPT_ALLOC, cmd)
+    return cmd.out_hwpt_id
+
+
+def hwpt_alloc(fd):
+    ioas, _, _, idev = _mock_device(fd)
+    return Base(_bytes(B.iommu_hwpt_alloc(size=ctypes.sizeof(B.iommu_hwpt_alloc), dev_id=idev, pt_id=ioas)),
+                unread={"fault_id": "read only with IOMMU_HWPT_FAULT_ID_VALID (iommufd_hwpt_alloc())",
+                        "data_uptr": "read only by the driver, and only with a data_len"},
+                answers={("id_missing", "pt_id"): ("EINVAL", "iommufd_hwpt_alloc(): any pt_id lookup failure "
+                                                             "is EINVAL, not the lookup's ENOENT")})
+
+
+def get_hw_info(fd):
+    _, _, _, idev = _mock_device(fd)
+    out = (ctypes.c_uint8 * 64)()
+    return Base(_bytes(B.iommu_hw_info(size=ctypes.sizeof(B.iommu_hw_info), dev_id=idev, data_len=64,
+                                       data_uptr=ctypes.addressof(out))), keep=[out])
+
+
+def hwpt_set_dirty_tracking(fd):
+    ioas, _, _, idev = _mock_device(fd)
+    hwpt = _hwpt_alloc(fd, idev, ioas, B.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+    return Base(_bytes(B.iommu_hwpt_set_dirty_tracking(size=ctypes.sizeof(B.iommu_hwpt_set_dirty_tracking),
+                                                       flags=B.IOMMU_HWPT_DIRTY_TRACKING_ENABLE, hwpt_id=hwpt)))
+
+
+def hwpt_get_dirty_bitmap(fd):
+    ioas, _, _, idev = _mock_device(fd)
+    hwpt = _hwpt_alloc(fd, idev, ioas, B.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+    m, va = _buffer()
+    iova = map_(fd, ioas, va, 4 * PAGE, iova=1 << 24)
+    bitmap = (ctypes.c_uint64 * 1)()
+    return Base(_bytes(B.iommu_hwpt_get_dirty_bitmap(size=ctypes.sizeof(B.iommu_hwpt_get_dirty_bitmap), hwpt_id=hwpt,
+                                                     iova=iova, length=4 * PAGE, page_size=PAGE,
+                                                     data=ctypes.addressof(bitmap))),
+                keep=[m, bitmap])
+
+
+def hwpt_invalidate(fd):
+    ioas, _, _, idev = _mock_device(fd)
+    parent = _hwpt_alloc(fd, idev, ioas, B.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    data = (ctypes.c_uint32 * 2)(0xBADBEEF, 0)  # struct iommu_hwpt_selftest: iotlb, pagetable_type
+    cmd = B.iommu_hwpt_alloc(size=ctypes.sizeof(B.iommu_hwpt_alloc), dev_id=idev, pt_id=parent,
+                             data_type=0xDEAD, data_len=8, data_uptr=ctypes.addressof(data))
+    fd.ioctl(B.IOMMU_HWPT_ALLOC, cmd)
+    inv = (ctypes.c_uint32 * 2)(0, 1)  # struct iommu_hwpt_invalidate_selftest: flags, iotlb_id
+    return Base(_bytes(B.iommu_hwpt_invalidate(size=ctypes.sizeof(B.iommu_hwpt_invalidate), hwpt_id=cmd.out_hwpt_id,
+                                               data_uptr=ctypes.addressof(inv), data_type=0xDEADBEEF,
+                                               entry_len=8, entry_num=1)), keep=[data, inv],
+                answers={("id_wrong_type", "hwpt_id"): ("EINVAL", "iommufd_hwpt_invalidate(): hwpt_id is looked up "
+                                                                  "as any type; neither nested HWPT nor vIOMMU is EINVAL")})
+
+
+def fault_queue_alloc(fd):
+    return Base(_bytes(B.iommu_fault_alloc(size=ctypes.sizeof(B.iommu_fault_alloc))))
+
+
 BASES = {
     "IOMMU_DESTROY": destroy,
     "IOMMU_IOAS_ALLOC": ioas_alloc_,
@@ -111,4 +184,10 @@ BASES = {
     "IOMMU_OPTION": option,
     "IOMMU_VFIO_IOAS": vfio_ioas,
     "IOMMU_IOAS_CHANGE_PROCESS": change_process,
+    "IOMMU_HWPT_ALLOC": hwpt_alloc,
+    "IOMMU_GET_HW_INFO": get_hw_info,
+    "IOMMU_HWPT_SET_DIRTY_TRACKING": hwpt_set_dirty_tracking,
+    "IOMMU_HWPT_GET_DIRTY_BITMAP": hwpt_get_dirty_bitmap,
+    "IOMMU_HWPT_INVALIDATE": hwpt_invalidate,
+    "IOMMU_FAULT_QUEUE_ALLOC": fault_queue_alloc,
 }

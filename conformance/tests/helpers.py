@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 
 import pytest
 
@@ -191,10 +192,127 @@ def mock_domain(fd, ioas) -> tuple[int, int]:
     return cmd.mock_domain.out_stdev_id, cmd.mock_domain.out_hwpt_id
 
 
-def vm_pin_kb() -> int:
-    """mm->pinned_vm of this process, from /proc/self/status (VmPin)."""
+def vm_pin_kb(fd=None) -> int:
+    """mm->pinned_vm of this process in KiB: the model's account of it on the model (its pins
+    are not the machine's), else VmPin from /proc/self/status."""
+    ictx = getattr(getattr(fd, "_f", fd), "ictx", None)
+    if ictx is not None:
+        return ictx.accounts.mm_pinned_vm.get(os.getpid(), 0) * PAGE // 1024
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith("VmPin:"):
                 return int(line.split()[1])
     pytest.skip("no VmPin in /proc/self/status")
+
+
+# The mock IOMMU (IOMMU_TEST_CMD, drivers/iommu/iommufd/selftest.c): test_mock_domain.py,
+# test_access.py, test_hwpt.py, test_fault_queue.py. On the model each call skips while
+# IOMMU_TEST_CMD is not modelled.
+
+def mock_device(fd, pt_id, dev_flags=None) -> tuple[int, int, int]:
+    """IOMMU_TEST_OP_MOCK_DOMAIN (or _FLAGS with `dev_flags`): a mock device bound and attached
+    to `pt_id` (an IOAS or a HWPT). Returns (stdev_id, hwpt_id, idev_id)."""
+    if dev_flags is None:
+        cmd = run_test_cmd(fd, B.IOMMU_TEST_OP_MOCK_DOMAIN, pt_id)
+    else:
+        cmd = run_test_cmd(fd, B.IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, pt_id,
+                           **{"mock_domain_flags.dev_flags": dev_flags})
+    return cmd.mock_domain.out_stdev_id, cmd.mock_domain.out_hwpt_id, cmd.mock_domain.out_idev_id
+
+
+def mock_domain_replace(fd, stdev_id, pt_id) -> int:
+    """IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE: the device behind `stdev_id` moves to `pt_id`; returns
+    the HWPT it is attached to now."""
+    cmd = run_test_cmd(fd, B.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev_id, **{"mock_domain_replace.pt_id": pt_id})
+    return cmd.mock_domain_replace.pt_id
+
+
+def check_map(fd, hwpt_id, iova, length, uptr) -> None:
+    """IOMMU_TEST_OP_MD_CHECK_MAP: every mock page of [iova, iova+length) translates to uptr's."""
+    run_test_cmd(fd, B.IOMMU_TEST_OP_MD_CHECK_MAP, hwpt_id,
+                 **{"check_map.iova": iova, "check_map.length": length, "check_map.uptr": uptr})
+
+
+def check_refs(fd, uptr, length, refs) -> None:
+    """IOMMU_TEST_OP_MD_CHECK_REFS: every page of [uptr, uptr+length) has `refs` FOLL_PIN pins (EIO if not)."""
+    run_test_cmd(fd, B.IOMMU_TEST_OP_MD_CHECK_REFS, 0,
+                 **{"check_refs.uptr": uptr, "check_refs.length": length, "check_refs.refs": refs})
+
+
+def create_access(fd, ioas, flags=0) -> int:
+    """IOMMU_TEST_OP_CREATE_ACCESS: an access (an emulated-device driver) on `ioas`; returns its fd."""
+    cmd = run_test_cmd(fd, B.IOMMU_TEST_OP_CREATE_ACCESS, ioas, **{"create_access.flags": flags})
+    return cmd.create_access.out_access_fd
+
+
+def access_pages(fd, access_fd, iova, length, uptr=0, flags=0) -> int:
+    """IOMMU_TEST_OP_ACCESS_PAGES: pin [iova, iova+length) through the access (uptr, when nonzero,
+    is checked against the pages); returns the item id DESTROY_ACCESS_PAGES takes."""
+    cmd = run_test_cmd(fd, B.IOMMU_TEST_OP_ACCESS_PAGES, access_fd,
+                       **{"access_pages.iova": iova, "access_pages.length": length,
+                          "access_pages.uptr": uptr, "access_pages.flags": flags})
+    return cmd.access_pages.out_access_pages_id
+
+
+def destroy_access_pages(fd, access_fd, item) -> None:
+    run_test_cmd(fd, B.IOMMU_TEST_OP_DESTROY_ACCESS_PAGES, access_fd,
+                 **{"destroy_access_pages.access_pages_id": item})
+
+
+def access_rw(fd, access_fd, iova, uptr, length, flags=0) -> None:
+    """IOMMU_TEST_OP_ACCESS_RW: copy [iova, iova+length) to uptr, or with MOCK_ACCESS_RW_WRITE from it."""
+    run_test_cmd(fd, B.IOMMU_TEST_OP_ACCESS_RW, access_fd,
+                 **{"access_rw.iova": iova, "access_rw.length": length, "access_rw.uptr": uptr,
+                    "access_rw.flags": flags})
+
+
+def access_replace_ioas(fd, access_fd, ioas) -> None:
+    run_test_cmd(fd, B.IOMMU_TEST_OP_ACCESS_REPLACE_IOAS, access_fd, **{"access_replace_ioas.ioas_id": ioas})
+
+
+def hwpt_alloc(fd, dev_id, pt_id, flags=0, data_type=0, data=None, data_len=None, fault_id=0) -> int:
+    """IOMMU_HWPT_ALLOC; `data` is a ctypes object (its address and size are passed unless
+    `data_len` says otherwise). Returns out_hwpt_id."""
+    cmd = B.iommu_hwpt_alloc(size=sz(B.iommu_hwpt_alloc), flags=flags, dev_id=dev_id, pt_id=pt_id,
+                             data_type=data_type, fault_id=fault_id)
+    if data is not None:
+        cmd.data_uptr = ctypes.addressof(data)
+        cmd.data_len = ctypes.sizeof(data) if data_len is None else data_len
+    elif data_len is not None:
+        cmd.data_len = data_len
+    fd.ioctl(B.IOMMU_HWPT_ALLOC, cmd)
+    return cmd.out_hwpt_id
+
+
+def hwpt_selftest(iotlb=None, pagetable_type=0):
+    """struct iommu_hwpt_selftest (IOMMU_HWPT_DATA_SELFTEST)."""
+    return B.iommu_hwpt_selftest(iotlb=B.IOMMU_TEST_IOTLB_DEFAULT if iotlb is None else iotlb,
+                                 pagetable_type=pagetable_type)
+
+
+def set_dirty_tracking(fd, hwpt_id, enable=True) -> None:
+    fd.ioctl(B.IOMMU_HWPT_SET_DIRTY_TRACKING,
+             B.iommu_hwpt_set_dirty_tracking(size=sz(B.iommu_hwpt_set_dirty_tracking), hwpt_id=hwpt_id,
+                                             flags=B.IOMMU_HWPT_DIRTY_TRACKING_ENABLE if enable else 0))
+
+
+def get_dirty_bitmap(fd, hwpt_id, iova, length, page_size, data, flags=0) -> None:
+    """IOMMU_HWPT_GET_DIRTY_BITMAP into the user bitmap at address `data`."""
+    fd.ioctl(B.IOMMU_HWPT_GET_DIRTY_BITMAP,
+             B.iommu_hwpt_get_dirty_bitmap(size=sz(B.iommu_hwpt_get_dirty_bitmap), hwpt_id=hwpt_id, flags=flags,
+                                           iova=iova, length=length, page_size=page_size, data=data))
+
+
+def mock_dirty(fd, hwpt_id, iova, length, page_size, bitmap_addr) -> int:
+    """IOMMU_TEST_OP_DIRTY: the mock IOMMU marks dirty the pages whose bits are set in the bitmap
+    at `bitmap_addr`; returns out_nr_dirty."""
+    cmd = run_test_cmd(fd, B.IOMMU_TEST_OP_DIRTY, hwpt_id,
+                       **{"dirty.iova": iova, "dirty.length": length, "dirty.page_size": page_size,
+                          "dirty.uptr": bitmap_addr})
+    return cmd.dirty.out_nr_dirty
+
+
+def check_iotlb(fd, hwpt_id, iotlb_id, value) -> None:
+    """IOMMU_TEST_OP_MD_CHECK_IOTLB: entry `iotlb_id` of a nested mock HWPT holds `value` (EINVAL if not)."""
+    run_test_cmd(fd, B.IOMMU_TEST_OP_MD_CHECK_IOTLB, hwpt_id,
+                 **{"check_iotlb.id": iotlb_id, "check_iotlb.iotlb": value})

@@ -101,12 +101,12 @@ def test_a_failure_names_errnos_and_a_skip_names_its_test(tmp_path):
     t.write_text(
         "import errno\nfrom conformance.tests.helpers import err, ioas_alloc\nfrom model.uapi import B\n"
         "def test_fails(iommufd):\n    assert err(ioas_alloc, iommufd) == errno.ENOENT\n"
-        "def test_skips(iommufd):\n    from conformance.tests.helpers import mock_domain\n"
-        "    mock_domain(iommufd, ioas_alloc(iommufd))\n")
+        "def test_skips(iommufd):\n    from conformance.tests.helpers import run_test_cmd\n"
+        "    run_test_cmd(iommufd, B.IOMMU_TEST_OP_DMABUF_GET, 0)\n")
     p = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rs", str(t)], capture_output=True,
                        text=True, cwd=ROOT, timeout=600)
     assert "0 == ENOENT(2)" in p.stdout, p.stdout[-3000:]
-    assert "test_x.py:6: model: IOMMU_TEST_CMD is not modelled yet" in p.stdout, p.stdout[-3000:]
+    assert "test_x.py:6: model: IOMMU_TEST_CMD DMABUF_GET is not modelled yet" in p.stdout, p.stdout[-3000:]
 
 
 class _Lacking:
@@ -142,7 +142,7 @@ def test_probe_finds_what_a_target_lacks_and_the_uapi_it_speaks():
 
     p = probe(parse_target("model"))
     assert all(p.ioctls.values()) and p.uapi == "7.2" and p.map_file_memfd == "yes"
-    assert p.iommufd_test == "no (not modelled)"
+    assert p.iommufd_test == "yes"  # the mock IOMMU
     older = probe(_Lacking({"IOMMU_HW_QUEUE_ALLOC", "IOMMU_VEVENTQ_ALLOC"}))
     assert older.lacks("IOMMU_HW_QUEUE_ALLOC") and not older.lacks("IOMMU_IOAS_MAP")
     assert older.uapi == "6.12"  # every ioctl of 6.12, not every one of 7.2
