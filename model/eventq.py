@@ -3,9 +3,11 @@ a FAULT object with its file) and IOMMU_VEVENTQ_ALLOC (vIOMMU event queues: the 
 
 The fault queue's file is a model/anon_inode.py file: the caller reads struct
 iommu_hwpt_pgfault records from it and writes struct iommu_hwpt_page_response records to it.
-The model writes each IOPF group to its end when the fault is reported (the cookie is given
-then, where the kernel gives it at read time: the same numbers in the same order), and reads
-responses at the start of the next ioctl of the context. What a socket cannot do is recorded
+The model writes each IOPF group to its end when the fault is reported (the cookie, the lowest
+free, is given then, where the kernel gives it at read time: the same numbers while reads keep
+up with reports), and reads responses at the start of the next ioctl of the context. Records
+already written cannot be taken back: a detach drops the pending groups' cookies but not
+records the caller has not read yet (the kernel drops those too). What a socket cannot do is recorded
 in the README: the kernel's read and write errnos (ESPIPE for a size not a multiple of the
 record, EINVAL for a read too short for a group or a response with an unknown cookie or code).
 """
@@ -60,7 +62,6 @@ class IommufdFault(IommufdObject):
         super().__init__()
         self.filep: FaultFile | None = None
         self.response: dict[int, tuple] = {}  # cookie -> (idev, fault record)
-        self.next_cookie = 1  # xa_alloc() in XA_FLAGS_ALLOC1
         self._partial = b""
 
     def report(self, idev, pasid: int, grpid: int, perm: int, addr: int) -> None:
@@ -70,8 +71,9 @@ class IommufdFault(IommufdObject):
         flags = B.IOMMU_PGFAULT_FLAGS_LAST_PAGE
         if pasid:
             flags |= B.IOMMU_PGFAULT_FLAGS_PASID_VALID
-        cookie = self.next_cookie
-        self.next_cookie += 1
+        cookie = 1  # xa_alloc() in XA_FLAGS_ALLOC1: the lowest cookie not waiting for a response
+        while cookie in self.response:
+            cookie += 1
         rec = B.iommu_hwpt_pgfault(flags=flags, dev_id=idev.id, pasid=pasid, grpid=grpid, perm=perm,
                                    addr=addr, length=0, cookie=cookie)
         self.response[cookie] = (idev, rec)
