@@ -17,10 +17,14 @@ import errno
 import pytest
 
 from model.uapi import T as B
-from conformance.tests.helpers import (
+from conformance.tests.helpers import (  # noqa: I001
+    require,
     PAGE, U64, Buf, add_reserved, allow, check_map, check_refs, destroy, err, hwpt_alloc, ioas_alloc,
     iova_ranges, map_, mock_device, mock_domain_replace, run_test_cmd, unmap, unmapped_va,
 )
+
+# the generic_pt mock IOMMU of 7.2 (2 KiB granule, huge variant); 6.12 had another mock
+require("MOCK_PAGE_SIZE", "MOCK_IOMMUPT_HUGE", "IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED")
 
 START = B.MOCK_APERTURE_START
 LAST = B.MOCK_APERTURE_LAST
