@@ -20,7 +20,7 @@ from model.domain import (  # noqa: F401 (the mock driver takes the caps from he
     IOMMU_CAP_PCI_ATS_SUPPORTED,
 )
 from model.hw_pagetable import iommufd_hwpt_paging_alloc
-from model.objects import IommufdError, IommufdObject, needs_devices  # noqa: F401
+from model.objects import IommufdError, IommufdObject
 from model.uapi import B
 
 IOMMU_NO_PASID = 0
@@ -148,9 +148,7 @@ def iommufd_hw_pagetable_attach(hwpt, idev: IommufdDevice, pasid: int) -> None:
     if attach_resv:
         iommufd_device_attach_reserved_iova(idev, hwpt_paging)
     try:
-        if first:
-            if idev.dev.is_pci and hwpt.fault is not None:
-                pass  # iommufd_hwpt_compatible_device(): only PCI VFs with PRI are refused
+        if first:  # iommufd_hwpt_compatible_device() refuses only PCI VFs with PRI: none here
             _hwpt_pasid_compat(hwpt, idev, pasid)
             _domain_attach(hwpt.domain, idev, pasid)
             attach.hwpt = hwpt
@@ -496,7 +494,7 @@ def iommufd_access_rw(access: IommufdAccess, iova: int, length: int, write: bool
             raise IommufdError(errno.EINVAL)
         if not _check_area_prot(area, write):
             raise IommufdError(errno.EPERM)
-        out.append(area.pages.rw(area.start_byte(cur), None, n, write, payload[off:off + n]))
+        out.append(area.pages.rw(area.start_byte(cur), n, write, payload[off:off + n]))
         off += n
     if not done:
         raise IommufdError(errno.ENOENT)

@@ -859,17 +859,12 @@ class IoPagetable:
                 domain.read_and_clear_dirty(a.start, a.last - a.start + 1, 0, _NoBitmap())
         domain.dirty_ops.set_dirty_tracking(domain, enable)
 
-    def check_dirty_range(self, iova: int, length: int, page_size: int) -> None:
+    def check_dirty_range(self, iova: int, length: int, page_size: int) -> int:
         """iommufd_check_iova_range(): EOVERFLOW past ULONG_MAX, EINVAL misaligned to the table's
-        alignment or to page_size, or page_size 0."""
-        last_iova = iova + length - 1  # length 0 wraps in the kernel: EOVERFLOW unless iova is 0
-        if length == 0:
-            last_iova = (iova - 1) & U64_MAX
-            if iova == 0:
-                last_iova = U64_MAX
-            else:
-                _err(errno.EOVERFLOW)
-        if last_iova > U64_MAX or iova > ULONG_MAX or last_iova > ULONG_MAX:
+        alignment or to page_size, or page_size 0. Returns the last IOVA."""
+        # length - 1 wraps for length 0 in the kernel: only iova 0 then escapes EOVERFLOW
+        last_iova = iova + length - 1 if length else (U64_MAX if iova == 0 else U64_MAX + 1)
+        if last_iova > ULONG_MAX:
             _err(errno.EOVERFLOW)
         mask = self.iova_alignment - 1
         if iova & mask or ((last_iova + 1) & U64_MAX) & mask:
@@ -878,6 +873,7 @@ class IoPagetable:
             _err(errno.EINVAL)
         if iova & (page_size - 1) or ((last_iova + 1) & U64_MAX) & (page_size - 1):
             _err(errno.EINVAL)
+        return last_iova
 
     def read_and_clear_dirty(self, domain, iova: int, last_iova: int, flags: int, bitmap) -> None:
         """iommu_read_and_clear_dirty() -> __iommu_read_and_clear_dirty(): the domain's

@@ -205,8 +205,9 @@ class IommufdCtx:
         """What happened on the files this context handed out since its last ioctl: releases of
         closed ones (f_op->release), responses written to fault queues."""
         self.files.reap()
-        for fault in self.objects.of_type("FAULT"):
-            fault.take_responses()
+        for f in self.files.files:
+            if f.kind == "iommufd-pgfault":
+                f.fault.take_responses()
 
     def check_invariants(self) -> None:
         """AssertionError unless the context is consistent: objects and IDs, each IOAS's table,

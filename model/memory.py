@@ -138,6 +138,16 @@ class PhysicalMemory:
         with self.lock:
             return self.pfn.get(key, -1)
 
+    def user_page(self, vmas: Vmas, pid: int, va: int) -> tuple[int, Vma | None, tuple | None, int]:
+        """get_user_pages_fast() + put_page() of the page holding va in mm `pid`: (0 or EFAULT,
+        its mapping, its key, its frame as lookup() gives it)."""
+        va &= ~(PAGE_SIZE - 1)
+        err = vmas.check_pin(va, False)
+        if err:
+            return err, None, None, -1
+        key, _ = vmas.backing(pid, va)
+        return 0, vmas.find(va), key, self.lookup(key)
+
     def pin_count(self, key: tuple) -> int:
         with self.lock:
             return self.pins.get(key, 0)

@@ -169,7 +169,7 @@ class IoptPages:
             out.update(range(s, l + 1))
         return out
 
-    def rw(self, start_byte: int, data: bytearray | None, length: int, write: bool, payload: bytes = b"") -> bytes:
+    def rw(self, start_byte: int, length: int, write: bool, payload: bytes = b"") -> bytes:
         """iopt_pages_rw_access() for user pages: copy to or from the source mm at
         uptr + start_byte (every path of the kernel's ends in EFAULT where memory is missing).
         EPERM for a write to pages mapped without WRITEABLE."""

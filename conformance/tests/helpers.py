@@ -124,6 +124,14 @@ class Buf:
         self.len = npages * PAGE
 
 
+def touched(npages: int) -> "Buf":
+    """A Buf whose pages are real (written once), not the shared zero page, before anything pins them."""
+    buf = Buf(npages)
+    for i in range(npages):
+        buf.m[i * PAGE] = 1
+    return buf
+
+
 def unmapped_va() -> int:
     """An address with nothing mapped at it (a page mmapped then munmapped)."""
     p = libc.mmap(None, 4 * PAGE, mmap.PROT_READ, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, -1, 0)

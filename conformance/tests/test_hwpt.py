@@ -19,8 +19,8 @@ import pytest
 
 from model.uapi import T as B
 from conformance.tests.helpers import (  # noqa: I001
-    require,
-    PAGE, U64, Buf, check_iotlb, check_map, destroy, err, get_dirty_bitmap, hwpt_alloc, hwpt_selftest, ioas_alloc,
+    require, touched,
+    PAGE, U64, check_iotlb, check_map, destroy, err, get_dirty_bitmap, hwpt_alloc, hwpt_selftest, ioas_alloc,
     iova_ranges, map_, mock_device, mock_dirty, mock_domain_replace, set_dirty_tracking, sz, unmap,
 )
 
@@ -37,12 +37,6 @@ DEFAULT_IOTLB = B.IOMMU_TEST_IOTLB_DEFAULT
 CAP_DIRTY = B.IOMMU_HW_CAP_DIRTY_TRACKING
 CAP_NO_ATS = B.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
 
-
-def _touched(npages):
-    buf = Buf(npages)
-    for i in range(npages):
-        buf.m[i * PAGE] = 1
-    return buf
 
 
 def _device(fd, dev_flags=None):
@@ -72,7 +66,7 @@ def test_hwpt_alloc_paging(iommufd):
 
 def test_hwpt_alloc_fills_the_new_domain(iommufd):
     ioas, _, _, idev = _device(iommufd)
-    buf = _touched(2)
+    buf = touched(2)
     map_(iommufd, ioas, buf.addr, 2 * PAGE, iova=START)
     hwpt = hwpt_alloc(iommufd, idev, ioas)
     check_map(iommufd, hwpt, START, 2 * PAGE, buf.addr)
@@ -283,7 +277,7 @@ def _dirty_hwpt(fd, npages=8):
     ioas, stdev, _, idev = _device(fd)
     hwpt = hwpt_alloc(fd, idev, ioas, DIRTY)
     mock_domain_replace(fd, stdev, hwpt)
-    buf = _touched(npages)
+    buf = touched(npages)
     # one map per CPU page: no leaf of the mock table covers more than one (a longer map of
     # physically contiguous pages may get a contiguous leaf, whose dirty bit covers it all)
     for i in range(npages):
@@ -512,7 +506,7 @@ def test_destroy_busy_hwpts(iommufd, what):
 def test_unmap_reaches_a_detached_hwpt(iommufd):
     ioas, stdev, _, idev = _device(iommufd)
     hwpt = hwpt_alloc(iommufd, idev, ioas)
-    buf = _touched(1)
+    buf = touched(1)
     map_(iommufd, ioas, buf.addr, PAGE, iova=START)
     check_map(iommufd, hwpt, START, PAGE, buf.addr)
     unmap(iommufd, ioas, START, PAGE)

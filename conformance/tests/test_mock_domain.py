@@ -18,8 +18,8 @@ import pytest
 
 from model.uapi import T as B
 from conformance.tests.helpers import (  # noqa: I001
-    require,
-    PAGE, U64, Buf, add_reserved, allow, check_map, check_refs, destroy, err, hwpt_alloc, ioas_alloc,
+    require, touched,
+    PAGE, U64, add_reserved, allow, check_map, check_refs, destroy, err, hwpt_alloc, ioas_alloc,
     iova_ranges, map_, mock_device, mock_domain_replace, run_test_cmd, unmap, unmapped_va,
 )
 
@@ -30,12 +30,6 @@ START = B.MOCK_APERTURE_START
 LAST = B.MOCK_APERTURE_LAST
 MPAGE = B.MOCK_PAGE_SIZE
 
-
-def _touched(npages):
-    buf = Buf(npages)
-    for i in range(npages):
-        buf.m[i * PAGE] = 1  # real pages, not the zero page, before anything pins them
-    return buf
 
 
 def test_mock_domain_ids_in_allocation_order(iommufd):
@@ -99,7 +93,7 @@ def test_attach_narrows_iova_ranges_to_the_aperture(iommufd):
 def test_map_outside_the_aperture_after_attach_is_einval(iommufd):
     ioas = ioas_alloc(iommufd)
     mock_device(iommufd, ioas)
-    buf = _touched(2)
+    buf = touched(2)
     # iopt_check_iova(): a reserved IOVA intersects the range
     assert err(map_, iommufd, ioas, buf.addr, PAGE, iova=START - PAGE) == errno.EINVAL
     assert err(map_, iommufd, ioas, buf.addr, 2 * PAGE, iova=LAST + 1 - PAGE) == errno.EINVAL
@@ -112,7 +106,7 @@ def test_map_outside_the_aperture_after_attach_is_einval(iommufd):
 
 def test_attach_with_an_area_outside_the_aperture_is_eaddrinuse(iommufd):
     ioas = ioas_alloc(iommufd)
-    buf = _touched(1)
+    buf = touched(1)
     map_(iommufd, ioas, buf.addr, PAGE, iova=PAGE)
     # iopt_reserve_iova() finds the area: the attach (and the device) is undone
     assert err(mock_device, iommufd, ioas) == errno.EADDRINUSE
@@ -125,7 +119,7 @@ def test_attach_with_an_area_finer_than_the_mock_page_is_eaddrinuse(iommufd):
     # iopt_check_iova_alignment() (io_pagetable.c:1113): existing areas must conform to the
     # new alignment
     ioas = ioas_alloc(iommufd)
-    buf = _touched(1)
+    buf = touched(1)
     map_(iommufd, ioas, buf.addr, 1024, iova=START)
     assert err(mock_device, iommufd, ioas) == errno.EADDRINUSE
     assert unmap(iommufd, ioas, 0, U64) == 1024
@@ -139,7 +133,7 @@ def test_attach_with_an_area_finer_than_the_mock_page_is_eaddrinuse(iommufd):
 def test_mock_page_alignment_rules_after_attach(iommufd):
     ioas = ioas_alloc(iommufd)
     _, hwpt, _ = mock_device(iommufd, ioas)
-    buf = _touched(2)
+    buf = touched(2)
     # half a CPU page is a whole mock page: iova, length and the offset in the page are
     # multiples of MOCK_PAGE_SIZE
     assert map_(iommufd, ioas, buf.addr + MPAGE, MPAGE, iova=START + MPAGE) == START + MPAGE
@@ -153,7 +147,7 @@ def test_mock_page_alignment_rules_after_attach(iommufd):
 def test_check_map(iommufd):
     ioas = ioas_alloc(iommufd)
     _, hwpt, _ = mock_device(iommufd, ioas)
-    buf = _touched(4)
+    buf = touched(4)
     map_(iommufd, ioas, buf.addr, 4 * PAGE, iova=START)
     check_map(iommufd, hwpt, START, 4 * PAGE, buf.addr)
     check_map(iommufd, hwpt, START + MPAGE, 3 * PAGE, buf.addr + MPAGE)
@@ -176,7 +170,7 @@ def test_check_map_wants_a_mock_paging_hwpt(iommufd):
     # get_md_pagetable(): IOMMUFD_OBJ_HWPT_PAGING, else iommufd_get_object()'s ENOENT
     ioas = ioas_alloc(iommufd)
     stdev, hwpt, idev = mock_device(iommufd, ioas)
-    buf = _touched(1)
+    buf = touched(1)
     map_(iommufd, ioas, buf.addr, PAGE, iova=START)
     for wrong in (ioas, stdev, idev, 0, 99):
         assert err(check_map, iommufd, wrong, START, PAGE, buf.addr) == errno.ENOENT
@@ -185,7 +179,7 @@ def test_check_map_wants_a_mock_paging_hwpt(iommufd):
 
 def test_check_refs_counts_pins(iommufd):
     ioas = ioas_alloc(iommufd)
-    buf = _touched(4)
+    buf = touched(4)
     check_refs(iommufd, buf.addr, 4 * PAGE, 0)
     map_(iommufd, ioas, buf.addr, 4 * PAGE, iova=START)
     check_refs(iommufd, buf.addr, 4 * PAGE, 0)  # no domain: nothing pinned
@@ -204,7 +198,7 @@ def test_check_refs_counts_pins(iommufd):
 def test_check_refs_arguments(iommufd):
     ioas = ioas_alloc(iommufd)
     mock_device(iommufd, ioas)
-    buf = _touched(2)
+    buf = touched(2)
     assert err(check_refs, iommufd, buf.addr + 1, PAGE, 0) == errno.EINVAL
     assert err(check_refs, iommufd, buf.addr, PAGE + 1, 0) == errno.EINVAL
     assert err(check_refs, iommufd, U64 & ~(PAGE - 1), 2 * PAGE, 0) == errno.EINVAL  # overflow
@@ -216,7 +210,7 @@ def test_add_reserved(iommufd):
     ioas = ioas_alloc(iommufd)
     add_reserved(iommufd, ioas, 0x100000, 0x100000)
     assert iova_ranges(iommufd, ioas)[0] == [(0, 0xFFFFF), (0x200000, U64)]
-    buf = _touched(1)
+    buf = touched(1)
     assert err(map_, iommufd, ioas, buf.addr, PAGE, iova=0x1FF000) == errno.EINVAL
     assert err(map_, iommufd, ioas, buf.addr, 2 * PAGE, iova=0xFF000) == errno.EINVAL
     # reserved ranges may overlap each other
@@ -233,7 +227,7 @@ def test_add_reserved(iommufd):
 def test_add_reserved_errors(iommufd):
     ioas = ioas_alloc(iommufd)
     _, hwpt, _ = mock_device(iommufd, ioas)
-    buf = _touched(1)
+    buf = touched(1)
     map_(iommufd, ioas, buf.addr, PAGE, iova=START + 0x10000)
     # iommufd_test_add_reserved() (selftest.c:1163)
     assert err(add_reserved, iommufd, ioas, START, 0) == errno.EINVAL
@@ -285,7 +279,7 @@ def test_automatic_hwpt_lives_while_a_device_uses_it(iommufd):
 def test_mock_domain_replace_to_another_ioas(iommufd):
     a, b = ioas_alloc(iommufd), ioas_alloc(iommufd)
     stdev, hwpt_a, idev = mock_device(iommufd, a)
-    buf = _touched(2)
+    buf = touched(2)
     map_(iommufd, a, buf.addr, PAGE, iova=START)
     map_(iommufd, b, buf.addr + PAGE, PAGE, iova=START)
     hwpt_b = mock_domain_replace(iommufd, stdev, b)
@@ -330,7 +324,7 @@ def test_mock_domain_replace_errors(iommufd):
 def test_replace_onto_an_ioas_with_an_area_outside_the_aperture_fails_and_keeps_the_old(iommufd):
     a, b = ioas_alloc(iommufd), ioas_alloc(iommufd)
     stdev, hwpt_a, _ = mock_device(iommufd, a)
-    buf = _touched(1)
+    buf = touched(1)
     map_(iommufd, b, buf.addr, PAGE, iova=PAGE)
     assert err(mock_domain_replace, iommufd, stdev, b) == errno.EADDRINUSE
     assert iova_ranges(iommufd, b) == ([(0, U64)], 1)

@@ -9,7 +9,6 @@ on the model.
 """
 import ctypes
 import errno
-import os
 import resource
 
 import pytest

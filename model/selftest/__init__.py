@@ -124,10 +124,9 @@ def iommufd_test_md_check_pa(ucmd, cmd) -> int:
     memory = ucmd.ictx.accounts.memory
     vmas = Vmas(ucmd.task.pid)
     while length:
-        if vmas.check_pin(uptr & ~(PAGE_SIZE - 1), False):
-            raise IommufdError(errno.EFAULT)
-        key, _ = vmas.backing(ucmd.task.pid, uptr)
-        pfn = memory.lookup(key)
+        err, _, _, pfn = memory.user_page(vmas, ucmd.task.pid, uptr)
+        if err:
+            raise IommufdError(err)
         if domain.iova_to_phys(iova) != pfn * PAGE_SIZE + uptr % PAGE_SIZE or pfn < 0:
             raise IommufdError(errno.EINVAL)
         iova += page_size
@@ -145,10 +144,9 @@ def iommufd_test_md_check_refs(ucmd, cmd) -> int:
     memory = ucmd.ictx.accounts.memory
     vmas = Vmas(ucmd.task.pid)
     while length:
-        if vmas.check_pin(uptr, False):
-            raise IommufdError(errno.EFAULT)
-        vma = vmas.find(uptr)
-        key, _ = vmas.backing(ucmd.task.pid, uptr)
+        err, vma, key, _ = memory.user_page(vmas, ucmd.task.pid, uptr)
+        if err:
+            raise IommufdError(err)
         if not vma.hugetlb and memory.pin_count(key) != refs:
             raise IommufdError(errno.EIO)
         uptr += PAGE_SIZE

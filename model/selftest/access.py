@@ -22,8 +22,9 @@ class SelftestAccess(AnonFile):
 
     kind = "iommufd_test_staccess"
 
-    def __init__(self):
+    def __init__(self, pin_ops: bool):
         super().__init__()
+        self.pin_ops = pin_ops  # selftest_access_ops_pin: MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES
         self.access = None
         self.items: list[list[int]] = []  # [iova, length, id] of each ACCESS_PAGES, in order
         self.next_id = 0
@@ -62,8 +63,7 @@ def iommufd_test_create_access(ucmd, cmd) -> int:
     flags = cmd.create_access.flags
     if flags & ~B.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES:
         raise IommufdError(errno.EOPNOTSUPP)
-    staccess = SelftestAccess()
-    staccess.pin_ops = bool(flags & B.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES)
+    staccess = SelftestAccess(bool(flags & B.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES))
     ictx = ucmd.ictx
     access = None
     try:
@@ -97,17 +97,16 @@ def iommufd_test_access_replace_ioas(ucmd, cmd) -> int:
     return 0
 
 
-def _check_pages(ucmd, pages, uptr: int, npages: int, pfns: list[int]) -> None:
+def _check_pages(ucmd, uptr: int, npages: int, pfns: list[int]) -> None:
     """iommufd_test_check_pages(): each user page at uptr is the page pinned (EBADE), EFAULT
     where uptr is unmapped."""
     vmas = Vmas(ucmd.task.pid)
     memory = ucmd.ictx.accounts.memory
     for k in range(npages):
-        va = uptr + k * PAGE_SIZE
-        if vmas.check_pin(va & ~(PAGE_SIZE - 1), False):
-            raise IommufdError(errno.EFAULT)
-        key, _ = vmas.backing(ucmd.task.pid, va)
-        if memory.lookup(key) != pfns[k]:
+        err, _, _, pfn = memory.user_page(vmas, ucmd.task.pid, uptr + k * PAGE_SIZE)
+        if err:
+            raise IommufdError(err)
+        if pfn != pfns[k]:
             raise IommufdError(errno.EBADE)
 
 
@@ -131,7 +130,7 @@ def iommufd_test_access_pages(ucmd, cmd) -> int:
     pfns = _device.iommufd_access_pin_pages(staccess.access, iova, length, bool(ap.flags & B.MOCK_FLAGS_ACCESS_WRITE))
     try:
         if ap.uptr:
-            _check_pages(ucmd, None, ap.uptr - (iova - iova // PAGE_SIZE * PAGE_SIZE), npages, pfns)
+            _check_pages(ucmd, ap.uptr - (iova - iova // PAGE_SIZE * PAGE_SIZE), npages, pfns)
         item = [iova, length, staccess.next_id]
         staccess.next_id += 1
         staccess.items.append(item)
