@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import mmap
 import os
 from typing import ClassVar, Protocol
 
@@ -24,6 +25,9 @@ class IommuFile(Protocol):
     """An open /dev/iommu as the tests use it (the model's file has this interface)."""
 
     def ioctl(self, request: int, arg=0, mutate_flag: bool = True): ...
+
+    def mmap(self, length: int, prot: int = mmap.PROT_READ | mmap.PROT_WRITE,
+             flags: int = mmap.MAP_SHARED, offset: int = 0): ...
 
     def close(self) -> None: ...
 
@@ -84,6 +88,11 @@ class KernelFile:
             # fcntl.ioctl takes an int argument as a C int; a user pointer needs all 64 bits.
             return libc.ioctl(fd, request, arg)
         return fcntl.ioctl(fd, request, arg, mutate_flag)
+
+    def mmap(self, length: int, prot: int = mmap.PROT_READ | mmap.PROT_WRITE,
+             flags: int = mmap.MAP_SHARED, offset: int = 0) -> libc.Mapping:
+        """mmap(2) of the file (iommufd_fops_mmap); OSError with the kernel's errno."""
+        return libc.mmap(self.fd, length, prot, flags, offset)
 
     def close(self) -> None:
         if self.fd >= 0:

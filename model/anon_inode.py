@@ -49,7 +49,25 @@ class AnonFile:
         fd = self._peer.detach()
         os.set_inheritable(fd, False)
         self._peer = None
+        self.installed_fd = fd
         return fd
+
+    def caller_end(self) -> int | None:
+        """A descriptor of this process for the caller's end (the one handed out, or any other
+        referring to it), or None when this process has none left."""
+        fd = getattr(self, "installed_fd", None)
+        candidates = [fd] if fd is not None else []
+        try:
+            candidates += [int(n) for n in os.listdir("/proc/self/fd")]
+        except OSError:
+            pass
+        for n in candidates:
+            try:
+                if os.fstat(n).st_ino == self.ino:
+                    return n
+            except OSError:
+                continue
+        return None
 
     def discard(self) -> None:
         """put_unused_fd() + fput() before the file was installed: nothing reaches the caller."""

@@ -77,10 +77,25 @@ def iommufd_device_bind(ictx, dev) -> IommufdDevice:
     return idev
 
 
+def iommufd_device_pre_destroy(idev: IommufdDevice) -> None:
+    """iommufd_device_pre_destroy() -> iommufd_device_remove_vdev() (device.c:140): no new
+    vDEVICE from now on; a vDEVICE still alive is destroyed and its ID left a tombstone
+    (iommufd_object_tombstone_user(): IOMMU_DESTROY of it is ENOENT, the ID is never reused)."""
+    from model.viommu import iommufd_vdevice_destroy
+
+    idev.destroying = True
+    vdev = idev.vdev
+    if vdev is not None:
+        objects = idev.ictx.objects
+        iommufd_vdevice_destroy(objects.remove(vdev.id, tombstone=True))
+
+
 def iommufd_device_unbind(idev: IommufdDevice) -> None:
-    """iommufd_device_unbind() -> iommufd_object_destroy_user(): the driver's reference goes
-    and the object with it."""
+    """iommufd_device_unbind() -> iommufd_object_destroy_user() with REMOVE_WAIT: the driver's
+    reference goes; a vDEVICE's wait_cnt reference makes it call pre_destroy first."""
     idev.refs -= 1
+    if idev.vdev is not None:
+        iommufd_device_pre_destroy(idev)
     idev.ictx.objects.destroy(idev.ictx.objects.remove(idev.id))
 
 
@@ -339,9 +354,16 @@ class IommufdAccess(IommufdObject):
         self.iopt_access_list_id = 0
         self.iova_alignment = 1
 
+    @property
+    def internal(self) -> bool:
+        """iommufd_access_is_internal(): made by the core (a HW queue's), no driver ops."""
+        return self.ops is None
+
     def notify_unmap(self, iova: int, length: int) -> None:
-        """iommufd_access_notify_unmap()'s call of ops->unmap for this access."""
-        self.ops.unmap(iova, length)
+        """iommufd_access_notify_unmap()'s call of ops->unmap for this access (internal
+        accesses are skipped: their areas are locked instead)."""
+        if not self.internal:
+            self.ops.unmap(iova, length)
 
 
 def iommufd_access_destroy_object(access: IommufdAccess) -> None:
@@ -369,6 +391,33 @@ def iommufd_access_destroy(access: IommufdAccess) -> None:
     objects.destroy(objects.remove(access.id))
 
 
+def iommufd_access_create_internal(ictx) -> IommufdAccess:
+    """iommufd_access_create_internal() (device.c:1154): an ACCESS object with an ID like any
+    other (finalized at once, the core a user), PAGE_SIZE alignment, no driver ops."""
+    from model.limits import PAGE_SIZE
+
+    access = ictx.objects.alloc(IommufdAccess(ictx, None))
+    access.refs += 1
+    access.iova_alignment = PAGE_SIZE
+    ictx.objects.finalize(access)
+    return access
+
+
+def iommufd_access_attach_internal(access: IommufdAccess, ioas) -> None:
+    """iommufd_access_attach_internal() (device.c:1246)."""
+    iommufd_access_change_ioas(access, ioas)
+
+
+def iommufd_access_detach_internal(access: IommufdAccess) -> None:
+    """iommufd_access_detach_internal(): leave the IOAS."""
+    iommufd_access_change_ioas(access, None)
+
+
+def iommufd_access_destroy_internal(ictx, access: IommufdAccess) -> None:
+    """iommufd_access_destroy_internal(): iommufd_object_destroy_user()."""
+    iommufd_access_destroy(access)
+
+
 def iommufd_access_change_ioas(access: IommufdAccess, new_ioas) -> None:
     """iommufd_access_change_ioas(): join the new IOAS (iopt_add_access(): EADDRINUSE when its
     areas do not suit the access's alignment; nothing changes then), then leave the old one
@@ -387,7 +436,8 @@ def iommufd_access_change_ioas(access: IommufdAccess, new_ioas) -> None:
             raise
         new_ioas.refs += 1
     if cur_ioas is not None:
-        access.ops.unmap(0, (1 << 64) - 1)
+        if not access.internal:
+            access.ops.unmap(0, (1 << 64) - 1)
         cur_ioas.iopt.remove_access(access.iopt_access_list_id)
         cur_ioas.refs -= 1
     if new_ioas is not None:
@@ -447,12 +497,14 @@ def iommufd_access_pin_pages(access: IommufdAccess, iova: int, length: int, writ
             first_i, last_i = area.start_byte(cur) // PAGE_SIZE, area.start_byte(last) // PAGE_SIZE
             pfns += area.pages.add_access(None, first_i, last_i)
             area.num_accesses += 1
+            area.num_locks += access.internal  # iopt_area_add_access(lock_area)
             pinned.append((area, first_i, last_i))
         if not done:
             raise IommufdError(errno.ENOENT)
     except BaseException:
         for area, first_i, last_i in pinned:
             area.num_accesses -= 1
+            area.num_locks -= access.internal
             area.pages.remove_access(first_i, last_i)
         raise
     return pfns
@@ -469,6 +521,7 @@ def iommufd_access_unpin_pages(access: IommufdAccess, iova: int, length: int) ->
     for area, cur, last in areas:
         first_i, last_i = area.start_byte(cur) // PAGE_SIZE, area.start_byte(last) // PAGE_SIZE
         area.num_accesses -= 1
+        area.num_locks -= access.internal
         area.pages.remove_access(first_i, last_i)
 
 

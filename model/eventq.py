@@ -1,5 +1,6 @@
 """Event queues (drivers/iommu/iommufd/eventq.c): the fault queue (IOMMU_FAULT_QUEUE_ALLOC,
-a FAULT object with its file) and IOMMU_VEVENTQ_ALLOC (vIOMMU event queues: the vIOMMU issue).
+a FAULT object with its file) and vIOMMU event queues (IOMMU_VEVENTQ_ALLOC, a VEVENTQ object
+with its file).
 
 The fault queue's file is a model/anon_inode.py file: the caller reads struct
 iommu_hwpt_pgfault records from it and writes struct iommu_hwpt_page_response records to it.
@@ -13,31 +14,23 @@ record, EINVAL for a read too short for a group or a response with an unknown co
 """
 from __future__ import annotations
 
-import errno
-
+import collections
 import ctypes
+import errno
+import fcntl
+import functools
 import os
+import socket
+import struct
+import termios
 
 from model.anon_inode import AnonFile
-from model.objects import IommufdError, IommufdObject, needs_devices
+from model.objects import IommufdError, IommufdObject
 from model.uapi import B
 from model.viommu import iommufd_get_viommu
+
 VEVENTQ_MAX_DEPTH = 1 << 19  # eventq.c:502
-
-
-def iommufd_veventq_alloc(ucmd) -> int:
-    """iommufd_veventq_alloc() (eventq.c:504): flags, __reserved, or type
-    IOMMU_VEVENTQ_TYPE_DEFAULT EOPNOTSUPP (:512); veventq_depth 0 or > 1 << 19 EINVAL (:515);
-    then the vIOMMU (:518) ENOENT."""
-    cmd = ucmd.cmd
-    if cmd.flags or cmd.__reserved or cmd.type == B.IOMMU_VEVENTQ_TYPE_DEFAULT:
-        raise IommufdError(errno.EOPNOTSUPP)
-    if not cmd.veventq_depth or cmd.veventq_depth > VEVENTQ_MAX_DEPTH:
-        raise IommufdError(errno.EINVAL)
-    viommu = iommufd_get_viommu(ucmd, cmd.viommu_id)
-    raise needs_devices("IOMMU_VEVENTQ_ALLOC", viommu)
-
-
+INT_MAX = (1 << 31) - 1
 class FaultFile(AnonFile):
     """The "[iommufd-pgfault]" file: its release drops the FAULT object's user."""
 
@@ -147,4 +140,201 @@ def iommufd_fault_alloc(ucmd) -> int:
     fault.refs += 1
     ucmd.ictx.files.add(filep)
     objects.finalize(fault)
+    return 0
+
+
+# -- vIOMMU event queues -----------------------------------------------------------------------------
+
+VEVENT_HEADER = ctypes.sizeof(B.iommufd_vevent_header)
+
+
+@functools.lru_cache(maxsize=None)
+def _truesize(n: int) -> int:
+    """What one record of n bytes sent on a Unix stream socket charges the sender until the
+    reader consumes it (skb->truesize, read back with SIOCOUTQ)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        a.send(b"\0" * n)
+        return _outq(a)
+
+
+def _outq(sock) -> int:
+    return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+class VeventqFile(AnonFile):
+    """The "[iommufd-viommu-event]" file: its release drops the VEVENTQ object's user."""
+
+    kind = "iommufd-viommu-event"
+
+    def __init__(self, veventq: "IommufdVeventq"):
+        super().__init__()
+        self.veventq = veventq
+
+    def release(self) -> None:
+        """iommufd_eventq_fops_release()."""
+        self.veventq.refs -= 1
+        self.veventq.filep = None
+
+
+class IommufdVeventq(IommufdObject):
+    """struct iommufd_veventq: the deliver list is what the caller has not read yet.
+
+    A vEVENT is written to the file when it is reported (header, then the driver's data); the
+    model learns how much the caller has read from what its end of the socket still has in
+    flight (SIOCOUTQ: each record is one skb whose truesize is known), so num_events and the
+    queue depth follow the caller's reads exactly. A lost-events header the caller has not read
+    is taken back when a newer record replaces it, as the kernel removes it from its list (the
+    unread bytes are read back through the caller's end and written again). What a socket
+    cannot do (README): the kernel's read() rules for short counts. Records that do not fit
+    the socket's buffer wait in `pending` and are written as the caller reads."""
+
+    type = "VEVENTQ"
+
+    def __init__(self, viommu, veventq_type: int, depth: int):
+        super().__init__()
+        self.viommu = viommu
+        self.veventq_type = veventq_type
+        self.depth = depth
+        self.sequence = 0
+        self.filep: VeventqFile | None = None
+        self.sent: collections.deque = collections.deque()  # (lost?, truesize, length) unread in the socket
+        self.sent_bytes = 0
+        self.pending: collections.deque = collections.deque()  # (lost?, record) not written yet
+        self.stale_lost_headers = 0  # lost-events headers the kernel would have withdrawn
+
+    def _sync(self) -> None:
+        """Drop the records the caller has read; write pending ones that now fit."""
+        if self.filep is None:
+            return
+        outq = _outq(self.filep.sock)
+        while self.sent and self.sent_bytes > outq:
+            self.sent_bytes -= self.sent.popleft()[1]
+        while self.pending:
+            lost, rec = self.pending[0]
+            if not self._send(lost, rec):
+                break
+            self.pending.popleft()
+
+    def _send(self, lost: bool, rec: bytes) -> bool:
+        try:
+            self.filep.sock.send(rec)
+        except (BlockingIOError, OSError):
+            return False
+        t = _truesize(len(rec))
+        self.sent.append((lost, t, len(rec)))
+        self.sent_bytes += t
+        return True
+
+    def _withdraw_lost_header(self) -> bool:
+        """list_del(&lost_events_header.node) when the header is already in the caller's
+        socket: take the unread bytes back through a descriptor of the caller's end in this
+        process and write them again without it. False when no such descriptor is at hand."""
+        fd = self.filep.caller_end()
+        if fd is None:
+            return False
+        with socket.socket(fileno=os.dup(fd)) as s:
+            data = b""
+            while True:
+                try:
+                    chunk = s.recv(1 << 16, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        records = list(self.sent)
+        self.sent.clear()
+        self.sent_bytes = 0
+        whole = sum(n for _, _, n in records[1:])
+        head = len(data) - whole  # what is left of the first record (a partial read)
+        out = []
+        if records and head > 0:
+            out.append((records[0][0], data[:head]))
+        pos = max(head, 0)
+        for lost, _, n in records[1:]:
+            out.append((lost, data[pos:pos + n]))
+            pos += n
+        assert out and out[-1][0], "the unread tail is not the lost-events header"
+        for lost, rec in out[:-1]:
+            self._send(lost, rec)
+        return True
+
+    @property
+    def num_events(self) -> int:
+        """veventq->num_events: normal vEVENTs delivered and not read."""
+        return sum(1 for r in self.sent if not r[0]) + sum(1 for r in self.pending if not r[0])
+
+    def _last_is_lost_header(self) -> bool:
+        last = self.pending[-1] if self.pending else (self.sent[-1] if self.sent else None)
+        return last is not None and last[0]
+
+    def report(self, event_data: bytes) -> None:
+        """iommufd_viommu_report_event()'s queueing + iommufd_vevent_handler(): a full queue
+        (num_events == depth) gets the lost-events header instead; the header last in the list
+        is replaced by the new record; each record takes the next sequence number (mod 2^31)."""
+        self._sync()
+        lost = self.num_events == self.depth
+        if self._last_is_lost_header():  # list_del(&lost_events_header.node)
+            if self.pending:
+                self.pending.pop()
+            elif not self._withdraw_lost_header():
+                self.stale_lost_headers += 1  # no descriptor of the caller's end here
+        flags = B.IOMMU_VEVENTQ_FLAG_LOST_EVENTS if lost else 0
+        rec = bytes(B.iommufd_vevent_header(flags=flags, sequence=self.sequence))
+        if not lost:
+            rec += event_data
+        self.sequence = (self.sequence + 1) & INT_MAX
+        self.pending.append((lost, rec))
+        self._sync()
+
+
+def iommufd_veventq_abort(veventq: IommufdVeventq) -> None:
+    """iommufd_veventq_abort() (eventq.c:230): the undelivered events go, the vIOMMU loses a
+    user and the queue leaves its list."""
+    veventq.pending.clear()
+    veventq.viommu.refs -= 1
+    veventq.viommu.veventqs.remove(veventq)
+
+
+iommufd_veventq_destroy = iommufd_veventq_abort  # eventq.c:250: abort under the rwsem
+
+
+def iommufd_veventq_alloc(ucmd) -> int:
+    """iommufd_veventq_alloc() (eventq.c:504): flags, __reserved, or type DEFAULT EOPNOTSUPP;
+    veventq_depth 0 or > 1 << 19 EINVAL; the vIOMMU (ENOENT); one queue per type per vIOMMU
+    (EEXIST); then the object, its file (a user of it while open), the ID and descriptor
+    answered, finalize and install. A fault writing the answer undoes all of it."""
+    cmd = ucmd.cmd
+    if cmd.flags or cmd.__reserved or cmd.type == B.IOMMU_VEVENTQ_TYPE_DEFAULT:
+        raise IommufdError(errno.EOPNOTSUPP)
+    if not cmd.veventq_depth or cmd.veventq_depth > VEVENTQ_MAX_DEPTH:
+        raise IommufdError(errno.EINVAL)
+    viommu = iommufd_get_viommu(ucmd, cmd.viommu_id)
+    if viommu.find_veventq(cmd.type) is not None:
+        raise IommufdError(errno.EEXIST)
+    objects = ucmd.ictx.objects
+    veventq = objects.alloc(IommufdVeventq(viommu, cmd.type, cmd.veventq_depth))
+    viommu.refs += 1
+    viommu.veventqs.append(veventq)
+    filep = VeventqFile(veventq)
+    try:
+        fd = filep.install(ucmd.task)
+    except BaseException:
+        filep.discard()
+        objects.abort_and_destroy(veventq)
+        raise
+    cmd.out_veventq_id = veventq.id
+    cmd.out_veventq_fd = fd
+    try:
+        ucmd.respond()
+    except BaseException:
+        os.close(fd)
+        filep._close()
+        objects.abort_and_destroy(veventq)
+        raise
+    veventq.filep = filep
+    veventq.refs += 1
+    ucmd.ictx.files.add(filep)
+    objects.finalize(veventq)
     return 0

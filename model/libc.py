@@ -64,3 +64,58 @@ def effective_caps(pid: int) -> int:
     if libc.capget(hdr, data) != 0:
         return 0
     return data[0].effective | (data[1].effective << 32)
+
+
+class Mapping:
+    """A mapping that mmap(2) made in this process: what `fd.mmap()` answers on every target.
+    read/write go through the mapping itself (a page the caller cannot touch faults, as it
+    would in C); munmap() removes it (once)."""
+
+    def __init__(self, addr: int, length: int):
+        self.addr = addr
+        self.length = length
+
+    def _check(self, offset: int, n: int) -> None:
+        if self.addr is None:
+            raise ValueError("mapping already unmapped")
+        if offset < 0 or n < 0 or offset + n > self.length:
+            raise ValueError(f"[{offset:#x}, {offset + n:#x}) is outside the mapping of {self.length:#x} bytes")
+
+    def read(self, offset: int, n: int) -> bytes:
+        self._check(offset, n)
+        return ctypes.string_at(self.addr + offset, n)
+
+    def write(self, offset: int, data: bytes) -> None:
+        self._check(offset, len(data))
+        ctypes.memmove(self.addr + offset, data, len(data))
+
+    def u32(self, offset: int) -> int:
+        return int.from_bytes(self.read(offset, 4), "little")
+
+    def set_u32(self, offset: int, value: int) -> None:
+        self.write(offset, value.to_bytes(4, "little"))
+
+    def munmap(self) -> None:
+        if self.addr is not None:
+            if libc.munmap(self.addr, self.length) != 0:
+                raise errno_error()
+            self.addr = None
+
+    close = munmap
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.munmap()
+
+
+MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def mmap(fd: int, length: int, prot: int, flags: int, offset: int, addr: int = 0) -> Mapping:
+    """mmap(2) of descriptor `fd`; OSError with the system call's errno."""
+    va = libc.mmap(addr or None, length, prot, flags, fd, offset)
+    if va is None or va == MAP_FAILED:
+        raise errno_error()
+    return Mapping(va, length)

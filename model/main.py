@@ -19,6 +19,7 @@ from typing import Callable
 
 from model import device, eventq, hw_pagetable, ioas, vfio_compat, viommu
 from model.anon_inode import AnonFiles
+from model.driver import MmapTree
 from model.hooks import iommufd_selftest_destroy, iommufd_test
 from model.objects import OBJECT_TYPES, IommufdError, NotModelled, ObjectOps, ObjectTable
 from model.pages import IOPT_PAGES_ACCOUNT_USER
@@ -120,7 +121,11 @@ OBJECT_OPS = {
     "FAULT": ObjectOps(destroy=eventq.iommufd_fault_destroy),
     "HWPT_PAGING": ObjectOps(destroy=hw_pagetable.iommufd_hwpt_paging_destroy),
     "HWPT_NESTED": ObjectOps(destroy=hw_pagetable.iommufd_hwpt_nested_destroy),
+    "HW_QUEUE": ObjectOps(destroy=viommu.iommufd_hw_queue_destroy),
     "IOAS": ObjectOps(destroy=ioas.iommufd_ioas_destroy),
+    "VDEVICE": ObjectOps(destroy=viommu.iommufd_vdevice_destroy, abort=viommu.iommufd_vdevice_abort),
+    "VEVENTQ": ObjectOps(destroy=eventq.iommufd_veventq_destroy, abort=eventq.iommufd_veventq_abort),
+    "VIOMMU": ObjectOps(destroy=viommu.iommufd_viommu_destroy),
     **({"SELFTEST": ObjectOps(destroy=iommufd_selftest_destroy)} if iommufd_selftest_destroy else {}),
 }
 
@@ -168,11 +173,12 @@ class IommufdCtx:
         # objects it touches. The caller (model/file.py, a server) holds it around ioctl().
         self.lock = threading.Lock()
         self.released = False
-        self.files = AnonFiles()  # access / fault files handed out (model/anon_inode.py)
+        self.files = AnonFiles()  # access / fault / vEVENTQ files handed out (model/anon_inode.py)
+        self.mt_mmap = MmapTree()  # regions drivers registered for mmap (model/driver.py)
 
     def ioctl(self, task: Task, cmd: int, arg: int) -> int:
         """iommufd_fops_ioctl(): the command at user address `arg` of `task`."""
-        if self.files.files:
+        if self.files.files or self.mt_mmap.mapped:
             self.catch_up()
         nr = cmd & 0xFF
         if nr < IOMMUFD_CMD_BASE or nr - IOMMUFD_CMD_BASE >= _TABLE_LEN:
@@ -208,6 +214,8 @@ class IommufdCtx:
         for f in self.files.files:
             if f.kind == "iommufd-pgfault":
                 f.fault.take_responses()
+        if self.mt_mmap.mapped:
+            mmap_catch_up(self)
 
     def check_invariants(self) -> None:
         """AssertionError unless the context is consistent: objects and IDs, each IOAS's table,
@@ -240,10 +248,27 @@ class IommufdCtx:
                     if o.id in attach.device_array:
                         hold(o)
                         hold(attach.hwpt)
-            elif o.type == "FAULT" and o.filep is not None:
+            elif o.type in ("FAULT", "VEVENTQ") and o.filep is not None:
                 hold(o)
+            elif o.type == "VIOMMU":
+                hold(o.hwpt)
+            elif o.type == "VDEVICE":
+                hold(o.viommu)
+                hold(o.idev)
+                assert o.idev.vdev is o and o.viommu.vdevs.get(o.virt_id) is o, f"vDEVICE {o.id} not linked"
+            elif o.type == "HW_QUEUE":
+                hold(o.viommu)
+                if getattr(o, "prev", None) is not None:  # iommufd_hw_queue_depend()
+                    hold(o.prev)
+            if o.type == "ACCESS" and o.internal:
+                assert any(q.access is o for q in self.objects.of_type("HW_QUEUE")), f"internal ACCESS {o.id} without its queue"
+            if o.type == "VEVENTQ":
+                hold(o.viommu)
             if o.type in ("HWPT_PAGING", "HWPT_NESTED") and o.fault is not None:
                 hold(o.fault)
+        for immap in self.mt_mmap.regions():  # each VMA holds a user of the region's owner
+            for _ in range(sum(immap.mapped.values())):
+                hold(immap.owner)
         for o in self.objects.objects.values():
             assert o.refs == expected[id(o)], f"{o.type} {o.id}: {o.refs} users beyond its own, {expected[id(o)]} holders"
         for obj in self.objects.of_type("IOAS"):

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import bisect
 import errno
+import itertools
+import mmap
 import os
 import threading
 
@@ -100,6 +102,7 @@ class PhysicalMemory:
         self._blocks: dict[tuple, int] = {}  # huge pages: (key minus page, block index) -> first pfn
         self.pins: dict[tuple, int] = {}  # key -> pin count (page refcount / GUP_PIN_COUNTING_BIAS)
         self.pfn: dict[tuple, int] = {}  # key -> pfn, while pinned
+        self.kernel_pages: dict[int, "KernelPages"] = {}  # first pfn -> pages a driver allocated
 
     def _block_pfn(self, key: tuple, block: int) -> int:
         if block == 1:  # a small page: any free frame
@@ -155,3 +158,52 @@ class PhysicalMemory:
     def snapshot(self) -> tuple:
         with self.lock:
             return tuple(sorted(self.pins.items()))
+
+
+_KERNEL_SERIAL = itertools.count()
+
+
+class KernelPages:
+    """__get_free_pages(GFP_KERNEL | __GFP_ZERO, order): 2**order zeroed, physically contiguous
+    frames a driver owns (the mock vIOMMU's MMIO page). They are a memfd the model maps (`buf`,
+    the kernel's virtual address) so that io_remap_pfn_range() of their frames into a user's
+    mm can be a real shared mapping of the same memory (the loopback the selftest checks)."""
+
+    def __init__(self, memory: PhysicalMemory, order: int, name: str):
+        self.memory = memory
+        self.npages = 1 << order
+        self.size = self.npages * PAGE_SIZE
+        self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        os.ftruncate(self.fd, self.size)
+        st = os.fstat(self.fd)
+        self.file = (st.st_dev, st.st_ino)  # how /proc/PID/maps names a mapping of it
+        self.buf = mmap.mmap(self.fd, self.size)
+        self.key = ("kernel", next(_KERNEL_SERIAL))
+        self.pfn = memory.pin(self.key + (0,), self.npages)
+        for i in range(1, self.npages):
+            memory.pin(self.key + (i,), self.npages)
+        memory.kernel_pages[self.pfn] = self
+
+    @property
+    def phys(self) -> int:
+        """__pa() of the first page."""
+        return self.pfn * PAGE_SIZE
+
+    def free(self) -> None:
+        """free_pages(): the frames go; a user mapping of them keeps the memfd's pages alive,
+        which the kernel's users counting makes unreachable (the owner outlives its mappings)."""
+        if self.buf.closed:
+            return
+        del self.memory.kernel_pages[self.pfn]
+        for i in range(self.npages):
+            self.memory.unpin(self.key + (i,))
+        self.buf.close()
+        os.close(self.fd)
+
+
+def kernel_pages_of(memory: PhysicalMemory, pfn: int) -> tuple[KernelPages, int] | None:
+    """The driver pages holding frame `pfn` and its page index in them, or None."""
+    for first, kp in memory.kernel_pages.items():
+        if first <= pfn < first + kp.npages:
+            return kp, pfn - first
+    return None

@@ -70,6 +70,7 @@ class ObjectTable:
         self._reserved: set[int] = set()  # IDs of allocated, not yet finalized objects
         self._free_below: list[int] = []  # freed IDs below `_next`, sorted
         self._next = 1
+        self.tombstones: set[int] = set()  # IDs left XA_ZERO_ENTRY by a tombstone removal
 
     def alloc(self, obj: IommufdObject) -> IommufdObject:
         """iommufd_object_alloc(): xa_alloc() the lowest free ID; EBUSY when the range is full."""
@@ -110,15 +111,20 @@ class ObjectTable:
             raise IommufdError(errno.ENOENT)
         return obj
 
-    def remove(self, id: int) -> IommufdObject:
-        """iommufd_object_remove(): ENOENT unknown, EBUSY while another object holds it."""
+    def remove(self, id: int, tombstone: bool = False) -> IommufdObject:
+        """iommufd_object_remove(): ENOENT unknown (a tombstone too: xa_is_zero()), EBUSY while
+        another object holds it. With REMOVE_OBJ_TOMBSTONE the ID stays taken (XA_ZERO_ENTRY):
+        no lookup finds it and xa_alloc() never hands it out again in this context."""
         obj = self.objects.get(id)
         if obj is None:
             raise IommufdError(errno.ENOENT)
         if obj.refs:
             raise IommufdError(errno.EBUSY)
         del self.objects[id]
-        self._release_id(id)
+        if tombstone:
+            self.tombstones.add(id)
+        else:
+            self._release_id(id)
         return obj
 
     def _release_id(self, id: int) -> None:
@@ -136,6 +142,7 @@ class ObjectTable:
             assert obj.id == id and 1 <= id < self._next and obj.refs >= 0, f"object {id}"
         assert self._free_below == sorted(set(self._free_below)), "free IDs out of order"
         assert not set(self._free_below) & set(self.objects), "a free ID is in use"
+        assert not self.tombstones & (set(self.objects) | set(self._free_below)), "a tombstone in use or free"
         assert all(i < self._next for i in self._free_below), "a free ID at or past the next one"
         assert not self._reserved, f"IDs reserved outside a call: {self._reserved}"
 

@@ -227,6 +227,22 @@ def iommufd_test_trigger_iopf(ucmd, cmd) -> int:
     return 0
 
 
+def iommufd_test_trigger_vevent(ucmd, cmd) -> int:
+    """iommufd_test_trigger_vevent() (selftest.c:1783): the DEVICE (ENOENT); ENOENT unless the
+    mock device is attached to a nested domain of a vIOMMU with a nonzero virt_id (both read at
+    attach time); then a struct iommu_viommu_event_selftest {virt_id} reported to the vIOMMU's
+    selftest event queue (EOPNOTSUPP without one)."""
+    from model.driver import iommufd_viommu_report_event
+
+    idev = iommufd_get_device(ucmd, cmd.trigger_vevent.dev_id)
+    mdev = idev.dev
+    if mdev.viommu is None or not mdev.vdev_id:
+        raise IommufdError(errno.ENOENT)
+    event = B.iommu_viommu_event_selftest(virt_id=mdev.vdev_id)
+    iommufd_viommu_report_event(mdev.viommu, B.IOMMU_VEVENTQ_TYPE_SELFTEST, bytes(event))
+    return 0
+
+
 def iommufd_test_pasid_attach(ucmd, cmd) -> int:
     sobj = iommufd_test_get_selftest_obj(ucmd.ictx, cmd.id)
     pa = cmd.pasid_attach
@@ -306,7 +322,7 @@ TEST_OPS = {
     B.IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT: iommufd_test_set_temp_memory_limit,
     B.IOMMU_TEST_OP_DIRTY: iommufd_test_dirty,
     B.IOMMU_TEST_OP_TRIGGER_IOPF: iommufd_test_trigger_iopf,
-    B.IOMMU_TEST_OP_TRIGGER_VEVENT: _not_modelled("TRIGGER_VEVENT (vIOMMU)"),
+    B.IOMMU_TEST_OP_TRIGGER_VEVENT: iommufd_test_trigger_vevent,
     B.IOMMU_TEST_OP_PASID_ATTACH: iommufd_test_pasid_attach,
     B.IOMMU_TEST_OP_PASID_REPLACE: iommufd_test_pasid_replace,
     B.IOMMU_TEST_OP_PASID_DETACH: iommufd_test_pasid_detach,

@@ -11,9 +11,11 @@ import errno
 
 from model.device import IOMMU_CAP_CACHE_COHERENCY, IOMMU_CAP_DIRTY_TRACKING, IOMMU_NO_PASID
 from model.domain import IommuDomain
+from model.driver import iommufd_viommu_get_vdev_id
 from model.hw_pagetable import copy_struct_from_user_array, copy_struct_from_user_data
 from model.objects import IommufdError
 from model.pt.table import amdv1_mock, amdv1_mock_huge
+from model.selftest.viommu import mock_get_viommu_size, mock_viommu_init
 from model.uapi import B
 
 MOCK_DIRTY_TRACK = 1
@@ -191,11 +193,15 @@ class MockIommuOps:
         new_viommu = getattr(domain, "mock_viommu", None) if domain.type == "NESTED" else None
         vdev_id = 0
         if new_viommu is not None:
-            vdev_id = new_viommu.vdev_id_of(dev)
+            vdev_id = iommufd_viommu_get_vdev_id(new_viommu, dev)  # ENOENT without a vDEVICE there
         self._enable_iopf(dev, domain)
         self._disable_iopf(dev, dev.domain)
         dev.viommu, dev.vdev_id = new_viommu, vdev_id
         dev.domain = domain
+
+    # get_viommu_size / viommu_init: the selftest vIOMMU (model/selftest/viommu.py)
+    get_viommu_size = staticmethod(mock_get_viommu_size)
+    viommu_init = staticmethod(mock_viommu_init)
 
     def set_dev_pasid(self, domain: IommuDomain, dev: MockDev, pasid: int, old) -> None:
         """mock_domain_set_dev_pasid_nop(): PASID 1024 fails every second non-blocking set
@@ -232,6 +238,7 @@ class MockIommuOps:
 
 
 MOCK_OPS = MockIommuOps()
+MOCK_IOMMU.ops = MOCK_OPS  # iommu_dev->ops
 
 
 def mock_dev_create(dev_flags: int) -> MockDev:
