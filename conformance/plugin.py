@@ -9,6 +9,7 @@ only with --vm-runner-tests (CI passes it), so the default test command never bo
 """
 from __future__ import annotations
 
+import mmap
 import os
 from pathlib import Path
 
@@ -206,6 +207,15 @@ class _Fd:
         if _CURRENT is not None:
             _CURRENT.calls.append((name, 0))
         return rc
+
+    def mmap(self, length, prot=mmap.PROT_READ | mmap.PROT_WRITE, flags=mmap.MAP_SHARED, offset=0):
+        """mmap(2) of the target's file (a model.libc.Mapping); the model's 'not modelled' is a skip."""
+        try:
+            return self._f.mmap(length, prot, flags, offset)
+        except OSError as e:
+            if getattr(e, "ioctl", None) and self.target == "model":
+                raise pytest.skip.Exception(f"model: {e.ioctl} is not modelled yet", _use_item_location=True) from None
+            raise
 
     def close(self):
         self._f.close()

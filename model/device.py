@@ -81,13 +81,11 @@ def iommufd_device_pre_destroy(idev: IommufdDevice) -> None:
     """iommufd_device_pre_destroy() -> iommufd_device_remove_vdev() (device.c:140): no new
     vDEVICE from now on; a vDEVICE still alive is destroyed and its ID left a tombstone
     (iommufd_object_tombstone_user(): IOMMU_DESTROY of it is ENOENT, the ID is never reused)."""
-    from model.viommu import iommufd_vdevice_destroy
-
     idev.destroying = True
     vdev = idev.vdev
     if vdev is not None:
         objects = idev.ictx.objects
-        iommufd_vdevice_destroy(objects.remove(vdev.id, tombstone=True))
+        objects.destroy(objects.remove(vdev.id, tombstone=True))
 
 
 def iommufd_device_unbind(idev: IommufdDevice) -> None:

@@ -12,10 +12,9 @@ import bisect
 import errno
 from dataclasses import dataclass, field
 
-from model.limits import PAGE_SIZE, ULONG_MAX
+from model.limits import PAGE_SHIFT, PAGE_SIZE, ULONG_MAX
 from model.objects import IommufdError, IommufdObject
 
-PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
 
 
 def iommufd_object_depend(dependent: IommufdObject, depended: IommufdObject) -> None:

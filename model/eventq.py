@@ -27,7 +27,6 @@ import termios
 from model.anon_inode import AnonFile
 from model.objects import IommufdError, IommufdObject
 from model.uapi import B
-from model.viommu import iommufd_get_viommu
 
 VEVENTQ_MAX_DEPTH = 1 << 19  # eventq.c:502
 INT_MAX = (1 << 31) - 1
@@ -310,7 +309,7 @@ def iommufd_veventq_alloc(ucmd) -> int:
         raise IommufdError(errno.EOPNOTSUPP)
     if not cmd.veventq_depth or cmd.veventq_depth > VEVENTQ_MAX_DEPTH:
         raise IommufdError(errno.EINVAL)
-    viommu = iommufd_get_viommu(ucmd, cmd.viommu_id)
+    viommu = ucmd.ictx.objects.get(cmd.viommu_id, "VIOMMU")  # iommufd_get_viommu()
     if viommu.find_veventq(cmd.type) is not None:
         raise IommufdError(errno.EEXIST)
     objects = ucmd.ictx.objects

@@ -24,15 +24,20 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import mmap
 import os
 
-from model import vfs
+from model import libc, vfs
+from model.libc import Mapping
 from model.main import IommufdCtx
 from model.objects import IommufdError, NotModelled
 from model.task import Accounts, Task
 from model.uaccess import BouncedMemory, UserFault
 
 IOCTL_BUFSZ = 1024  # CPython's fcntl.ioctl bounce buffer
+MAP_FIXED = 0x10  # <sys/mman.h> (Python's mmap module does not export it)
+MAP_NORESERVE = 0x4000
+PROT_NONE = 0
 
 
 class IommufdFile:
@@ -100,6 +105,51 @@ class IommufdFile:
             raise OSError(e.errno, os.strerror(e.errno)) from None
         except UserFault:
             raise OSError(errno.EFAULT, os.strerror(errno.EFAULT)) from None
+
+    def mmap(self, length: int, prot: int = mmap.PROT_READ | mmap.PROT_WRITE, flags: int = mmap.MAP_SHARED,
+             offset: int = 0) -> Mapping:
+        """mmap(2) of the file, as the system call does it (model/mm.py): do_mmap()'s checks and
+        flags, a VMA (a real reservation in this process), the driver's hook iommufd_fops_mmap()
+        (model/main.py), and the PFNs it remapped made real: each is a page a model driver
+        allocated (model/memory.py KernelPages), mapped shared at its place in the VMA, so the
+        caller and the model's driver see the same memory. OSError with the kernel's errno."""
+        from model import mm
+        from model.main import iommufd_fops_mmap
+        from model.memory import kernel_pages_of
+
+        ictx = self.ictx
+        if ictx is None:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        if os.getpid() != self._owner or (self._pid is not None and self._pid != self._owner):
+            raise NotModelled("mmap() into another process (the server of issue 13)")
+        noexec = bool(os.statvfs("/dev").f_flag & os.ST_NOEXEC)  # where /dev/iommu lives
+        vm_flags = mm.do_mmap_checks(length, prot, flags, offset, mm.FMODE_READ | mm.FMODE_WRITE, noexec=noexec)
+        if vm_flags < 0:
+            raise OSError(-vm_flags, os.strerror(-vm_flags))
+        size = mm.PAGE_ALIGN(length)
+        start = libc.libc.mmap(None, size, PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+        if start in (None, libc.MAP_FAILED):
+            raise libc.errno_error()
+        vma = mm.Vma(mm.Mm(), start, start + size, offset >> mm.PAGE_SHIFT, vm_flags, mm.vm_get_page_prot(vm_flags))
+        try:
+            with ictx.lock:
+                if ictx.released:
+                    raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+                rc = iommufd_fops_mmap(ictx, vma)
+                if rc:
+                    raise OSError(-rc, os.strerror(-rc))
+                for addr, pfn, n, _ in vma.remaps:  # the PTEs, made real
+                    kp, index = kernel_pages_of(ictx.accounts.memory, pfn)
+                    if libc.libc.mmap(addr, n, prot, mmap.MAP_SHARED | MAP_FIXED, kp.fd, index * mm.PAGE_SIZE) != addr:
+                        raise libc.errno_error()
+                immap = vma.private_data
+                immap.mapped[os.getpid()] = immap.mapped.get(os.getpid(), 0) + 1
+        except BaseException:
+            if vma.private_data is not None and not vma.private_data.mapped.get(os.getpid()):
+                vma.private_data.owner.refs -= 1  # the VMA goes before anyone saw it
+            libc.libc.munmap(start, size)
+            raise
+        return Mapping(start, size)
 
     def close(self) -> None:
         """close(): iommufd_fops_release() once the ioctl in flight (if any) is done. In a forked

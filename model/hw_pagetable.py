@@ -170,6 +170,31 @@ def iommufd_hwpt_nested_alloc(ictx, parent: HwptPaging, idev, flags: int, user_d
     return hwpt
 
 
+def iommufd_viommu_alloc_hwpt_nested(viommu, flags: int, user_data):
+    """iommufd_viommu_alloc_hwpt_nested() (hw_pagetable.c:287): flags other than FAULT_ID_VALID
+    and PASID, no driver data, or a driver without alloc_domain_nested EOPNOTSUPP; the nested
+    HWPT holds the vIOMMU (not the parent) and its domain comes from the vIOMMU's driver."""
+    if flags & ~(B.IOMMU_HWPT_FAULT_ID_VALID | B.IOMMU_HWPT_ALLOC_PASID) or not user_data.len:
+        raise IommufdError(errno.EOPNOTSUPP)
+    alloc = getattr(viommu.ops, "alloc_domain_nested", None)
+    if alloc is None:
+        raise IommufdError(errno.EOPNOTSUPP)
+    objects = viommu.ictx.objects
+    hwpt = objects.alloc(HwptNested(viommu.hwpt, viommu))
+    hwpt.pasid_compat = bool(flags & B.IOMMU_HWPT_ALLOC_PASID)
+    viommu.refs += 1
+    try:
+        hwpt.domain = alloc(viommu, flags & ~B.IOMMU_HWPT_FAULT_ID_VALID, user_data)
+        hwpt.domain.iommufd_hwpt = hwpt
+        hwpt.domain.owner = viommu.iommu_dev.ops
+        if hwpt.domain.type != "NESTED":  # WARN_ON_ONCE
+            raise IommufdError(errno.EOPNOTSUPP)
+    except BaseException:
+        objects.abort_and_destroy(hwpt)
+        raise
+    return hwpt
+
+
 def iommufd_hwpt_alloc(ucmd) -> int:
     """iommufd_hwpt_alloc(): __reserved EOPNOTSUPP; data_type NONE with a data_len, or another
     type without one, EINVAL; the device (ENOENT); pt_id of any type, unknown EINVAL (not
@@ -194,8 +219,6 @@ def iommufd_hwpt_alloc(ucmd) -> int:
     elif pt_obj.type == "HWPT_PAGING":
         hwpt = iommufd_hwpt_nested_alloc(ucmd.ictx, pt_obj, idev, cmd.flags, user_data)
     elif pt_obj.type == "VIOMMU":
-        from model.viommu import iommufd_viommu_alloc_hwpt_nested
-
         if pt_obj.iommu_dev is not idev.dev.iommu_dev:
             raise IommufdError(errno.EINVAL)
         hwpt = iommufd_viommu_alloc_hwpt_nested(pt_obj, cmd.flags, user_data)

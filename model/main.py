@@ -20,6 +20,7 @@ from typing import Callable
 from model import device, eventq, hw_pagetable, ioas, vfio_compat, viommu
 from model.anon_inode import AnonFiles
 from model.driver import MmapTree
+from model.limits import PAGE_SHIFT
 from model.hooks import iommufd_selftest_destroy, iommufd_test
 from model.objects import OBJECT_TYPES, IommufdError, NotModelled, ObjectOps, ObjectTable
 from model.pages import IOPT_PAGES_ACCOUNT_USER
@@ -159,6 +160,82 @@ def check_object_ops(ops: dict) -> None:
 IOCTL_TABLE, UNHANDLED = build_ioctl_table(IOCTL_OPS, B.IOCTLS)
 check_object_ops(OBJECT_OPS)
 _TABLE_LEN = len(IOCTL_TABLE)
+
+
+def iommufd_fops_mmap(ictx, vma) -> int:
+    """iommufd_fops_mmap() (main.c:584), on a model/mm.py Vma: 0 or -errno as the kernel.
+
+    A length that is not whole pages EINVAL (do_mmap() has rounded it already), a mapping that
+    is not VM_SHARED EINVAL, VM_EXEC EPERM; vm_pgoff must be the exact start page of a
+    registered region (an offset inside one, or none there, ENXIO) and the length its length
+    (ENXIO); then the owner gains a user (the VMA's: vma open/close), and the region's
+    physical pages are I/O remapped over the whole VMA with vm_pgoff reset to 0."""
+    from model import mm
+
+    length = vma.end - vma.start
+    if length % mm.PAGE_SIZE:
+        return -errno.EINVAL
+    if not vma.flags & mm.VM_SHARED:
+        return -errno.EINVAL
+    if vma.flags & mm.VM_EXEC:
+        return -errno.EPERM
+    immap = ictx.mt_mmap.load(vma.pgoff << mm.PAGE_SHIFT)
+    if immap is None:
+        return -errno.ENXIO
+    if vma.pgoff != immap.vm_pgoff or length != immap.length:
+        return -errno.ENXIO
+    immap.owner.refs += 1  # refcount_inc_not_zero(&immap->owner->users)
+    vma.pgoff = 0
+    vma.private_data = immap
+    vma.vm_ops = IOMMUFD_VMA_OPS
+    vma.page_prot = mm.pgprot_noncached(vma.page_prot)
+    rc = mm.io_remap_pfn_range(vma, vma.start, immap.mmio_addr >> mm.PAGE_SHIFT, length, vma.page_prot)
+    if rc:
+        immap.owner.refs -= 1
+    return rc
+
+
+def _vma_open(vma) -> None:
+    vma.private_data.owner.refs += 1
+
+
+def _vma_close(vma) -> None:
+    vma.private_data.owner.refs -= 1
+
+
+def _iommufd_vma_ops():
+    from model.mm import VmOps
+
+    ops = VmOps()
+    ops.open, ops.close = _vma_open, _vma_close  # iommufd_vma_ops: a VMA holds a user of the owner
+    return ops
+
+
+IOMMUFD_VMA_OPS = _iommufd_vma_ops()
+
+
+def mmap_catch_up(ictx) -> None:
+    """vma open/close as they happened in the callers' address spaces since the last call: each
+    region's VMAs are counted in /proc/PID/maps (a split or a partial munmap changes the count
+    as the kernel's open/close hooks would), and the owner's users follow."""
+    from model.memory import Vmas, kernel_pages_of
+
+    memory = ictx.accounts.memory
+    for immap in ictx.mt_mmap.regions():
+        if not immap.mapped:
+            continue
+        found = kernel_pages_of(memory, immap.mmio_addr >> PAGE_SHIFT)
+        for pid, old in list(immap.mapped.items()):
+            n = 0
+            if found is not None:
+                kp = found[0]
+                dev, ino = kp.file
+                n = sum(1 for v in Vmas(pid).vmas if v.ino == ino and v.dev == dev and v.start != kp.va)
+            immap.owner.refs += n - old
+            if n:
+                immap.mapped[pid] = n
+            else:
+                del immap.mapped[pid]
 
 
 class IommufdCtx:

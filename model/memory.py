@@ -17,6 +17,7 @@ EFAULT for get_user_pages(), a mapping without 'w' is EFAULT for a FOLL_WRITE pi
 from __future__ import annotations
 
 import bisect
+import ctypes
 import errno
 import itertools
 import mmap
@@ -105,8 +106,8 @@ class PhysicalMemory:
         self.kernel_pages: dict[int, "KernelPages"] = {}  # first pfn -> pages a driver allocated
 
     def _block_pfn(self, key: tuple, block: int) -> int:
-        if block == 1:  # a small page: any free frame
-            self._next += 1
+        if block == 1:  # a small page: a free frame with a free one on each side, so that no
+            self._next += 2  # run of small pages (or one beside a huge page) is ever contiguous
             return self._next - 1
         bkey = key[:-1] + (key[-1] // block, block)
         base = self._blocks.get(bkey)
@@ -178,6 +179,9 @@ class KernelPages:
         st = os.fstat(self.fd)
         self.file = (st.st_dev, st.st_ino)  # how /proc/PID/maps names a mapping of it
         self.buf = mmap.mmap(self.fd, self.size)
+        view = ctypes.c_char.from_buffer(self.buf)
+        self.va = ctypes.addressof(view)  # the model's own mapping: not a user's VMA
+        del view
         self.key = ("kernel", next(_KERNEL_SERIAL))
         self.pfn = memory.pin(self.key + (0,), self.npages)
         for i in range(1, self.npages):

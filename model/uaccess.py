@@ -123,3 +123,19 @@ def copy_struct_from_user(mem, cls, uptr: int, usize: int):
     except UserFault:
         raise IommufdError(errno.EFAULT) from None
     return cls.from_buffer_copy(data.ljust(ksize, b"\0"))
+
+
+def copy_from_user(mem, uptr: int, n: int) -> bytes:
+    """copy_from_user(): n bytes at uptr, or EFAULT."""
+    try:
+        return mem.read(uptr, n) if n else b""
+    except UserFault:
+        raise IommufdError(errno.EFAULT) from None
+
+
+def copy_to_user(mem, uptr: int, data: bytes) -> None:
+    """copy_to_user(): data at uptr, or EFAULT."""
+    try:
+        mem.write(uptr, data)
+    except UserFault:
+        raise IommufdError(errno.EFAULT) from None

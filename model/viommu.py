@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import errno
 
+from model.device import (
+    iommufd_access_attach_internal, iommufd_access_create_internal, iommufd_access_destroy_internal,
+    iommufd_access_detach_internal, iommufd_access_pin_pages, iommufd_access_unpin_pages, iommufd_get_device,
+)
+from model.hw_pagetable import IommuUserData, iommufd_get_hwpt_paging
 from model.limits import PAGE_SIZE, U64_MAX, ULONG_MAX
 from model.objects import IommufdError, IommufdObject
 from model.uapi import B
@@ -91,8 +96,6 @@ def iommufd_viommu_alloc_ioctl(ucmd) -> int:
     EOPNOTSUPP; hwpt_id must be a HWPT_PAGING (ENOENT) made NEST_PARENT (EINVAL); then the
     object (ID reserved), its core part, and the driver's viommu_init() with the driver data
     (data_len 0: none). A failure anywhere after the allocation destroys it (ID freed)."""
-    from model.device import iommufd_get_device
-    from model.hw_pagetable import IommuUserData, iommufd_get_hwpt_paging
 
     cmd = ucmd.cmd
     if cmd.flags or cmd.type == B.IOMMU_VIOMMU_TYPE_DEFAULT:
@@ -156,7 +159,6 @@ def iommufd_vdevice_alloc_ioctl(ucmd) -> int:
     device being destroyed ENOENT; a device with a vDEVICE already (on any vIOMMU) EEXIST;
     then the object, and the virt_id slot (EEXIST when taken). The vDEVICE holds a reference
     on the device until it goes (iommufd_device_pre_destroy() tombstones it)."""
-    from model.device import iommufd_get_device
 
     cmd = ucmd.cmd
     virt_id = cmd.virt_id
@@ -203,9 +205,6 @@ def iommufd_vdevice_alloc_ioctl(ucmd) -> int:
 
 def _hw_queue_destroy_access(ictx, access, base_iova: int, length: int) -> None:
     """iommufd_hw_queue_destroy_access() (viommu.c:300)."""
-    from model.device import iommufd_access_destroy_internal, iommufd_access_detach_internal, \
-        iommufd_access_unpin_pages
-
     aligned_iova = base_iova & ~(PAGE_SIZE - 1)
     offset = base_iova - aligned_iova
     iommufd_access_unpin_pages(access, aligned_iova, -(-(length + offset) // PAGE_SIZE) * PAGE_SIZE)
@@ -230,10 +229,6 @@ def iommufd_hw_queue_alloc_phys(cmd, viommu: IommufdViommu):
     locks the areas: IOAS_UNMAP of them is EBUSY); ERANGE when offset + length overflows,
     ENOMEM when the page array is too large for kvzalloc(), the pin's errors, EFAULT for pages
     that are not physically contiguous. Returns (access, base physical address)."""
-    from model.device import iommufd_access_attach_internal, iommufd_access_create_internal, \
-        iommufd_access_destroy_internal, iommufd_access_detach_internal, iommufd_access_pin_pages, \
-        iommufd_access_unpin_pages
-
     aligned_iova = cmd.nesting_parent_iova & ~(PAGE_SIZE - 1)
     offset = cmd.nesting_parent_iova - aligned_iova
     length = offset + cmd.length
@@ -300,30 +295,3 @@ def iommufd_hw_queue_alloc_ioctl(ucmd) -> int:
         raise
     objects.finalize(hw_queue)
     return 0
-
-
-def iommufd_viommu_alloc_hwpt_nested(viommu: IommufdViommu, flags: int, user_data):
-    """iommufd_viommu_alloc_hwpt_nested() (hw_pagetable.c:287): flags other than FAULT_ID_VALID
-    and PASID, no driver data, or a driver without alloc_domain_nested EOPNOTSUPP; the nested
-    HWPT holds the vIOMMU (not the parent) and its domain comes from the vIOMMU's driver."""
-    from model.hw_pagetable import HwptNested
-
-    if flags & ~(B.IOMMU_HWPT_FAULT_ID_VALID | B.IOMMU_HWPT_ALLOC_PASID) or not user_data.len:
-        raise IommufdError(errno.EOPNOTSUPP)
-    alloc = getattr(viommu.ops, "alloc_domain_nested", None)
-    if alloc is None:
-        raise IommufdError(errno.EOPNOTSUPP)
-    objects = viommu.ictx.objects
-    hwpt = objects.alloc(HwptNested(viommu.hwpt, viommu))
-    hwpt.pasid_compat = bool(flags & B.IOMMU_HWPT_ALLOC_PASID)
-    viommu.refs += 1
-    try:
-        hwpt.domain = alloc(viommu, flags & ~B.IOMMU_HWPT_FAULT_ID_VALID, user_data)
-        hwpt.domain.iommufd_hwpt = hwpt
-        hwpt.domain.owner = viommu.iommu_dev.ops
-        if hwpt.domain.type != "NESTED":  # WARN_ON_ONCE
-            raise IommufdError(errno.EOPNOTSUPP)
-    except BaseException:
-        objects.abort_and_destroy(hwpt)
-        raise
-    return hwpt

@@ -13,7 +13,7 @@ from model.hw_pagetable import IommuUserData
 from model.limits import PAGE_SIZE
 from model.memory import KernelPages
 from model.objects import IommufdError
-from model.uaccess import copy_struct_from_user
+from model.uaccess import copy_from_user, copy_struct_from_user, copy_to_user
 from model.uapi import B
 from model.viommu import IommufdHwQueue, IommufdViommu
 
@@ -54,7 +54,7 @@ def _copy_to_user_data(user_data: IommuUserData, data) -> None:
         raise IommufdError(errno.EINVAL)
     if user_data.len < SELFTEST_DATA_MIN or user_data.len > SELFTEST_SIZE:
         raise IommufdError(errno.EINVAL)
-    user_data.mem.write(user_data.uptr, bytes(data)[: user_data.len])
+    copy_to_user(user_data.mem, user_data.uptr, bytes(data)[: user_data.len])
 
 
 def mock_get_viommu_size(dev, viommu_type: int):
@@ -108,11 +108,9 @@ class MockViommuOps:
     def alloc_domain_nested(viommu: MockViommu, flags: int, user_data: IommuUserData):
         """mock_viommu_alloc_domain_nested(): EOPNOTSUPP for flags but PASID; a mock nested
         domain that knows its vIOMMU (attach then needs the device's vDEVICE there)."""
-        from model.selftest.mock import MOCK_OPS
-
         if flags & ~B.IOMMU_HWPT_ALLOC_PASID:
             raise IommufdError(errno.EOPNOTSUPP)
-        return MOCK_OPS.alloc_nested(user_data, viommu)
+        return viommu.iommu_dev.ops.alloc_nested(user_data, viommu)  # __mock_domain_alloc_nested()
 
     @staticmethod
     def cache_invalidate(viommu: MockViommu, array) -> None:
@@ -121,8 +119,6 @@ class MockViommuOps:
         then per entry: EOPNOTSUPP unknown flags, EINVAL cache_id > MAX or a virt_id with no
         vDEVICE; FLAG_ALL clears every cache of the device, else the one. entry_num answers
         the entries done."""
-        from model.uaccess import copy_struct_from_user
-
         if array.entry_num == 0 and array.type == B.IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST:
             return
         done = 0
@@ -131,7 +127,7 @@ class MockViommuOps:
             if array.type != B.IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST or not array.entry_num:
                 raise IommufdError(errno.EINVAL)
             if array.entry_len == INVALIDATE_SIZE:
-                raw = array.mem.read(array.uptr, array.entry_num * array.entry_len)
+                raw = copy_from_user(array.mem, array.uptr, array.entry_num * array.entry_len)
                 cmds = [INVALIDATE.from_buffer_copy(raw, i * INVALIDATE_SIZE) for i in range(array.entry_num)]
             else:
                 cmds = [copy_struct_from_user(array.mem, INVALIDATE, array.uptr + array.entry_len * i,
