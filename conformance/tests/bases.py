@@ -3,7 +3,7 @@ would otherwise succeed (conformance/tests/test_generated_cases.py).
 
 Each base builds, on a fresh file, objects the command needs and returns the command's bytes and
 the objects it names. The device-facing ioctls use a mock device (IOMMU_TEST_OP_MOCK_DOMAIN,
-CONFIG_IOMMUFD_TEST); the vIOMMU family's bases come with the vIOMMU work. `unread` lists user
+CONFIG_IOMMUFD_TEST), the vIOMMU family a selftest vIOMMU on it. `unread` lists user
 pointers the handler does not dereference for that command, with the kernel's reason.
 """
 from __future__ import annotations
@@ -177,6 +177,57 @@ def fault_queue_alloc(fd):
     return Base(_bytes(B.iommu_fault_alloc(size=ctypes.sizeof(B.iommu_fault_alloc))))
 
 
+def _needs_selftest_viommu() -> None:
+    if not hasattr(B, "IOMMU_HW_QUEUE_TYPE_SELFTEST"):
+        import pytest
+
+        pytest.skip(f"the vIOMMU bases use 7.2's selftest vIOMMU; Linux {B.KERNEL_VERSION}'s mock has no "
+                    "vIOMMU type in its uapi")
+
+
+def _viommu(fd):
+    """(ioas, idev, viommu_id): a selftest vIOMMU over a NEST_PARENT HWPT of a mock device's IOAS."""
+    _needs_selftest_viommu()
+    ioas, _, _, idev = _mock_device(fd)
+    parent = _hwpt_alloc(fd, idev, ioas, B.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    cmd = B.iommu_viommu_alloc(size=ctypes.sizeof(B.iommu_viommu_alloc), type=B.IOMMU_VIOMMU_TYPE_SELFTEST,
+                               dev_id=idev, hwpt_id=parent)
+    fd.ioctl(B.IOMMU_VIOMMU_ALLOC, cmd)
+    return ioas, idev, cmd.out_viommu_id
+
+
+def viommu_alloc(fd):
+    _needs_selftest_viommu()
+    ioas, _, _, idev = _mock_device(fd)
+    parent = _hwpt_alloc(fd, idev, ioas, B.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    data = B.iommu_viommu_selftest(in_data=0x5A5A)
+    return Base(_bytes(B.iommu_viommu_alloc(size=ctypes.sizeof(B.iommu_viommu_alloc),
+                                            type=B.IOMMU_VIOMMU_TYPE_SELFTEST, dev_id=idev, hwpt_id=parent,
+                                            data_len=ctypes.sizeof(data), data_uptr=ctypes.addressof(data))),
+                keep=[data])
+
+
+def vdevice_alloc(fd):
+    _, idev, viommu = _viommu(fd)
+    return Base(_bytes(B.iommu_vdevice_alloc(size=ctypes.sizeof(B.iommu_vdevice_alloc), viommu_id=viommu,
+                                             dev_id=idev, virt_id=0x42)))
+
+
+def veventq_alloc(fd):
+    _, _, viommu = _viommu(fd)
+    return Base(_bytes(B.iommu_veventq_alloc(size=ctypes.sizeof(B.iommu_veventq_alloc), viommu_id=viommu,
+                                             type=B.IOMMU_VEVENTQ_TYPE_SELFTEST, veventq_depth=4)))
+
+
+def hw_queue_alloc(fd):
+    ioas, _, viommu = _viommu(fd)
+    m, va = _buffer()
+    iova = map_(fd, ioas, va, 4 * PAGE, iova=1 << 24)
+    return Base(_bytes(B.iommu_hw_queue_alloc(size=ctypes.sizeof(B.iommu_hw_queue_alloc), viommu_id=viommu,
+                                              type=B.IOMMU_HW_QUEUE_TYPE_SELFTEST, index=0,
+                                              nesting_parent_iova=iova, length=PAGE)), keep=[m])
+
+
 BASES = {
     "IOMMU_DESTROY": destroy,
     "IOMMU_IOAS_ALLOC": ioas_alloc_,
@@ -195,4 +246,8 @@ BASES = {
     "IOMMU_HWPT_GET_DIRTY_BITMAP": hwpt_get_dirty_bitmap,
     "IOMMU_HWPT_INVALIDATE": hwpt_invalidate,
     "IOMMU_FAULT_QUEUE_ALLOC": fault_queue_alloc,
+    "IOMMU_VIOMMU_ALLOC": viommu_alloc,
+    "IOMMU_VDEVICE_ALLOC": vdevice_alloc,
+    "IOMMU_VEVENTQ_ALLOC": veventq_alloc,
+    "IOMMU_HW_QUEUE_ALLOC": hw_queue_alloc,
 }

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import mmap
 import os
+import signal
 
 import pytest
 
@@ -324,3 +325,166 @@ def check_iotlb(fd, hwpt_id, iotlb_id, value) -> None:
     """IOMMU_TEST_OP_MD_CHECK_IOTLB: entry `iotlb_id` of a nested mock HWPT holds `value` (EINVAL if not)."""
     run_test_cmd(fd, B.IOMMU_TEST_OP_MD_CHECK_IOTLB, hwpt_id,
                  **{"check_iotlb.id": iotlb_id, "check_iotlb.iotlb": value})
+
+
+# The vIOMMU family (drivers/iommu/iommufd/viommu.c, eventq.c, driver.c; the selftest vIOMMU of
+# selftest.c): test_viommu.py, test_veventq.py, test_viommu_mmap.py.
+
+def viommu_selftest(in_data: int = 0):
+    """struct iommu_viommu_selftest (the driver data of IOMMU_VIOMMU_TYPE_SELFTEST)."""
+    return B.iommu_viommu_selftest(in_data=in_data)
+
+
+def viommu_alloc(fd, dev_id, hwpt_id, type=None, data=None, data_len=None, flags=0, reserved=0,
+                 data_uptr=None) -> int:
+    """IOMMU_VIOMMU_ALLOC (type IOMMU_VIOMMU_TYPE_SELFTEST unless told); `data` is a ctypes object
+    (its address and size are passed unless `data_len` / `data_uptr` say otherwise). Returns
+    out_viommu_id."""
+    cmd = B.iommu_viommu_alloc(size=sz(B.iommu_viommu_alloc), flags=flags, dev_id=dev_id, hwpt_id=hwpt_id,
+                               type=B.IOMMU_VIOMMU_TYPE_SELFTEST if type is None else type)
+    cmd.__reserved = reserved
+    if data is not None:
+        cmd.data_uptr = ctypes.addressof(data)
+        cmd.data_len = ctypes.sizeof(data)
+    if data_len is not None:
+        cmd.data_len = data_len
+    if data_uptr is not None:
+        cmd.data_uptr = data_uptr
+    fd.ioctl(B.IOMMU_VIOMMU_ALLOC, cmd)
+    return cmd.out_viommu_id
+
+
+def vdevice_alloc(fd, viommu_id, dev_id, virt_id) -> int:
+    """IOMMU_VDEVICE_ALLOC: returns out_vdevice_id."""
+    cmd = B.iommu_vdevice_alloc(size=sz(B.iommu_vdevice_alloc), viommu_id=viommu_id, dev_id=dev_id,
+                                virt_id=virt_id)
+    fd.ioctl(B.IOMMU_VDEVICE_ALLOC, cmd)
+    return cmd.out_vdevice_id
+
+
+def hw_queue_alloc(fd, viommu_id, index, iova, length, type=None, flags=0) -> int:
+    """IOMMU_HW_QUEUE_ALLOC (type IOMMU_HW_QUEUE_TYPE_SELFTEST unless told): a queue at
+    `iova` of the vIOMMU's nesting parent IOAS. Returns out_hw_queue_id."""
+    cmd = B.iommu_hw_queue_alloc(size=sz(B.iommu_hw_queue_alloc), flags=flags, viommu_id=viommu_id,
+                                 type=B.IOMMU_HW_QUEUE_TYPE_SELFTEST if type is None else type,
+                                 index=index, nesting_parent_iova=iova, length=length)
+    fd.ioctl(B.IOMMU_HW_QUEUE_ALLOC, cmd)
+    return cmd.out_hw_queue_id
+
+
+def veventq_alloc(fd, viommu_id, depth=8, type=None, flags=0, reserved=0) -> tuple[int, int]:
+    """IOMMU_VEVENTQ_ALLOC (type IOMMU_VEVENTQ_TYPE_SELFTEST unless told): (veventq_id, fd)."""
+    cmd = B.iommu_veventq_alloc(size=sz(B.iommu_veventq_alloc), flags=flags, viommu_id=viommu_id,
+                                type=B.IOMMU_VEVENTQ_TYPE_SELFTEST if type is None else type,
+                                veventq_depth=depth)
+    cmd.__reserved = reserved
+    fd.ioctl(B.IOMMU_VEVENTQ_ALLOC, cmd)
+    return cmd.out_veventq_id, cmd.out_veventq_fd
+
+
+def trigger_vevent(fd, dev_id, times: int = 1) -> None:
+    """IOMMU_TEST_OP_TRIGGER_VEVENT `times` times: the mock device reports a struct
+    iommu_viommu_event_selftest (its vDEVICE's virt_id) to its vIOMMU's SELFTEST vEVENTQ."""
+    for _ in range(times):
+        run_test_cmd(fd, B.IOMMU_TEST_OP_TRIGGER_VEVENT, 0, **{"trigger_vevent.dev_id": dev_id})
+
+
+def dev_check_cache(fd, dev_id, cache_id, value) -> None:
+    """IOMMU_TEST_OP_DEV_CHECK_CACHE: entry `cache_id` of the mock device's cache holds `value` (EINVAL if not)."""
+    run_test_cmd(fd, B.IOMMU_TEST_OP_DEV_CHECK_CACHE, dev_id,
+                 **{"check_dev_cache.id": cache_id, "check_dev_cache.cache": value})
+
+
+def hwpt_invalidate(fd, hwpt_id, raw: bytes, entry_type, data_type, entry_len=None, num=None, uptr=None):
+    """IOMMU_HWPT_INVALIDATE of the array `raw` (entries of ctypes struct `entry_type`) on a
+    nested HWPT or a vIOMMU; any field can be overridden. Returns (errno, the entry_num the kernel
+    wrote back)."""
+    arr = ctypes.create_string_buffer(raw, max(1, len(raw)))
+    cmd = B.iommu_hwpt_invalidate(
+        size=sz(B.iommu_hwpt_invalidate), hwpt_id=hwpt_id,
+        data_uptr=ctypes.addressof(arr) if uptr is None else uptr, data_type=data_type,
+        entry_len=sz(entry_type) if entry_len is None else entry_len,
+        entry_num=len(raw) // sz(entry_type) if num is None else num)
+    e = err(fd.ioctl, B.IOMMU_HWPT_INVALIDATE, cmd)
+    return e, cmd.entry_num
+
+
+def viommu_invalidate(fd, viommu_id, entries, entry_len=None, data_type=None, num=None, uptr=None,
+                      raw: bytes | None = None) -> tuple[int, int]:
+    """IOMMU_HWPT_INVALIDATE with hwpt_id a vIOMMU: `entries` are (flags, vdev_id, cache_id) as
+    struct iommu_viommu_invalidate_selftest, or `raw` the array's bytes. Returns (errno, the
+    entry_num the kernel wrote back)."""
+    if raw is None:
+        raw = b"".join(bytes(B.iommu_viommu_invalidate_selftest(flags=f, vdev_id=v, cache_id=c))
+                       for f, v, c in entries)
+    return hwpt_invalidate(fd, viommu_id, raw, B.iommu_viommu_invalidate_selftest,
+                           B.IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST if data_type is None else data_type,
+                           entry_len, len(entries) if num is None else num, uptr)
+
+
+VEVENT_HDR = sz(B.iommufd_vevent_header) if hasattr(B, "iommufd_vevent_header") else 8
+VEVENT_SELFTEST = VEVENT_HDR + (sz(B.iommu_viommu_event_selftest) if hasattr(B, "iommu_viommu_event_selftest") else 4)
+
+
+def _read_timeout(signum, frame):
+    raise AssertionError("read() of an event queue blocked (the kernel's never does)")
+
+
+def read_nohang(efd, count) -> bytes:
+    """os.read() of an event-queue descriptor, failing instead of hanging if the target blocks
+    (iommufd_fault_fops_read() and iommufd_veventq_fops_read() never wait: an empty queue
+    reads 0 bytes)."""
+    old = signal.signal(signal.SIGALRM, _read_timeout)
+    signal.setitimer(signal.ITIMER_REAL, 5)
+    try:
+        return os.read(efd, count)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def parse_vevents(data: bytes) -> list[tuple[int, int, int | None]]:
+    """The records of a vEVENTQ read: (flags, sequence, virt_id) per struct iommufd_vevent_header,
+    virt_id None for a lost-events header (IOMMU_VEVENTQ_FLAG_LOST_EVENTS: no payload), else the
+    struct iommu_viommu_event_selftest after it."""
+    out, off = [], 0
+    while off < len(data):
+        assert len(data) - off >= VEVENT_HDR, f"a partial vEVENT header at byte {off} of {len(data)}"
+        hdr = B.iommufd_vevent_header.from_buffer_copy(data, off)
+        off += VEVENT_HDR
+        if hdr.flags & B.IOMMU_VEVENTQ_FLAG_LOST_EVENTS:
+            out.append((hdr.flags, hdr.sequence, None))
+            continue
+        assert len(data) - off >= VEVENT_SELFTEST - VEVENT_HDR, f"a partial vEVENT payload at byte {off}"
+        ev = B.iommu_viommu_event_selftest.from_buffer_copy(data, off)
+        off += VEVENT_SELFTEST - VEVENT_HDR
+        out.append((hdr.flags, hdr.sequence, ev.virt_id))
+    return out
+
+
+def read_vevents(efd, count=64 * VEVENT_SELFTEST) -> list[tuple[int, int, int | None]]:
+    """One read() of the vEVENTQ, parsed (parse_vevents())."""
+    return parse_vevents(read_nohang(efd, count))
+
+
+def kernel_file_semantics(target) -> None:
+    """Skip on the model: what only a real anonymous-inode file (or a real VMA) can show."""
+    if target == "model":
+        pytest.skip("model: the files it hands out are socket ends; their read()/write() errnos, empty "
+                    "reads, poll and records taken back are the kernel's only (README, 'Files the model "
+                    "hands out')")
+
+
+def file_mmap(fd, length, prot=mmap.PROT_READ | mmap.PROT_WRITE, flags=mmap.MAP_SHARED, offset=0):
+    """mmap(2) of the iommufd file (iommufd_fops_mmap()): a model.libc.Mapping, or OSError with
+    the errno."""
+    return fd.mmap(length, prot, flags, offset)
+
+
+def nest_parent(fd, dev_flags=None) -> tuple[int, int, int, int, int]:
+    """A mock device on a new IOAS and a nesting parent HWPT (IOMMU_HWPT_ALLOC_NEST_PARENT) on
+    that IOAS: (ioas, stdev, auto_hwpt, idev, parent); on a fresh file the IDs are 1, 2, 4, 3, 5."""
+    ioas = ioas_alloc(fd)
+    stdev, auto, idev = mock_device(fd, ioas, dev_flags)
+    parent = hwpt_alloc(fd, idev, ioas, B.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    return ioas, stdev, auto, idev, parent

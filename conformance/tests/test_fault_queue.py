@@ -17,13 +17,11 @@ import errno
 import fcntl
 import os
 import select
-import signal
 
-import pytest
 
 from model.uapi import T as B
 from conformance.tests.helpers import (
-    destroy, err, hwpt_alloc, ioas_alloc, mock_device, mock_domain_replace, run_test_cmd, sz,
+    destroy, err, hwpt_alloc, ioas_alloc, kernel_file_semantics, mock_device, mock_domain_replace, read_nohang, run_test_cmd, sz,
 )
 
 # the 7.2 fault queue and its selftest hooks (6.12 answers differently: not analysed yet)
@@ -49,32 +47,13 @@ def trigger(fd, dev_id, addr, grpid=0, perm=B.IOMMU_PGFAULT_PERM_READ, pasid=0):
                     "trigger_iopf.perm": perm, "trigger_iopf.addr": addr})
 
 
-def _timeout(signum, frame):
-    raise AssertionError("read() of the fault queue blocked (the kernel's never does)")
-
-
-def read(qfd, count) -> bytes:
-    """os.read(), failing instead of hanging if the target blocks (iommufd_fault_fops_read()
-    never waits: an empty queue reads 0 bytes)."""
-    old = signal.signal(signal.SIGALRM, _timeout)
-    signal.setitimer(signal.ITIMER_REAL, 5)
-    try:
-        return os.read(qfd, count)
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+read = read_nohang  # never blocks on the kernel (iommufd_fault_fops_read())
 
 
 def empty(qfd) -> bool:
     """Nothing to read: iommufd_eventq_fops_poll() (eventq.c) reports EPOLLIN only while the
     deliver list is not empty."""
     return not select.select([qfd], [], [], 0)[0]
-
-
-def kernel_file_semantics(target):
-    if target == "model":
-        pytest.skip("model: the files it hands out are socket ends; their read()/write() errnos and "
-                    "empty reads are the kernel's only (README, 'Files the model hands out')")
 
 
 def read_faults(qfd, count) -> list:

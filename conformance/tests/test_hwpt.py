@@ -20,7 +20,8 @@ import pytest
 from model.uapi import T as B
 from conformance.tests.helpers import (  # noqa: I001
     require, touched,
-    PAGE, U64, check_iotlb, check_map, destroy, err, get_dirty_bitmap, hwpt_alloc, hwpt_selftest, ioas_alloc,
+    PAGE, U64, check_iotlb, check_map, destroy, err, get_dirty_bitmap, hwpt_alloc, hwpt_invalidate, hwpt_selftest,
+    ioas_alloc,
     iova_ranges, map_, mock_device, mock_dirty, mock_domain_replace, set_dirty_tracking, sz, unmap,
 )
 
@@ -417,15 +418,10 @@ def _nested(fd):
 
 def _invalidate(fd, hwpt_id, entries, entry_len=None, data_type=None, num=None, uptr=None):
     """(errno, entry_num written back)."""
-    arr = (B.iommu_hwpt_invalidate_selftest * max(1, len(entries)))(
-        *[B.iommu_hwpt_invalidate_selftest(flags=f, iotlb_id=i) for f, i in entries])
-    cmd = B.iommu_hwpt_invalidate(size=sz(B.iommu_hwpt_invalidate), hwpt_id=hwpt_id,
-                                  data_uptr=ctypes.addressof(arr) if uptr is None else uptr,
-                                  data_type=B.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST if data_type is None else data_type,
-                                  entry_len=sz(B.iommu_hwpt_invalidate_selftest) if entry_len is None else entry_len,
-                                  entry_num=len(entries) if num is None else num)
-    e = err(fd.ioctl, B.IOMMU_HWPT_INVALIDATE, cmd)
-    return e, cmd.entry_num
+    raw = b"".join(bytes(B.iommu_hwpt_invalidate_selftest(flags=f, iotlb_id=i)) for f, i in entries)
+    return hwpt_invalidate(fd, hwpt_id, raw, B.iommu_hwpt_invalidate_selftest,
+                           B.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST if data_type is None else data_type,
+                           entry_len, len(entries) if num is None else num, uptr)
 
 
 def _iotlbs(fd, nested, values):
