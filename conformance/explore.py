@@ -20,7 +20,8 @@ from pathlib import Path
 
 from hypothesis import settings, strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule,
+                                 run_state_machine_as_test)
 
 from model.limits import PAGE_SIZE, U64_MAX
 from model.uapi import T as B
@@ -38,11 +39,14 @@ os.ftruncate(MEMFD, 32 * PAGE)
 CLOSED_FD = os.dup(MEMFD)
 os.close(CLOSED_FD)  # a number that names no open file
 # IOVAs and lengths near the interesting edges: page multiples, odd bytes, the 2 MiB THP cap.
-IOVAS = st.sampled_from([0, PAGE, 3 * PAGE, 1 << 20, (1 << 20) + PAGE, 1 << 21, (1 << 21) + 100, 1 << 32])
+IOVAS = st.sampled_from([0, PAGE, 3 * PAGE, 1 << 20, (1 << 20) + PAGE, 1 << 21, (1 << 21) + 100, 1 << 32,
+                        1 << 24, (1 << 24) + PAGE])  # 1 << 24: where the mock domain aperture starts
 LENGTHS = st.sampled_from([PAGE, 2 * PAGE, 3 * PAGE, 16 * PAGE, 100, 0, 1 << 21])
 USER_OFFSETS = st.sampled_from([0, PAGE, 5 * PAGE, 100, 8 * PAGE + 7])
-# Every IOCTL row the model answers (IOMMU_TEST_CMD and FAULT_QUEUE_ALLOC are not modelled).
-RAW_ROWS = [r for r in B.IOCTLS if r.struct and r.name not in ("IOMMU_TEST_CMD", "IOMMU_FAULT_QUEUE_ALLOC")]
+# Every IOCTL row but IOMMU_TEST_CMD (its union by op has rules of its own) and the two that
+# answer a new descriptor (each side's own number: the veventq rule compares the rest).
+RAW_ROWS = [r for r in B.IOCTLS
+            if r.struct and r.name not in ("IOMMU_TEST_CMD", "IOMMU_FAULT_QUEUE_ALLOC", "IOMMU_VEVENTQ_ALLOC")]
 WORDS = st.sampled_from([0, 0, 1, 2, 3, PAGE, 0xFFFFFFFF, 0x80000000, 1 << 16])
 MAP_FLAGS = st.sampled_from([
     B.IOMMU_IOAS_MAP_READABLE | B.IOMMU_IOAS_MAP_WRITEABLE,
@@ -71,8 +75,11 @@ class ModelVsKernel(RuleBasedStateMachine):
         super().__init__()
         self.model = open_iommufd()
         self.kernel = KernelFile() if self.OTHER == "kernel" else open_iommufd()
+        self.live_mappings = []
 
     def teardown(self):
+        for m in self.live_mappings:
+            m.munmap()  # once: a consumed mapping is already gone
         self.model.close()
         self.kernel.close()
 
@@ -193,6 +200,170 @@ class ModelVsKernel(RuleBasedStateMachine):
         self.both(B.IOMMU_IOAS_MAP_FILE, lambda: B.iommu_ioas_map_file(
             size=ctypes.sizeof(B.iommu_ioas_map_file), flags=flags, ioas_id=id, fd=fd, start=start,
             length=length, iova=iova if fixed else 0))
+
+    # -- mock devices and the vIOMMU family (CONFIG_IOMMUFD_TEST's mock driver on both sides) --
+
+    devices = Bundle("devices")  # (stdev_id, idev_id)
+    parents = Bundle("parents")  # (NEST_PARENT hwpt_id, idev_id)
+    viommus = Bundle("viommus")
+    nested = Bundle("nested")
+    veventqs = Bundle("veventqs")  # (veventq_id, model fd, kernel fd)
+
+    def test_cmd(self, op, id, **fields):
+        from model.uapi import set_fields
+
+        return self.both(B.IOMMU_TEST_CMD, lambda: set_fields(
+            B.iommu_test_cmd(size=ctypes.sizeof(B.iommu_test_cmd), op=op, id=id), **fields))
+
+    @initialize(target=viommus)
+    def setup_viommu(self):
+        """Every run starts with a mock device on an IOAS, a NEST_PARENT HWPT and a selftest
+        vIOMMU with its MMIO region (IDs 1-6), so the vIOMMU rules have something to work on."""
+        self.base = None
+        err, cmd = self.both(B.IOMMU_IOAS_ALLOC, lambda: B.iommu_ioas_alloc(size=ctypes.sizeof(B.iommu_ioas_alloc)))
+        dev = self.mock_device(cmd.out_ioas_id, 0)
+        parent = self.nest_parent(dev, cmd.out_ioas_id, B.IOMMU_HWPT_ALLOC_NEST_PARENT)
+        self.base = dev
+        return self.viommu_alloc(parent, dev, True, 24)
+
+    def dev(self, d):
+        return self.base if d is None else d
+
+    @rule(target=devices, pt=ioas, dev_flags=st.sampled_from([0, 0, 1, 2]))
+    def mock_device(self, pt, dev_flags):
+        err, cmd = self.test_cmd(B.IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, pt, **{"mock_domain_flags.dev_flags": dev_flags})
+        return (cmd.mock_domain.out_stdev_id, cmd.mock_domain.out_idev_id) if not err else (0, 0)
+
+    @rule(dev=st.one_of(devices, st.none()), pt=st.one_of(ioas, nested, st.integers(0, 12)))
+    def mock_domain_replace(self, dev, pt):
+        dev = self.dev(dev)
+        self.test_cmd(B.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, dev[0], **{"mock_domain_replace.pt_id": pt})
+
+    @rule(target=parents, dev=devices, pt=ioas, flags=st.sampled_from([B.IOMMU_HWPT_ALLOC_NEST_PARENT] * 3 + [0]))
+    def nest_parent(self, dev, pt, flags):
+        err, cmd = self.both(B.IOMMU_HWPT_ALLOC, lambda: B.iommu_hwpt_alloc(
+            size=ctypes.sizeof(B.iommu_hwpt_alloc), flags=flags, dev_id=dev[1], pt_id=pt))
+        return (cmd.out_hwpt_id if not err else 0), dev[1]
+
+    @rule(target=viommus, parent=parents, dev=st.one_of(devices, st.just((0, 0))), data=st.booleans(),
+          data_len=st.sampled_from([24, 24, 8, 4, 32]))
+    def viommu_alloc(self, parent, dev, data, data_len):
+        sel = B.iommu_viommu_selftest(in_data=0x1234)
+        err, cmd = self.both(B.IOMMU_VIOMMU_ALLOC, lambda: B.iommu_viommu_alloc(
+            size=ctypes.sizeof(B.iommu_viommu_alloc), type=B.IOMMU_VIOMMU_TYPE_SELFTEST,
+            dev_id=dev[1] or parent[1], hwpt_id=parent[0], data_uptr=ctypes.addressof(sel) if data else 0,
+            data_len=data_len if data else 0))
+        return cmd.out_viommu_id if not err else 0
+
+    @rule(viommu=viommus, dev=st.one_of(devices, st.none()), virt_id=st.sampled_from([0, 1, 2, 0x99, U64]))
+    def vdevice_alloc(self, viommu, dev, virt_id):
+        dev = self.dev(dev)
+        self.both(B.IOMMU_VDEVICE_ALLOC, lambda: B.iommu_vdevice_alloc(
+            size=ctypes.sizeof(B.iommu_vdevice_alloc), viommu_id=viommu, dev_id=dev[1], virt_id=virt_id))
+
+    @rule(target=nested, dev=st.one_of(devices, st.none()), viommu=st.one_of(viommus, parents.map(lambda p: p[0])))
+    def nested_alloc(self, dev, viommu):
+        dev = self.dev(dev)
+        data = B.iommu_hwpt_selftest(iotlb=B.IOMMU_TEST_IOTLB_DEFAULT)
+        err, cmd = self.both(B.IOMMU_HWPT_ALLOC, lambda: B.iommu_hwpt_alloc(
+            size=ctypes.sizeof(B.iommu_hwpt_alloc), dev_id=dev[1], pt_id=viommu, data_type=0xDEAD,
+            data_len=ctypes.sizeof(data), data_uptr=ctypes.addressof(data)))
+        return cmd.out_hwpt_id if not err else 0
+
+    @rule(target=veventqs, viommu=viommus, depth=st.sampled_from([1, 2, 3, 0]))
+    def veventq_alloc(self, viommu, depth):
+        out = []
+        for fd in (self.model, self.kernel):
+            cmd = B.iommu_veventq_alloc(size=ctypes.sizeof(B.iommu_veventq_alloc), viommu_id=viommu,
+                                        type=B.IOMMU_VEVENTQ_TYPE_SELFTEST, veventq_depth=depth)
+            err, _ = _call(fd, B.IOMMU_VEVENTQ_ALLOC, cmd)
+            out.append((err, cmd.out_veventq_id, cmd.out_veventq_fd if not err else -1))
+        (em, idm, fdm), (ek, idk, fdk) = out
+        assert (em, idm) == (ek, idk), f"VEVENTQ_ALLOC: model {em} id {idm} != kernel {ek} id {idk}"
+        return idm, fdm, fdk
+
+    @rule(q=veventqs)
+    def veventq_read(self, q):
+        _, fdm, fdk = q
+        if fdm < 0:
+            return
+        got = []
+        for fd in (fdm, fdk):
+            try:
+                os.set_blocking(fd, False)
+                got.append(os.read(fd, 4096))
+            except BlockingIOError:
+                got.append(b"")  # the model's socket end when empty; the kernel's read answers 0
+            except OSError as e:
+                got.append(e.errno)
+        assert got[0] == got[1], f"vEVENTQ read: model {got[0]!r} != kernel {got[1]!r}"
+
+    @rule(q=consumes(veventqs))
+    def veventq_close(self, q):
+        for fd in q[1:]:
+            if fd >= 0:
+                os.close(fd)
+
+    @rule(dev=st.one_of(devices, st.none(), st.just((0, 0))))
+    def trigger_vevent(self, dev):
+        dev = self.dev(dev)
+        self.test_cmd(B.IOMMU_TEST_OP_TRIGGER_VEVENT, 0, **{"trigger_vevent.dev_id": dev[1]})
+
+    @rule(viommu=viommus, index=st.integers(0, 2), iova=st.one_of(IOVAS, st.just((1 << 24) + 64)),
+          length=LENGTHS)
+    def hw_queue_alloc(self, viommu, index, iova, length):
+        self.both(B.IOMMU_HW_QUEUE_ALLOC, lambda: B.iommu_hw_queue_alloc(
+            size=ctypes.sizeof(B.iommu_hw_queue_alloc), viommu_id=viommu, type=B.IOMMU_HW_QUEUE_TYPE_SELFTEST,
+            index=index, nesting_parent_iova=iova, length=length))
+
+    @rule(viommu=st.one_of(viommus, nested), virt_id=st.sampled_from([0, 1, 0x99]), cache_id=st.integers(0, 4),
+          flags=st.sampled_from([0, 1, 2]), n=st.integers(0, 2))
+    def invalidate(self, viommu, virt_id, cache_id, flags, n):
+        entries = (B.iommu_viommu_invalidate_selftest * 2)()
+        for e in entries:
+            e.flags, e.vdev_id, e.cache_id = flags, virt_id, cache_id
+        self.both(B.IOMMU_HWPT_INVALIDATE, lambda: B.iommu_hwpt_invalidate(
+            size=ctypes.sizeof(B.iommu_hwpt_invalidate), hwpt_id=viommu, data_uptr=ctypes.addressof(entries),
+            data_type=B.IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST, entry_len=ctypes.sizeof(entries[0]), entry_num=n))
+
+    @rule(dev=st.one_of(devices, st.none()), cache_id=st.integers(0, 3))
+    def check_dev_cache(self, dev, cache_id):
+        dev = self.dev(dev)
+        for value in (0, B.IOMMU_TEST_DEV_CACHE_DEFAULT):
+            self.test_cmd(B.IOMMU_TEST_OP_DEV_CHECK_CACHE, dev[1],
+                          **{"check_dev_cache.id": cache_id, "check_dev_cache.cache": value})
+
+    @rule(id=st.one_of(devices.map(lambda d: d[0]), viommus, nested, veventqs.map(lambda q: q[0]),
+                       st.integers(0, 16)))
+    def destroy_any(self, id):
+        self.both(B.IOMMU_DESTROY, lambda: B.iommu_destroy(size=ctypes.sizeof(B.iommu_destroy), id=id))
+
+    mappings = Bundle("mappings")  # (model Mapping or None, kernel Mapping or None)
+
+    @rule(target=mappings, offset=st.sampled_from([PAGE, PAGE, 3 * PAGE, 5 * PAGE, 0, 2 * PAGE]),
+          length=st.sampled_from([2 * PAGE, 2 * PAGE, PAGE, 3 * PAGE, 2 * PAGE - 100]),
+          shared=st.booleans(), exec_=st.sampled_from([False, False, False, True]))
+    def mmap(self, offset, length, shared, exec_):
+        """mmap() of the file at a vIOMMU region's offset (the first vIOMMU's is PAGE_SIZE):
+        same errno, and the same first word (the selftest vIOMMU's loopback of in_data)."""
+        prot = mmap.PROT_READ | mmap.PROT_WRITE | (mmap.PROT_EXEC if exec_ else 0)
+        flags = mmap.MAP_SHARED if shared else mmap.MAP_PRIVATE
+        out = []
+        for fd in (self.model, self.kernel):
+            try:
+                out.append(fd.mmap(length, prot, flags, offset))
+            except OSError as e:
+                out.append(e.errno)
+        self.live_mappings += [o for o in out if not isinstance(o, int)]
+        got = [o if isinstance(o, int) else ("mapped", o.u32(0)) for o in out]
+        assert got[0] == got[1], f"mmap({length:#x}, offset {offset:#x}): model {got[0]} != kernel {got[1]}"
+        return tuple(None if isinstance(o, int) else o for o in out)
+
+    @rule(m=consumes(mappings))
+    def munmap(self, m):
+        for mapping in m:
+            if mapping is not None:
+                mapping.munmap()
 
     @rule(row=st.sampled_from(RAW_ROWS), data=st.data())
     def raw(self, row, data):
