@@ -571,13 +571,11 @@ def iommufd_get_hw_info(ucmd) -> int:
     dev = idev.dev
     data, cmd.out_data_type = dev.ops.hw_info(dev, cmd.in_data_type)
     copy_len = min(cmd.data_len, len(data))
-    from model.uaccess import UserFault
+    from model.uaccess import clear_user, copy_to_user
 
-    try:
-        if cmd.data_len:
-            ucmd.mem.write(cmd.data_uptr, data[:copy_len] + bytes(cmd.data_len - copy_len))
-    except UserFault:
-        raise IommufdError(errno.EFAULT) from None
+    if cmd.data_len:
+        copy_to_user(ucmd.mem, cmd.data_uptr, data[:copy_len])
+        clear_user(ucmd.mem, cmd.data_uptr + copy_len, cmd.data_len - copy_len)
     cmd.data_len = len(data)
     cmd.out_capabilities = 0
     if dev.ops.capable(dev, IOMMU_CAP_DIRTY_TRACKING):

@@ -128,7 +128,7 @@ def iopt_map_user_pages(ucmd, iopt: IoPagetable, iova: int, uptr: int, length: i
 
 def _fget(pid: int, fd: int):
     """dma_buf_get() then fget(): EBADF for a closed fd or an O_PATH one (fget skips FMODE_PATH).
-    The file is the fd of the calling process; the model keeps (st_dev, st_ino), no reference."""
+    The file is the fd of the calling process; the pages keep a reference (get_file())."""
     own = pid == os.getpid()
     if fd < 0:
         raise IommufdError(errno.EBADF)
@@ -148,7 +148,10 @@ def _fget(pid: int, fd: int):
         raise IommufdError(errno.EBADF)
     if link.startswith(("/dmabuf:", "anon_inode:dmabuf")):  # a dma-buf file
         raise NotModelled("IOMMU_IOAS_MAP_FILE of a dma-buf")
-    return (st.st_dev, st.st_ino)
+    try:
+        return _pages.FileRef(pid, fd, (st.st_dev, st.st_ino))
+    except OSError:  # gone meanwhile, or no descriptor left for the reference
+        raise IommufdError(errno.EBADF) from None
 
 
 def iommufd_ioas_map_file(ucmd) -> int:

@@ -17,6 +17,7 @@ memory. What it keeps is the kernel's bookkeeping:
 from __future__ import annotations
 
 import errno
+import os
 
 from model.limits import CAP_IPC_LOCK, PAGE_SIZE, SIZE_MAX, U64_MAX
 from model.memory import Vmas, file_key
@@ -36,7 +37,7 @@ IOPT_ADDRESS_DMABUF = 2
 class IoptPages:
     """struct iopt_pages."""
 
-    __slots__ = ("refs", "npages", "npinned", "last_npinned", "type", "uptr", "file", "start",
+    __slots__ = ("refs", "npages", "npinned", "last_npinned", "type", "uptr", "file", "filp", "start",
                  "writable", "account_mode", "source_pid", "source_uid", "accounts", "domain_spans", "access_users",
                  "pfns", "keys")
 
@@ -47,7 +48,8 @@ class IoptPages:
         self.last_npinned = 0
         self.type = IOPT_ADDRESS_USER
         self.uptr = 0
-        self.file = None  # (st_dev, st_ino) of the file: the model holds no reference on it
+        self.file = None  # (st_dev, st_ino) of the file
+        self.filp = None  # the reference the pages hold on it (FileRef)
         self.start = 0
         self.writable = writable
         self.account_mode = account_mode
@@ -106,6 +108,10 @@ class IoptPages:
                         mm.read(va, 1)  # the page must really be there (a file hole past EOF is not)
                     except UserFault:
                         raise IommufdError(errno.EFAULT) from None
+            elif self.type == IOPT_ADDRESS_FILE:
+                # memfd_pin_folios() (mm/gup.c:3463): a batch reaching past EOF is EINVAL
+                if self.start + (fresh[-1] + 1) * PAGE_SIZE - 1 >= self.filp.size():
+                    raise IommufdError(errno.EINVAL)
             keys = [self._key(vmas, i) for i in fresh]
             old = self.npinned
             self.npinned = old + len(fresh)
@@ -216,11 +222,29 @@ def iopt_alloc_user_pages(ictx, task: Task, uptr: int, length: int, writable: bo
     return pages
 
 
-def iopt_alloc_file_pages(ictx, task: Task, file, start_byte: int, start: int, length: int,
+class FileRef:
+    """get_file() of a caller's descriptor: an open file description of the same file, held
+    while the pages live (closed when they are freed), so its size can be read at pin time."""
+
+    def __init__(self, pid: int, fd: int, key: tuple[int, int]):
+        self.key = key
+        self.fd = os.open(f"/proc/{pid}/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC) if pid != os.getpid() \
+            else os.dup(fd)
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def __del__(self):
+        if getattr(self, "fd", None) is not None:
+            os.close(self.fd)
+
+
+def iopt_alloc_file_pages(ictx, task: Task, file: FileRef, start_byte: int, start: int, length: int,
                           writable: bool) -> IoptPages:
     """iopt_alloc_file_pages(): no check of the file here; pin_memfd_pages() runs at fill time."""
     pages = iopt_alloc_pages(ictx, task, start_byte, length, writable)
-    pages.file = file
+    pages.file = file.key
+    pages.filp = file
     pages.start = start - start_byte
     pages.type = IOPT_ADDRESS_FILE
     return pages

@@ -139,3 +139,17 @@ def copy_to_user(mem, uptr: int, data: bytes) -> None:
         mem.write(uptr, data)
     except UserFault:
         raise IommufdError(errno.EFAULT) from None
+
+
+_CLEAR_CHUNK = 1 << 16
+
+
+def clear_user(mem, addr: int, n: int) -> None:
+    """clear_user(): n zero bytes at addr, in bounded pieces (a length of gigabytes costs what
+    the caller's mapping allows, not a buffer that size); EFAULT where the writes stop."""
+    zeros = bytes(min(n, _CLEAR_CHUNK))
+    end = addr + n
+    while addr < end:
+        k = min(end - addr, _CLEAR_CHUNK - addr % _CLEAR_CHUNK)
+        copy_to_user(mem, addr, zeros[:k])
+        addr += k

@@ -13,10 +13,12 @@ the flags in iommufd_hwpt_paging_alloc() (hw_pagetable.c:107) or iommufd_hwpt_ne
 On the model these tests skip while the mock IOMMU is not modelled.
 """
 import ctypes
+import mmap
 import errno
 
 import pytest
 
+from model.libc import libc
 from model.uapi import T as B
 from conformance.tests.helpers import (  # noqa: I001
     require, touched,
@@ -247,6 +249,22 @@ def test_get_hw_info_lengths(iommufd):
     assert data[8:] == b"\0" * 8
     bad = B.iommu_hw_info(size=sz(B.iommu_hw_info), dev_id=idev, data_len=8, data_uptr=8)
     assert err(iommufd.ioctl, B.IOMMU_GET_HW_INFO, bad) == errno.EFAULT
+
+
+def test_get_hw_info_clears_up_to_the_first_fault(iommufd):
+    """A data_len of 4 GiB over a 2-page mapping: the data, then clear_user() zeroes until the
+    mapping ends and the answer is EFAULT (found by the differential machine: a model building
+    a 4 GiB buffer ran out of memory)."""
+    _, _, _, idev = _device(iommufd)
+    m = mmap.mmap(-1, 3 * PAGE)
+    m.write(b"\xaa" * 3 * PAGE)
+    va = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    libc.munmap(va + 2 * PAGE, PAGE)  # a hole after two pages
+    cmd = B.iommu_hw_info(size=sz(B.iommu_hw_info), dev_id=idev, data_len=0xFFFFFFFF, data_uptr=va)
+    assert err(iommufd.ioctl, B.IOMMU_GET_HW_INFO, cmd) == errno.EFAULT
+    got = ctypes.string_at(va, 2 * PAGE)
+    assert got[4:8] == B.IOMMU_HW_INFO_SELFTEST_REGVAL.to_bytes(4, "little")
+    assert got[8:] == bytes(2 * PAGE - 8)
 
 
 def test_get_hw_info_device_flags(iommufd):

@@ -20,7 +20,7 @@ from model.uapi import T as B
 from conformance.tests.helpers import (  # noqa: I001
     require, touched,
     PAGE, U64, add_reserved, allow, check_map, check_refs, destroy, err, hwpt_alloc, ioas_alloc,
-    iova_ranges, map_, mock_device, mock_domain_replace, run_test_cmd, unmap, unmapped_va,
+    iova_ranges, map_, map_file, mock_device, mock_domain_replace, run_test_cmd, unmap, unmapped_va,
 )
 
 # the generic_pt mock IOMMU of 7.2 (2 KiB granule, huge variant); 6.12 had another mock
@@ -193,6 +193,27 @@ def test_check_refs_counts_pins(iommufd):
     assert err(check_refs, iommufd, buf.addr, 4 * PAGE, 2) == errno.EIO
     unmap(iommufd, ioas, 0, U64)
     check_refs(iommufd, buf.addr, 4 * PAGE, 0)
+
+
+def test_map_file_past_eof_into_a_domain_is_einval(iommufd):
+    """IOMMU_IOAS_MAP_FILE pins the file's pages at once when a domain is attached; a range
+    reaching past EOF (even one byte of its last page) is EINVAL from memfd_pin_folios()
+    (mm/gup.c:3463) and maps nothing (found by the differential machine)."""
+    import os
+
+    ioas = ioas_alloc(iommufd)
+    mock_device(iommufd, ioas)
+    mfd = os.memfd_create("iommufd-eof")
+    try:
+        os.ftruncate(mfd, 32 * PAGE)
+        assert err(map_file, iommufd, ioas, mfd, PAGE, 2 << 20, iova=START) == errno.EINVAL
+        assert err(map_file, iommufd, ioas, mfd, 0, 32 * PAGE + 1, iova=START) == errno.EINVAL
+        os.ftruncate(mfd, 32 * PAGE + 100)  # a partial last page is past EOF too
+        assert err(map_file, iommufd, ioas, mfd, 0, 33 * PAGE, iova=START) == errno.EINVAL
+        # nothing was left behind: the same fixed IOVA maps (EEXIST otherwise)
+        assert map_file(iommufd, ioas, mfd, PAGE, 31 * PAGE, iova=START) == START
+    finally:
+        os.close(mfd)
 
 
 def test_check_refs_arguments(iommufd):
