@@ -57,6 +57,9 @@ class Server:
         self.path = path
         self.log = log
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # accepted sockets inherit it (unix_sock_inherit_flags()): every message then carries
+        # its sender's credentials, also those sent between accept() and the first recvmsg()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.bind(path)
         self.sock.listen(64)
         self.clients = 0
@@ -80,7 +83,6 @@ class Server:
     def connection(self, conn: socket.socket) -> None:
         """One open /dev/iommu of the peer process, until it closes (or dies)."""
         opener = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         ictx = IommufdCtx()
         try:
             while True:
@@ -93,7 +95,7 @@ class Server:
                 # the sender of this message (the kernel vouches for it: SO_PASSCRED), which
                 # after fork() may be a child of the process that opened the file
                 pid = next((struct.unpack("3i", data[:12])[0] for level, kind, data in anc
-                            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), opener)
+                            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), 0) or opener
                 conn.send(REP.pack(*self.handle(ictx, pid, msg), 0))
         except OSError:
             pass

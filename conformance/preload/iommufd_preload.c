@@ -7,7 +7,9 @@
  * Wire format (one SOCK_SEQPACKET message each way, see conformance/server.py):
  *   request: u32 op (1 = ioctl), u32 zero, u64 request, u64 arg
  *   reply:   s64 rc, s32 errno, u32 zero
- * The server learns the caller's pid from the socket (SO_PEERCRED).
+ * The server learns the caller's pid from each message (SO_PASSCRED), so a child after fork()
+ * uses the same file with its own memory, as on Linux. dup(), dup2(), dup3() and
+ * fcntl(F_DUPFD...) of a served descriptor give a served one.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -134,6 +136,44 @@ int ioctl(int fd, unsigned long request, ...)
 		return -1;
 	}
 	return (int)rep.rc;
+}
+
+/* A duplicate of a served descriptor is the same open file: served too. */
+static int dup_result(int oldfd, int newfd)
+{
+	if (newfd >= 0 && newfd < MAX_FDS)
+		served[newfd] = oldfd >= 0 && oldfd < MAX_FDS && served[oldfd];
+	return newfd;
+}
+
+int dup(int oldfd)
+{
+	return dup_result(oldfd, ((int (*)(int))next("dup"))(oldfd));
+}
+
+int dup2(int oldfd, int newfd)
+{
+	return dup_result(oldfd, ((int (*)(int, int))next("dup2"))(oldfd, newfd));
+}
+
+int dup3(int oldfd, int newfd, int flags)
+{
+	return dup_result(oldfd, ((int (*)(int, int, int))next("dup3"))(oldfd, newfd, flags));
+}
+
+int fcntl(int fd, int cmd, ...)
+{
+	va_list ap;
+	long arg;
+	int rc;
+
+	va_start(ap, cmd);
+	arg = va_arg(ap, long);
+	va_end(ap);
+	rc = ((int (*)(int, int, long))next("fcntl"))(fd, cmd, arg);
+	if (cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC)
+		return dup_result(fd, rc);
+	return rc;
 }
 
 int close(int fd)

@@ -42,21 +42,37 @@ def _ioctl(c, request, arg) -> tuple[int, int]:
     return rc, err
 
 
-def test_c_program_through_the_preload_library(tmp_path):
-    """An unmodified C program (only <linux/iommufd.h>-style calls): IOAS_ALLOC, MAP of its own
-    memory, a bad pointer (EFAULT, as copy_from_user gives), UNMAP."""
-    prog = tmp_path / "ioas_basic"
+def _exec_c(tmp_path, name) -> dict[str, str]:
+    """Build conformance/tool_tests/c/NAME.c against the uapi header and run it under `exec`:
+    its output lines as {first word: the rest}."""
+    prog = tmp_path / name
     headers = ROOT / "headers" / f"linux_{SERIES.replace('.', '_')}"
     subprocess.run(["gcc", "-O2", "-I", str(headers), "-o", str(prog),
-                    str(ROOT / "conformance" / "tool_tests" / "c" / "ioas_basic.c")], check=True)
+                    str(ROOT / "conformance" / "tool_tests" / "c" / f"{name}.c")], check=True)
     out = subprocess.run([sys.executable, "-m", "conformance.cli", "exec", "--", str(prog)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    lines = dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    return dict(line.split(" ", 1) for line in out.stdout.splitlines())
+
+
+def test_c_program_through_the_preload_library(tmp_path):
+    """An unmodified C program (only <linux/iommufd.h>-style calls): IOAS_ALLOC, MAP of its own
+    memory, a bad pointer (EFAULT, as copy_from_user gives), UNMAP."""
+    lines = _exec_c(tmp_path, "ioas_basic")
     assert lines["ioas"] == "1"
     assert lines["map"].startswith("0 iova ")
     assert lines["bad"] == f"pointer -1 {os.strerror(errno.EFAULT)}"
     assert lines["unmap"] == "0 length 0x10000"
+
+
+def test_dup_and_fork_share_the_file(tmp_path):
+    """dup(), fcntl(F_DUPFD_CLOEXEC) and a fork()ed child reach the same context, as one open
+    file does on Linux; closing one descriptor leaves the others working."""
+    lines = _exec_c(tmp_path, "dup_fork")
+    assert lines["ids"] == "1 2 3"
+    assert lines["after"] == "close 4"
+    assert lines["child"] == "0"  # the child's IOAS was ID 5, allocated from its own memory
+    assert lines["parent"] == "after child 6"
 
 
 def test_garbage_and_faults_do_not_stop_the_server(server):
