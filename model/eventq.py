@@ -117,28 +117,35 @@ def iommufd_fault_alloc(ucmd) -> int:
     cmd = ucmd.cmd
     if cmd.flags:
         raise IommufdError(errno.EOPNOTSUPP)
+    fault = ucmd.ictx.objects.alloc(IommufdFault())
+    return _answer_with_file(ucmd, fault, FaultFile(fault), "out_fault_id", "out_fault_fd")
+
+
+def _answer_with_file(ucmd, obj, filep, id_field: str, fd_field: str) -> int:
+    """The end the allocations of an object with a file share (iommufd_eventq_init() and the
+    tail of iommufd_fault_alloc() / iommufd_veventq_alloc()): the file's descriptor (O_CLOEXEC),
+    the ID and descriptor answered, then the object finalized with the open file as a user of
+    it. A failure to install or to write the answer undoes the file and the object."""
     objects = ucmd.ictx.objects
-    fault = objects.alloc(IommufdFault())
-    filep = FaultFile(fault)
     try:
         fd = filep.install(ucmd.task)
     except BaseException:
         filep.discard()
-        objects.abort(fault)
+        objects.abort_and_destroy(obj)
         raise
-    cmd.out_fault_id = fault.id
-    cmd.out_fault_fd = fd
+    setattr(ucmd.cmd, id_field, obj.id)
+    setattr(ucmd.cmd, fd_field, fd)
     try:
         ucmd.respond()
     except BaseException:
         os.close(fd)
         filep._close()
-        objects.abort(fault)
+        objects.abort_and_destroy(obj)
         raise
-    fault.filep = filep
-    fault.refs += 1
+    obj.filep = filep
+    obj.refs += 1
     ucmd.ictx.files.add(filep)
-    objects.finalize(fault)
+    objects.finalize(obj)
     return 0
 
 
@@ -312,28 +319,7 @@ def iommufd_veventq_alloc(ucmd) -> int:
     viommu = ucmd.ictx.objects.get(cmd.viommu_id, "VIOMMU")  # iommufd_get_viommu()
     if viommu.find_veventq(cmd.type) is not None:
         raise IommufdError(errno.EEXIST)
-    objects = ucmd.ictx.objects
-    veventq = objects.alloc(IommufdVeventq(viommu, cmd.type, cmd.veventq_depth))
+    veventq = ucmd.ictx.objects.alloc(IommufdVeventq(viommu, cmd.type, cmd.veventq_depth))
     viommu.refs += 1
     viommu.veventqs.append(veventq)
-    filep = VeventqFile(veventq)
-    try:
-        fd = filep.install(ucmd.task)
-    except BaseException:
-        filep.discard()
-        objects.abort_and_destroy(veventq)
-        raise
-    cmd.out_veventq_id = veventq.id
-    cmd.out_veventq_fd = fd
-    try:
-        ucmd.respond()
-    except BaseException:
-        os.close(fd)
-        filep._close()
-        objects.abort_and_destroy(veventq)
-        raise
-    veventq.filep = filep
-    veventq.refs += 1
-    ucmd.ictx.files.add(filep)
-    objects.finalize(veventq)
-    return 0
+    return _answer_with_file(ucmd, veventq, VeventqFile(veventq), "out_veventq_id", "out_veventq_fd")

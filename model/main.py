@@ -21,6 +21,7 @@ from model import device, eventq, hw_pagetable, ioas, vfio_compat, viommu
 from model.anon_inode import AnonFiles
 from model.driver import MmapTree
 from model.limits import PAGE_SHIFT
+from model.mm import VmOps
 from model.hooks import iommufd_selftest_destroy, iommufd_test
 from model.objects import OBJECT_TYPES, IommufdError, NotModelled, ObjectOps, ObjectTable
 from model.pages import IOPT_PAGES_ACCOUNT_USER
@@ -203,15 +204,7 @@ def _vma_close(vma) -> None:
     vma.private_data.owner.refs -= 1
 
 
-def _iommufd_vma_ops():
-    from model.mm import VmOps
-
-    ops = VmOps()
-    ops.open, ops.close = _vma_open, _vma_close  # iommufd_vma_ops: a VMA holds a user of the owner
-    return ops
-
-
-IOMMUFD_VMA_OPS = _iommufd_vma_ops()
+IOMMUFD_VMA_OPS = VmOps(open=_vma_open, close=_vma_close)  # iommufd_vma_ops: a VMA holds a user of the owner
 
 
 def mmap_catch_up(ictx) -> None:

@@ -194,8 +194,8 @@ def iommufd_vdevice_alloc_ioctl(ucmd) -> int:
         cmd.out_vdevice_id = vdev.id
         ucmd.respond()
     except BaseException:
-        objects.abort_and_destroy(vdev)  # ops->abort: the device keeps its reference count...
-        idev.refs -= 1  # ...and the error path puts it (out_put_idev)
+        objects.abort_and_destroy(vdev)  # iommufd_vdevice_abort() leaves the device's reference
+        idev.refs -= 1  # to the error path's iommufd_put_object() (out_put_idev)
         raise
     objects.finalize(vdev)
     return 0
