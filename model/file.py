@@ -138,15 +138,18 @@ class IommufdFile:
                 rc = iommufd_fops_mmap(ictx, vma)
                 if rc:
                     raise OSError(-rc, os.strerror(-rc))
-                for addr, pfn, n, _ in vma.remaps:  # the PTEs, made real
-                    kp, index = kernel_pages_of(ictx.accounts.memory, pfn)
-                    if libc.libc.mmap(addr, n, prot, mmap.MAP_SHARED | MAP_FIXED, kp.fd, index * mm.PAGE_SIZE) != addr:
-                        raise libc.errno_error()
                 immap = vma.private_data
+                try:
+                    for addr, pfn, n, _ in vma.remaps:  # the PTEs, made real
+                        kp, index = kernel_pages_of(ictx.accounts.memory, pfn)
+                        if libc.libc.mmap(addr, n, prot, mmap.MAP_SHARED | MAP_FIXED, kp.fd,
+                                          index * mm.PAGE_SIZE) != addr:
+                            raise libc.errno_error()
+                except BaseException:
+                    immap.owner.refs -= 1  # the VMA goes before anyone saw it (vma close)
+                    raise
                 immap.mapped[os.getpid()] = immap.mapped.get(os.getpid(), 0) + 1
         except BaseException:
-            if vma.private_data is not None and not vma.private_data.mapped.get(os.getpid()):
-                vma.private_data.owner.refs -= 1  # the VMA goes before anyone saw it
             libc.libc.munmap(start, size)
             raise
         return Mapping(start, size)
