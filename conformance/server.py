@@ -11,8 +11,10 @@ stops the server or touches another connection's context.
 """
 from __future__ import annotations
 
+import array
 import errno
 import os
+import select
 import socket
 import struct
 import subprocess
@@ -27,9 +29,19 @@ from model.objects import IommufdError, NotModelled
 from model.task import Task
 from model.uaccess import UserFault
 
-REQ = struct.Struct("<IIQQ")  # op, zero, request, arg
-REP = struct.Struct("<qiI")  # rc, errno, zero
-OP_IOCTL = 1
+# Client -> server. REQ: op, zero, request, arg. MMAP_REQ: op, zero, start (the range the
+# client reserved, 0 if it could not), length, offset, prot, flags.
+REQ = struct.Struct("<IIQQ")
+MMAP_REQ = struct.Struct("<IIQQQii")
+OP_IOCTL, OP_MMAP, OP_INSTALLED = 1, 2, 3  # OP_INSTALLED: arg = the new descriptor or -errno
+# Server -> client: rc, errno, kind. DONE ends a call; during one the server may send INSTALL
+# (one descriptor in SCM_RIGHTS, rc = 1 for O_CLOEXEC; the client answers OP_INSTALLED), CLOSE
+# (rc = a descriptor it installed during this call; no answer) or PIECES (rc pieces of PIECE
+# after the header, their memfds in SCM_RIGHTS: the client maps each MAP_SHARED|MAP_FIXED).
+REP = struct.Struct("<qiI")
+PIECE = struct.Struct("<QQQI4x")  # address, length, offset in the memfd, index of the memfd
+KIND_DONE, KIND_INSTALL, KIND_CLOSE, KIND_PIECES = 0, 1, 2, 3
+MAX_PIECES = 64  # one message: a region of the model's drivers is a few pages
 SOURCE = Path(__file__).with_name("preload") / "iommufd_preload.c"
 
 
@@ -63,6 +75,10 @@ class Server:
         self.sock.bind(path)
         self.sock.listen(64)
         self.clients = 0
+        # connection -> (its context, an event set once the context is released)
+        self.open: dict[socket.socket, tuple[IommufdCtx, threading.Event]] = {}
+        self.closing = False
+        self.open_lock = threading.Lock()
 
     def serve_forever(self) -> None:
         while True:
@@ -74,6 +90,7 @@ class Server:
             threading.Thread(target=self.connection, args=(conn,), daemon=True).start()
 
     def close(self) -> None:
+        self.closing = True
         self.sock.close()
         try:
             os.unlink(self.path)
@@ -84,47 +101,156 @@ class Server:
         """One open /dev/iommu of the peer process, until it closes (or dies)."""
         opener = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
         ictx = IommufdCtx()
+        files = ClientFiles(conn)
+        released = threading.Event()
+        with self.open_lock:
+            self.open[conn] = (ictx, released)
         try:
             while True:
                 try:
-                    msg, anc, _, _ = conn.recvmsg(64, socket.CMSG_SPACE(12))
+                    msg, pid = _recv(conn)
                 except OSError:
                     break
                 if not msg:
                     break
+                self.settle(conn)
                 # the sender of this message (the kernel vouches for it: SO_PASSCRED), which
                 # after fork() may be a child of the process that opened the file
-                pid = next((struct.unpack("3i", data[:12])[0] for level, kind, data in anc
-                            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), 0) or opener
-                conn.send(REP.pack(*self.handle(ictx, pid, msg), 0))
+                rc, err, pieces = self.handle(ictx, pid or opener, msg, files)
+                if pieces:
+                    fds = sorted({fd for _, _, fd, _ in pieces})
+                    body = b"".join(PIECE.pack(a, n, off, fds.index(fd)) for a, n, fd, off in pieces)
+                    conn.sendmsg([REP.pack(len(pieces), 0, KIND_PIECES) + body],
+                                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                conn.send(REP.pack(rc, err, KIND_DONE))
         except OSError:
             pass
         finally:
+            self.wait_for_files(ictx)
             with ictx.lock:
                 ictx.release()
+            with self.open_lock:
+                del self.open[conn]
+            released.set()
             conn.close()
 
-    def handle(self, ictx: IommufdCtx, pid: int, msg: bytes) -> tuple[int, int]:
-        """(rc, errno) for one request."""
-        if len(msg) != REQ.size:
-            return -1, errno.EINVAL
-        op, zero, request, arg = REQ.unpack(msg)
-        if op != OP_IOCTL or zero:
-            return -1, errno.EINVAL
+    def wait_for_files(self, ictx: IommufdCtx) -> None:
+        """The access, fault and vEVENTQ files hold the context (iommufd_ctx_get()): it is
+        released when the last of them is closed too, not with /dev/iommu's descriptor."""
+        while not self.closing:
+            with ictx.lock:
+                ictx.files.reap()
+                socks = [f.sock for f in ictx.files.files if not f.released]
+            if not socks:
+                return
+            p = select.poll()
+            for sk in socks:
+                p.register(sk, select.POLLHUP)
+            p.poll(1000)
+
+    def settle(self, conn: socket.socket) -> None:
+        """The kernel runs a file's release before close() returns to the caller (the last
+        fput()): before a request is served, every other connection whose client has closed
+        it (and every file that holds its context) is released, so that no caller sees a
+        context that is already closed."""
+        with self.open_lock:
+            others = [(c, ictx, ev) for c, (ictx, ev) in self.open.items() if c is not conn]
+        for c, ictx, ev in others:
+            try:
+                hung_up = any(e & (select.POLLHUP | select.POLLRDHUP) for _, e in _poll(c))
+            except (OSError, ValueError):
+                hung_up = True
+            if hung_up and all(f.released or f.hung_up() for f in list(ictx.files.files)):
+                ev.wait(10)
+
+    def handle(self, ictx: IommufdCtx, pid: int, msg: bytes, files: "ClientFiles") -> tuple[int, int, list]:
+        """(rc, errno, pieces to map) for one request."""
+        op = struct.unpack_from("<I", msg)[0] if len(msg) >= 4 else 0
+        if op == OP_IOCTL and len(msg) == REQ.size:
+            _, zero, request, arg = REQ.unpack(msg)
+            call = lambda: (ictx.ioctl(Task(pid, files=files), request & 0xFFFFFFFF, arg), [])  # noqa: E731
+        elif op == OP_MMAP and len(msg) == MMAP_REQ.size:
+            _, zero, start, length, offset, prot, flags = MMAP_REQ.unpack(msg)
+            call = lambda: _mmap(ictx, pid, start, length, offset, prot, flags)  # noqa: E731
+        else:
+            return -1, errno.EINVAL, []
+        if zero:
+            return -1, errno.EINVAL, []
         try:
             with ictx.lock:
-                return ictx.ioctl(Task(pid), request & 0xFFFFFFFF, arg), 0
+                if ictx.released:
+                    return -1, errno.EBADF, []
+                rc, pieces = call()
+                return rc, 0, pieces
         except IommufdError as e:
-            return -1, e.errno
+            return -1, e.errno, []
         except UserFault:
-            return -1, errno.EFAULT
+            return -1, errno.EFAULT, []
         except NotModelled as e:
             print(f"iommufd-conformance serve: pid {pid}: {e.strerror}", file=self.log)
-            return -1, errno.ENOSYS
+            return -1, errno.ENOSYS, []
         except Exception:  # a model bug: the client gets EIO, the server goes on
-            print(f"iommufd-conformance serve: pid {pid}: request {request:#x} failed in the model:\n"
+            print(f"iommufd-conformance serve: pid {pid}: {msg[:REQ.size].hex()} failed in the model:\n"
                   f"{traceback.format_exc()}", file=self.log)
-            return -1, errno.EIO
+            return -1, errno.EIO, []
+
+
+def _poll(conn: socket.socket) -> list:
+    p = select.poll()
+    p.register(conn, select.POLLHUP | select.POLLRDHUP)
+    return p.poll(0)
+
+
+def _recv(conn: socket.socket) -> tuple[bytes, int]:
+    """One message and its sender's pid (0 when it came without credentials)."""
+    msg, anc, _, _ = conn.recvmsg(64, socket.CMSG_SPACE(12))
+    pid = next((struct.unpack("3i", data[:12])[0] for level, kind, data in anc
+                if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), 0)
+    return msg, pid
+
+
+def _mmap(ictx: IommufdCtx, pid: int, start: int, length: int, offset: int, prot: int, flags: int):
+    """mmap(2) of the served file into `pid` over the range it reserved: do_mmap()'s checks
+    (model/mm.py), then the driver's mmap (model/main.py iommufd_mmap_region())."""
+    from model import mm
+    from model.main import iommufd_mmap_region
+
+    noexec = bool(os.statvfs("/dev").f_flag & os.ST_NOEXEC)  # where /dev/iommu lives
+    vm_flags = mm.do_mmap_checks(length, prot, flags, offset, mm.FMODE_READ | mm.FMODE_WRITE, noexec=noexec)
+    if vm_flags < 0:
+        raise IommufdError(-vm_flags)
+    if not start:
+        raise IommufdError(errno.ENOMEM)  # the client found no room for it
+    pieces = iommufd_mmap_region(ictx, pid, start, mm.PAGE_ALIGN(length), offset, vm_flags)
+    if len(pieces) > MAX_PIECES:
+        raise NotModelled(f"an mmap of {len(pieces)} separate pieces through the server")
+    return start, pieces
+
+
+class ClientFiles:
+    """The client's descriptor table as fd_install() reaches it (model/task.py Task.files): the
+    file goes over the connection (SCM_RIGHTS) in the middle of the call and the client answers
+    the number it got, before the model writes the answer into the caller's struct."""
+
+    def __init__(self, conn: socket.socket):
+        self.conn = conn
+
+    def install(self, fd: int, cloexec: bool) -> int:
+        self.conn.sendmsg([REP.pack(int(cloexec), 0, KIND_INSTALL)],
+                          [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        msg, _ = _recv(self.conn)
+        if len(msg) != REQ.size:
+            raise OSError(errno.EPROTO, "the client did not answer the descriptor it was given")
+        op, _, _, arg = REQ.unpack(msg)
+        n = struct.unpack("<q", struct.pack("<Q", arg))[0]
+        if op != OP_INSTALLED:
+            raise OSError(errno.EPROTO, "the client did not answer the descriptor it was given")
+        if n < 0:
+            raise IommufdError(-n)  # e.g. EMFILE: get_unused_fd_flags() failed
+        return n
+
+    def close(self, fd: int) -> None:
+        self.conn.send(REP.pack(fd, 0, KIND_CLOSE))
 
 
 def exec_program(argv: list[str], log=sys.stderr) -> int:

@@ -19,6 +19,7 @@ import socket
 import threading
 import weakref
 
+from model import libc
 from model.objects import IommufdError, NotModelled
 
 _BY_INO: "weakref.WeakValueDictionary[int, AnonFile]" = weakref.WeakValueDictionary()
@@ -43,30 +44,48 @@ class AnonFile:
 
     def install(self, task) -> int:
         """fd_install() into the caller's table: the descriptor number (O_CLOEXEC, as
-        get_unused_fd_flags(O_CLOEXEC))."""
-        if task.pid != os.getpid():
-            raise NotModelled("handing a file descriptor to another process (the server of issue 13)")
-        fd = self._peer.detach()
-        os.set_inheritable(fd, False)
+        get_unused_fd_flags(O_CLOEXEC)). Another process's table is reached through
+        task.files (the server passes the end over its socket, SCM_RIGHTS)."""
+        if task.pid == os.getpid():
+            fd = self._peer.detach()
+            os.set_inheritable(fd, False)
+        elif task.files is not None:
+            fd = task.files.install(self._peer.fileno(), cloexec=True)
+            self._peer.close()
+        else:
+            raise NotModelled("handing a file descriptor to another process without a server")
         self._peer = None
-        self.installed_fd = fd
+        self.installed = (task.pid, fd)
         return fd
 
+    def uninstall(self, task, fd: int) -> None:
+        """The descriptor taken back after all (the answer could not be written: the kernel
+        would put_unused_fd() instead of installing it)."""
+        if task.pid == os.getpid():
+            os.close(fd)
+        else:
+            task.files.close(fd)
+
     def caller_end(self) -> int | None:
-        """A descriptor of this process for the caller's end (the one handed out, or any other
-        referring to it), or None when this process has none left."""
-        fd = getattr(self, "installed_fd", None)
+        """A new descriptor of this process for the caller's end (the one handed out, or any
+        other referring to it; pidfd_getfd() when the caller is another process), to be closed
+        by the caller of this, or None when none is left."""
+        pid, fd = getattr(self, "installed", (os.getpid(), None))
+        own = pid == os.getpid()
         candidates = [fd] if fd is not None else []
         try:
-            candidates += [int(n) for n in os.listdir("/proc/self/fd")]
+            candidates += [int(n) for n in os.listdir(f"/proc/{pid}/fd")]
         except OSError:
             pass
         for n in candidates:
             try:
-                if os.fstat(n).st_ino == self.ino:
-                    return n
+                if os.stat(f"/proc/{pid}/fd/{n}").st_ino != self.ino:
+                    continue
             except OSError:
                 continue
+            local = os.dup(n) if own else libc.pidfd_getfd(pid, n)
+            if local is not None:
+                return local
         return None
 
     def discard(self) -> None:

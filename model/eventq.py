@@ -19,7 +19,6 @@ import ctypes
 import errno
 import fcntl
 import functools
-import os
 import socket
 import struct
 import termios
@@ -138,7 +137,7 @@ def _answer_with_file(ucmd, obj, filep, id_field: str, fd_field: str) -> int:
     try:
         ucmd.respond()
     except BaseException:
-        os.close(fd)
+        filep.uninstall(ucmd.task, fd)
         filep._close()
         objects.abort_and_destroy(obj)
         raise
@@ -239,7 +238,7 @@ class IommufdVeventq(IommufdObject):
         fd = self.filep.caller_end()
         if fd is None:
             return False
-        with socket.socket(fileno=os.dup(fd)) as s:
+        with socket.socket(fileno=fd) as s:
             data = b""
             while True:
                 try:

@@ -114,8 +114,7 @@ class IommufdFile:
         allocated (model/memory.py KernelPages), mapped shared at its place in the VMA, so the
         caller and the model's driver see the same memory. OSError with the kernel's errno."""
         from model import mm
-        from model.main import iommufd_fops_mmap
-        from model.memory import kernel_pages_of
+        from model.main import iommufd_mmap_region, mmap_catch_up
 
         ictx = self.ictx
         if ictx is None:
@@ -130,27 +129,24 @@ class IommufdFile:
         start = libc.libc.mmap(None, size, PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
         if start in (None, libc.MAP_FAILED):
             raise libc.errno_error()
-        vma = mm.Vma(mm.Mm(), start, start + size, offset >> mm.PAGE_SHIFT, vm_flags, mm.vm_get_page_prot(vm_flags))
         try:
             with ictx.lock:
                 if ictx.released:
                     raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-                rc = iommufd_fops_mmap(ictx, vma)
-                if rc:
-                    raise OSError(-rc, os.strerror(-rc))
-                immap = vma.private_data
                 try:
-                    for addr, pfn, n, _ in vma.remaps:  # the PTEs, made real
-                        kp, index = kernel_pages_of(ictx.accounts.memory, pfn)
-                        if libc.libc.mmap(addr, n, prot, mmap.MAP_SHARED | MAP_FIXED, kp.fd,
-                                          index * mm.PAGE_SIZE) != addr:
-                            raise libc.errno_error()
-                except BaseException:
-                    immap.owner.refs -= 1  # the VMA goes before anyone saw it (vma close)
-                    raise
-                immap.mapped[os.getpid()] = immap.mapped.get(os.getpid(), 0) + 1
+                    pieces = iommufd_mmap_region(ictx, os.getpid(), start, size, offset, vm_flags)
+                except IommufdError as e:
+                    raise OSError(e.errno, os.strerror(e.errno)) from None
+                for addr, n, fd, off in pieces:  # the PTEs, made real
+                    if libc.libc.mmap(addr, n, prot, mmap.MAP_SHARED | MAP_FIXED, fd, off) != addr:
+                        err = libc.errno_error()
+                        libc.libc.munmap(start, size)
+                        start = None
+                        mmap_catch_up(ictx)  # the VMA goes before anyone saw it (vma close)
+                        raise err
         except BaseException:
-            libc.libc.munmap(start, size)
+            if start is not None:
+                libc.libc.munmap(start, size)
             raise
         return Mapping(start, size)
 

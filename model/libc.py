@@ -119,3 +119,21 @@ def mmap(fd: int, length: int, prot: int, flags: int, offset: int, addr: int = 0
     if va is None or va == MAP_FAILED:
         raise errno_error()
     return Mapping(va, length)
+
+
+_SYS_PIDFD_GETFD = 438  # x86_64; the pidfd_open(2) number Python uses is the same table's 434
+libc.syscall.restype = ctypes.c_long
+
+
+def pidfd_getfd(pid: int, fd: int) -> int | None:
+    """pidfd_getfd(2): a descriptor of this process for `fd` of process `pid` (the same open
+    file), or None when the process or its descriptor is gone or may not be read."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return None
+    try:
+        n = libc.syscall(ctypes.c_long(_SYS_PIDFD_GETFD), ctypes.c_int(pidfd), ctypes.c_int(fd), ctypes.c_uint(0))
+        return n if n >= 0 else None
+    finally:
+        os.close(pidfd)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -196,6 +197,29 @@ def iommufd_fops_mmap(ictx, vma) -> int:
     return rc
 
 
+def iommufd_mmap_region(ictx, pid: int, start: int, size: int, offset: int, vm_flags: int) -> list:
+    """mmap_region() of /dev/iommu over a range [start, start + size) the caller has reserved:
+    the VMA, iommufd_fops_mmap() (IommufdError with its errno), and what its remap put in the
+    page tables as (address, length, memfd, offset in it) pieces: each is a page a model driver
+    allocated (model/memory.py KernelPages), which the caller maps MAP_SHARED|MAP_FIXED at its
+    address to see the memory the driver sees. The VMA is counted for `pid` (a caller that then
+    fails to map the pieces is recounted from /proc/PID/maps by mmap_catch_up())."""
+    from model import mm
+    from model.memory import kernel_pages_of
+
+    vma = mm.Vma(mm.Mm(), start, start + size, offset >> mm.PAGE_SHIFT, vm_flags, mm.vm_get_page_prot(vm_flags))
+    rc = iommufd_fops_mmap(ictx, vma)
+    if rc:
+        raise IommufdError(-rc)
+    pieces = []
+    for addr, pfn, n, _ in vma.remaps:
+        kp, index = kernel_pages_of(ictx.accounts.memory, pfn)
+        pieces.append((addr, n, kp.fd, index * mm.PAGE_SIZE))
+    immap = vma.private_data
+    immap.mapped[pid] = immap.mapped.get(pid, 0) + 1
+    return pieces
+
+
 def _vma_open(vma) -> None:
     vma.private_data.owner.refs += 1
 
@@ -223,7 +247,9 @@ def mmap_catch_up(ictx) -> None:
             if found is not None:
                 kp = found[0]
                 dev, ino = kp.file
-                n = sum(1 for v in Vmas(pid).vmas if v.ino == ino and v.dev == dev and v.start != kp.va)
+                # (the model's own view of the pages, in this process, is not a caller's VMA)
+                n = sum(1 for v in Vmas(pid).vmas if v.ino == ino and v.dev == dev
+                        and not (pid == os.getpid() and v.start == kp.va))
             immap.owner.refs += n - old
             if n:
                 immap.mapped[pid] = n

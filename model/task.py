@@ -26,11 +26,14 @@ from model.uaccess import UserMemory
 class Task:
     """`current`: the calling process."""
 
-    __slots__ = ("pid", "_uid", "_caps", "_memlock", "mm")
+    __slots__ = ("pid", "_uid", "_caps", "_memlock", "mm", "files")
 
     def __init__(self, pid: int, uid: int | None = None, caps: int | None = None,
-                 memlock: int | None = None, mm: UserMemory | None = None):
+                 memlock: int | None = None, mm: UserMemory | None = None, files=None):
         self.pid = pid
+        # current->files when the caller is another process: what fd_install() goes through
+        # (model/anon_inode.py FdTable; the server's connection to the caller). None: this process.
+        self.files = files
         self._uid, self._caps, self._memlock = uid, caps, memlock
         self.mm = UserMemory(pid) if mm is None else mm
 

@@ -42,17 +42,30 @@ def _ioctl(c, request, arg) -> tuple[int, int]:
     return rc, err
 
 
-def _exec_c(tmp_path, name) -> dict[str, str]:
-    """Build conformance/tool_tests/c/NAME.c against the uapi header and run it under `exec`:
-    its output lines as {first word: the rest}."""
+def compile_c(tmp_path, name) -> Path:
+    """conformance/tool_tests/c/NAME.c built with gcc against the project's uapi headers (as
+    <linux/iommufd.h> and "iommufd_test.h"), not the machine's."""
     prog = tmp_path / name
     headers = ROOT / "headers" / f"linux_{SERIES.replace('.', '_')}"
-    subprocess.run(["gcc", "-O2", "-I", str(headers), "-o", str(prog),
+    (tmp_path / "include" / "linux").mkdir(parents=True, exist_ok=True)
+    shutil.copy(headers / "iommufd.h", tmp_path / "include" / "linux" / "iommufd.h")
+    subprocess.run(["gcc", "-O2", "-Wall", "-I", str(tmp_path / "include"), "-I", str(headers), "-o", str(prog),
                     str(ROOT / "conformance" / "tool_tests" / "c" / f"{name}.c")], check=True)
+    return prog
+
+
+def lines_of(stdout: str) -> dict[str, str]:
+    return dict(line.split(" ", 1) for line in stdout.splitlines())
+
+
+def _exec_c(tmp_path, name) -> dict[str, str]:
+    """Build conformance/tool_tests/c/NAME.c and run it under `exec`: its output lines as
+    {first word: the rest}."""
+    prog = compile_c(tmp_path, name)
     out = subprocess.run([sys.executable, "-m", "conformance.cli", "exec", "--", str(prog)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    return dict(line.split(" ", 1) for line in out.stdout.splitlines())
+    return lines_of(out.stdout)
 
 
 def test_c_program_through_the_preload_library(tmp_path):
@@ -60,7 +73,7 @@ def test_c_program_through_the_preload_library(tmp_path):
     memory, a bad pointer (EFAULT, as copy_from_user gives), UNMAP."""
     lines = _exec_c(tmp_path, "ioas_basic")
     assert lines["ioas"] == "1"
-    assert lines["map"].startswith("0 iova ")
+    assert lines["map"] == "0 iova_page_aligned 1"
     assert lines["bad"] == f"pointer -1 {os.strerror(errno.EFAULT)}"
     assert lines["unmap"] == "0 length 0x10000"
 
@@ -73,6 +86,28 @@ def test_dup_and_fork_share_the_file(tmp_path):
     assert lines["after"] == "close 4"
     assert lines["child"] == "0"  # the child's IOAS was ID 5, allocated from its own memory
     assert lines["parent"] == "after child 6"
+
+
+def test_files_the_model_hands_out_and_mmap(tmp_path):
+    """Descriptors the model hands out reach the program as its own (the access's number works
+    in ACCESS_RW, close-on-exec as get_unused_fd_flags(O_CLOEXEC); closed, it is EBADFD); a
+    page request is read from the fault queue's descriptor and answered; the vIOMMU region maps
+    shared with the word the mock wrote, a private mapping is EINVAL, and the mapping keeps the
+    vIOMMU busy until munmap(); the fault queue's descriptor keeps the context (and its pins)
+    after /dev/iommu's is closed, and closing it releases them before the next call looks.
+    The same program on the kernel: conformance/runner_tests/test_preload_vs_kernel.py."""
+    lines = _exec_c(tmp_path, "handed_files")
+    assert lines["access_fd"] == "1 cloexec"
+    assert lines["access_rw"] == "0 through the access"
+    assert lines["closed_access"] == f"-1 {os.strerror(errno.EBADFD)}"
+    assert lines["fault"] == "40 pasid 1 addr 0xdeadbeaf grpid 2"
+    assert lines["response"] == "8"
+    assert lines["mmap"] == "1 word 0xbadbeef"
+    assert lines["private"] == os.strerror(errno.EINVAL)
+    assert lines["destroy_mapped"] == f"-1 {os.strerror(errno.EBUSY)}"
+    assert lines["destroy_unmapped"] == "0"
+    assert lines["refs_fault_open"] == f"-1 {os.strerror(errno.EIO)}"  # selftest.c:1270
+    assert lines["refs_after_close"] == "0"
 
 
 def test_garbage_and_faults_do_not_stop_the_server(server):

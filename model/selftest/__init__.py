@@ -215,16 +215,33 @@ def iommufd_test_dirty(ucmd, cmd) -> int:
 
 
 def iommufd_test_trigger_iopf(ucmd, cmd) -> int:
-    """iommufd_test_trigger_iopf(): the DEVICE (ENOENT), a mock device (EINVAL), then
-    iommu_report_device_fault(): a page request on the domain of the PASID, delivered to its
-    fault object if it has one (else dropped)."""
+    """iommufd_test_trigger_iopf() (selftest.c:1750): the DEVICE (ENOENT), a mock device
+    (EINVAL; every device of the model is one), then iommu_report_device_fault(): a page
+    request (PASID_VALID unless the PASID is IOMMU_NO_PASID) delivered to the fault object of
+    the domain find_fault_handler() picks, else dropped."""
     idev = iommufd_get_device(ucmd, cmd.trigger_iopf.dev_id)
     t = cmd.trigger_iopf
-    attach = idev.igroup.pasid_attach.get(t.pasid)
-    hwpt = attach.hwpt if attach is not None else None
-    if hwpt is not None and hwpt.fault is not None:
+    hwpt = _find_fault_handler(idev, t.pasid)
+    if hwpt is not None:
         hwpt.fault.report(idev, t.pasid, t.grpid, t.perm, t.addr)
     return 0
+
+
+def _find_fault_handler(idev, pasid: int):
+    """find_fault_handler() (io-pgfault.c:118): the domain attached at the PASID; when there is
+    none and the driver keeps a user PASID table (mock_ops.user_pasid_table), the NESTED
+    domain attached at the RID; None unless the domain has an iopf handler (a fault object)."""
+    from model.device import IOMMU_NO_PASID
+    from model.hw_pagetable import HwptNested
+
+    attached = idev.igroup.pasid_attach
+    attach = attached.get(pasid)
+    if attach is None and pasid != IOMMU_NO_PASID and idev.dev.ops.user_pasid_table:
+        attach = attached.get(IOMMU_NO_PASID)
+        if attach is not None and not isinstance(attach.hwpt, HwptNested):
+            attach = None
+    hwpt = attach.hwpt if attach is not None else None
+    return hwpt if hwpt is not None and hwpt.fault is not None else None
 
 
 def iommufd_test_trigger_vevent(ucmd, cmd) -> int:

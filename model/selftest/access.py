@@ -82,8 +82,7 @@ def iommufd_test_create_access(ucmd, cmd) -> int:
         ucmd.respond()
     except BaseException:
         # the kernel answers before fd_install(); the model has installed already: undo it
-        import os
-        os.close(fd)
+        staccess.uninstall(ucmd.task, fd)
         ictx.files.files.remove(staccess)
         staccess.release()
         staccess._close()
