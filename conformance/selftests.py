@@ -2,9 +2,14 @@
 kernel's tree, run them in its VM, read their TAP."""
 from __future__ import annotations
 
+import contextlib
+import fnmatch
 import os
 import re
 import shutil
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -105,3 +110,85 @@ def run_selftests(kernel: Path, source: Path | None = None, timeout: float = 900
         r.exit_status = int(m[2]) if m else None
         results.append(r)
     return results, res.findings, res.stdout
+
+
+# Selftests the model is known to fail, with the reason (fnmatch patterns over the TAP name).
+# Each is a difference the README lists; anything else that passes on the kernel and fails on
+# the model fails `kernel selftest --target model`.
+MODEL_FAILURES: dict[str, str] = {
+    "iommufd.global_options": "IOMMU_OPTION_RLIMIT_MODE needs CAP_SYS_RESOURCE (capable()); the model checks "
+                              "the calling process's real capabilities, and root here lacks it",
+    "change_process.*.basic": "get_vm_pinned() reads VmPin from /proc/PID/status: the kernel's own mm->pinned_vm, "
+                              "which the model's accounting (its own counters) cannot raise",
+    "*.dmabuf_simple": "IOMMU_TEST_OP_DMABUF_GET is not modelled (ENOSYS)",
+    "*.dmabuf_revoke": "IOMMU_TEST_OP_DMABUF_GET is not modelled (ENOSYS)",
+    "iommufd_ioas.*.fork_gone": "pages pinned by a process that has exited: the model reads page contents from "
+                                "the process (it does not own the memory), so ACCESS_RW cannot read them",
+    "iommufd_viommu.mock_viommu.vdevice_alloc": "read(veventq_fd, buf, 0): the model's vEVENTQ descriptor is a "
+                                                "socket end, whose read of 0 bytes answers 0, not EINVAL",
+}
+HUGEPAGES = 64  # as the VM reserves: the selftests' *_hugepage and *_huge variants need them
+
+
+def model_failure_reason(case: str, hugepages: int) -> str | None:
+    for pattern, reason in MODEL_FAILURES.items():
+        if fnmatch.fnmatchcase(case, pattern):
+            return reason
+    if hugepages < HUGEPAGES and ("huge" in case):
+        return f"MAP_HUGETLB needs huge pages on this host ({hugepages} reserved, the tests use up to {HUGEPAGES})"
+    return None
+
+
+@contextlib.contextmanager
+def host_hugepages(n: int, log: Callable[[str], None] = print):
+    """At least `n` huge pages reserved on this host for the duration (the count put back
+    after); yields how many are reserved."""
+    path = Path("/proc/sys/vm/nr_hugepages")
+    try:
+        before = int(path.read_text())
+    except OSError:
+        yield 0
+        return
+    have, raised = before, False
+    if before < n:
+        try:
+            path.write_text(str(n))
+            raised = True
+            have = int(path.read_text())
+        except OSError as e:
+            log(f"could not reserve {n} huge pages ({e.strerror}); the huge page selftests will fail")
+    try:
+        yield have
+    finally:
+        if raised:
+            try:
+                path.write_text(str(before))
+            except OSError:
+                pass
+
+
+def run_selftests_model(kernel: Path, source: Path | None = None, timeout: float = 1800,
+                        log: Callable[[str], None] = print) -> tuple[list[SelftestResult], int, str, float]:
+    """The same selftest binaries against the model, through the preload library and server
+    (`iommufd-conformance exec`): (results per binary, huge pages reserved, output, seconds)."""
+    from conformance.server import build_preload
+
+    bindir = build_selftests(kernel, source, log=log)
+    build_preload()
+    results, outputs = [], []
+    start = time.monotonic()
+    with host_hugepages(HUGEPAGES, log) as hugepages:
+        for t in SELFTESTS:
+            log(f"running {t} against the model ({hugepages} huge pages reserved on this host)")
+            try:
+                res = subprocess.run([sys.executable, "-m", "conformance.cli", "exec", "--", str(bindir / t)],
+                                     cwd=bindir, capture_output=True, text=True, timeout=timeout,
+                                     env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+                out, status = res.stdout + res.stderr, res.returncode
+            except subprocess.TimeoutExpired as e:
+                out, status = (e.stdout or b"").decode(errors="replace") + "\n# timed out", None
+            r = parse_kselftest(t, out)
+            r.exit_status = status
+            results.append(r)
+            outputs.append(f"@@@ {t}\n{out}")
+    return results, hugepages, "\n".join(outputs), time.monotonic() - start

@@ -24,6 +24,12 @@ def _cmd_ioas(args) -> int:
     return ioas.main(args.rest)
 
 
+def _cmd_server(args) -> int:
+    from conformance.bench import server
+
+    return server.main(args.rest)
+
+
 def register(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks, as ratios against baselines measured in the same run")
     bs = b.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -35,3 +41,7 @@ def register(sub) -> None:
     i = bs.add_parser("ioas", help="ioctls per second of the model's IOAS ioctls (python3 -m conformance.bench.ioas)")
     i.add_argument("rest", nargs="*", help="its own options after --")
     i.set_defaults(func=_cmd_ioas)
+    sv = bs.add_parser("server", help="an ioctl's round trip through the preload library and server against "
+                                      "a direct call of the model")
+    sv.add_argument("rest", nargs="*", help="its own options after --")
+    sv.set_defaults(func=_cmd_server)

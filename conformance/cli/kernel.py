@@ -1,7 +1,9 @@
 """`kernel build` and `kernel selftest`."""
 from __future__ import annotations
 
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from codegen import debian
@@ -25,6 +27,9 @@ def register(subparsers) -> None:
     s.add_argument("--source", type=Path, help="kernel source tree for the selftests (default: the kernel's)")
     s.add_argument("--timeout", type=float, default=900)
     s.add_argument("--series", default=SERIES, help=f"kernel series to build when --kernel is not given (default {SERIES})")
+    s.add_argument("--target", action="append", choices=("vm", "model"), metavar="vm|model",
+                   help="where to run them, repeatable: vm (the test kernel in QEMU, default), model (the "
+                        "same binaries against the model through the preload library); both compares them")
     s.add_argument("-v", "--verbose", action="store_true", help="print the selftests' full output")
     s.set_defaults(func=_cmd_selftest)
 
@@ -45,30 +50,77 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_selftest(args) -> int:
+    targets = list(dict.fromkeys(args.target or ["vm"]))
+    runs: dict[str, list[selftests.SelftestResult]] = {}
+    bad = False
     try:
         kernel = args.kernel.resolve() if args.kernel else kbuild.build_kernel(args.source, log=_err,
                                                                                series=args.series)
-        results, findings, output = selftests.run_selftests(kernel, args.source, timeout=args.timeout, log=_err)
-    except (kbuild.KernelBuildError, debian.DependencyError, debian.FetchError) as e:
+        for target in targets:
+            if target == "vm":
+                start = time.monotonic()
+                results, findings, output = selftests.run_selftests(kernel, args.source, timeout=args.timeout,
+                                                                    log=_err)
+                bad |= _report_vm(results, findings, output if args.verbose else None,
+                                  time.monotonic() - start)
+            else:
+                results, hugepages, output, seconds = selftests.run_selftests_model(kernel, args.source, log=_err)
+                bad |= _report_model(results, hugepages, output if args.verbose else None, seconds,
+                                     runs.get("vm"))
+            runs[target] = results
+    except (kbuild.KernelBuildError, debian.DependencyError, debian.FetchError, vm.VmError) as e:
         _err(f"kernel selftest: {e}")
         return 1
-    except vm.VmError as e:
-        _err(f"kernel selftest: {e}")
+    except subprocess.CalledProcessError as e:
+        _err(f"kernel selftest: building the preload library failed (gcc exit {e.returncode})")
         return 1
-    if args.verbose:
+    return 1 if bad else 0
+
+
+def _totals(r) -> str:
+    return (f"{len(r.passed)} pass, {len(r.failed)} fail, {len(r.skipped)} skip"
+            f" (exit {r.exit_status}; harness: {r.totals_line or 'no totals line'})")
+
+
+def _report_vm(results, findings, output, seconds) -> bool:
+    if output:
         print(output)
     bad = False
     for r in results:
         unexpected = [c for c in r.failed if c not in selftests.KNOWN_SELFTEST_FAILURES]
         bad |= bool(unexpected) or r.exit_status is None or (r.exit_status != 0 and not r.failed)
-        print(f"{r.name}: {len(r.passed)} pass, {len(r.failed)} fail, {len(r.skipped)} skip"
-              f" (exit {r.exit_status}; harness: {r.totals_line or 'no totals line'})")
+        print(f"vm: {r.name}: {_totals(r)}")
         for c in r.failed:
             print(f"  FAIL {c}{' (known)' if c in selftests.KNOWN_SELFTEST_FAILURES else ''}")
-    if findings:
-        print(f"kernel reports during the selftests: {len(findings)}")
-        for f in findings:
-            print("  " + f.replace("\n", "\n  "))
-    else:
-        print("kernel reports during the selftests: none")
-    return 1 if bad or findings else 0
+    print(f"vm: {seconds:.1f} s with the boot; kernel reports during the selftests: {len(findings) or 'none'}")
+    for f in findings:
+        print("  " + f.replace("\n", "\n  "))
+    return bad or bool(findings)
+
+
+def _report_model(results, hugepages, output, seconds, vm_results) -> bool:
+    """Each binary's totals on the model; every failure with its reason (MODEL_FAILURES), and
+    beside the VM's results when both ran. A failure without a reason fails the command, as
+    does a test that passes on the kernel and fails on the model without one."""
+    if output:
+        print(output)
+    bad = False
+    vm_by_name = {r.name: r for r in vm_results or []}
+    for r in results:
+        v = vm_by_name.get(r.name)
+        print(f"model: {r.name}: {_totals(r)}" + (f"; vm: {len(v.passed)} pass, {len(v.failed)} fail, "
+                                                   f"{len(v.skipped)} skip" if v else ""))
+        bad |= r.exit_status is None or (r.exit_status != 0 and not r.failed)
+        for c in r.failed:
+            reason = selftests.model_failure_reason(c, hugepages)
+            on_vm = "" if v is None else " (passes on the kernel)" if c in v.passed else " (fails on the kernel too)"
+            print(f"  FAIL {c}{on_vm}: {reason or 'NO KNOWN REASON'}")
+            bad |= reason is None
+        if v is not None:
+            for c in sorted(set(r.skipped) - set(v.skipped)):
+                print(f"  SKIP {c} on the model only")
+            for c in sorted(set(v.passed) - set(r.passed) - set(r.failed) - set(r.skipped)):
+                print(f"  MISSING {c}: passed on the kernel, not run on the model")
+                bad = True
+    print(f"model: {seconds:.1f} s")
+    return bad

@@ -28,3 +28,15 @@ def test_cli_output_into_a_closed_pipe_is_quiet():
     p = subprocess.run(f"{sys.executable} -m conformance.cli bench ioas -- -n 200 --areas 0 | head -1",
                        shell=True, capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert "Traceback" not in p.stderr and p.stdout.startswith("operation")
+
+
+def test_bench_server_reports_both_figures_and_the_ratio():
+    p = subprocess.run([sys.executable, "-m", "conformance.cli", "bench", "server", "--", "-n", "50"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == "IOMMU_IOAS_IOVA_RANGES, 50 calls, best of 3:"
+    direct = float(lines[1].split()[-4])
+    served, ratio = float(lines[2].split()[-3]), float(lines[2].split()[-1].rstrip("x"))
+    assert direct > 0 and served > 0
+    assert abs(ratio - served / direct) <= 0.01 * ratio + 0.01  # the ratio is of the two printed figures
