@@ -24,16 +24,21 @@ import threading
 import traceback
 from pathlib import Path
 
-from model.main import IommufdCtx
+from model import fault_inject
+from model.main import IommufdCtx, iommufd_fops_open
 from model.objects import IommufdError, NotModelled
 from model.task import Task
 from model.uaccess import UserFault
 
-# Client -> server. REQ: op, zero, request, arg. MMAP_REQ: op, zero, start (the range the
-# client reserved, 0 if it could not), length, offset, prot, flags.
+# Client -> server. REQ: op, tid (the calling thread), request, arg. MMAP_REQ: op, tid, start
+# (the range the client reserved, 0 if it could not), length, offset, prot, flags.
+# A connection starts with OP_OPEN (request = what was opened: FILE_IOMMU, or FILE_FAIL_NTH of
+# thread `arg`); a fail-nth file then takes OP_READ (rc = the counter) and OP_WRITE (REQ + the
+# bytes written; rc = their count).
 REQ = struct.Struct("<IIQQ")
 MMAP_REQ = struct.Struct("<IIQQQii")
-OP_IOCTL, OP_MMAP, OP_INSTALLED = 1, 2, 3  # OP_INSTALLED: arg = the new descriptor or -errno
+OP_IOCTL, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE = 1, 2, 3, 4, 5, 6  # OP_INSTALLED: arg = fd or -errno
+FILE_IOMMU, FILE_FAIL_NTH = 0, 1
 # Server -> client: rc, errno, kind. DONE ends a call; during one the server may send INSTALL
 # (one descriptor in SCM_RIGHTS, rc = 1 for O_CLOEXEC; the client answers OP_INSTALLED), CLOSE
 # (rc = a descriptor it installed during this call; no answer) or PIECES (rc pieces of PIECE
@@ -98,9 +103,63 @@ class Server:
             pass
 
     def connection(self, conn: socket.socket) -> None:
-        """One open /dev/iommu of the peer process, until it closes (or dies)."""
+        """One open file of the peer process, until it closes (or dies): /dev/iommu, or a
+        thread's fail-nth file."""
         opener = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
-        ictx = IommufdCtx()
+        try:
+            msg, pid = _recv(conn)
+            if len(msg) != REQ.size or struct.unpack_from("<I", msg)[0] != OP_OPEN:
+                conn.send(REP.pack(-1, errno.EINVAL, KIND_DONE))
+                return
+            _, tid, kind, arg = REQ.unpack(msg)
+            if kind == FILE_FAIL_NTH:
+                conn.send(REP.pack(0, 0, KIND_DONE))
+                self.fail_nth_file(conn, arg)
+                return
+            if kind != FILE_IOMMU:
+                conn.send(REP.pack(-1, errno.EINVAL, KIND_DONE))
+                return
+            try:
+                ictx = iommufd_fops_open(Task(pid or opener, tid=tid or pid or opener))
+            except IommufdError as e:
+                conn.send(REP.pack(-1, e.errno, KIND_DONE))
+                return
+            conn.send(REP.pack(0, 0, KIND_DONE))
+        except OSError:
+            conn.close()
+            return
+        try:
+            self.iommu_file(conn, ictx, opener)
+        finally:
+            conn.close()
+
+    def fail_nth_file(self, conn: socket.socket, tid: int) -> None:
+        """/proc/<pid>/task/<tid>/fail-nth: proc_fail_nth_read() / proc_fail_nth_write() on the
+        model's counter of that thread (model/fault_inject.py)."""
+        try:
+            while True:
+                msg, _ = _recv(conn, 4096)
+                if not msg:
+                    return
+                op = struct.unpack_from("<I", msg)[0] if len(msg) >= REQ.size else 0
+                if op == OP_READ and len(msg) == REQ.size:
+                    conn.send(REP.pack(fault_inject.get_fail_nth(tid), 0, KIND_DONE))
+                elif op == OP_WRITE:
+                    data = msg[REQ.size:]
+                    try:
+                        fault_inject.set_fail_nth(tid, fault_inject.parse_fail_nth(data))
+                        conn.send(REP.pack(len(data), 0, KIND_DONE))
+                    except IommufdError as e:
+                        conn.send(REP.pack(-1, e.errno, KIND_DONE))
+                else:
+                    conn.send(REP.pack(-1, errno.EINVAL, KIND_DONE))
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def iommu_file(self, conn: socket.socket, ictx: IommufdCtx, opener: int) -> None:
+        """One open /dev/iommu: its requests until the last descriptor of it closes."""
         files = ClientFiles(conn)
         released = threading.Event()
         with self.open_lock:
@@ -132,7 +191,6 @@ class Server:
             with self.open_lock:
                 del self.open[conn]
             released.set()
-            conn.close()
 
     def wait_for_files(self, ictx: IommufdCtx) -> None:
         """The access, fault and vEVENTQ files hold the context (iommufd_ctx_get()): it is
@@ -167,14 +225,13 @@ class Server:
         """(rc, errno, pieces to map) for one request."""
         op = struct.unpack_from("<I", msg)[0] if len(msg) >= 4 else 0
         if op == OP_IOCTL and len(msg) == REQ.size:
-            _, zero, request, arg = REQ.unpack(msg)
-            call = lambda: (ictx.ioctl(Task(pid, files=files), request & 0xFFFFFFFF, arg), [])  # noqa: E731
+            _, tid, request, arg = REQ.unpack(msg)
+            task = Task(pid, files=files, tid=tid or pid)
+            call = lambda: (ictx.ioctl(task, request & 0xFFFFFFFF, arg), [])  # noqa: E731
         elif op == OP_MMAP and len(msg) == MMAP_REQ.size:
-            _, zero, start, length, offset, prot, flags = MMAP_REQ.unpack(msg)
+            _, tid, start, length, offset, prot, flags = MMAP_REQ.unpack(msg)
             call = lambda: _mmap(ictx, pid, start, length, offset, prot, flags)  # noqa: E731
         else:
-            return -1, errno.EINVAL, []
-        if zero:
             return -1, errno.EINVAL, []
         try:
             with ictx.lock:
@@ -201,9 +258,9 @@ def _poll(conn: socket.socket) -> list:
     return p.poll(0)
 
 
-def _recv(conn: socket.socket) -> tuple[bytes, int]:
+def _recv(conn: socket.socket, size: int = 64) -> tuple[bytes, int]:
     """One message and its sender's pid (0 when it came without credentials)."""
-    msg, anc, _, _ = conn.recvmsg(64, socket.CMSG_SPACE(12))
+    msg, anc, _, _ = conn.recvmsg(size, socket.CMSG_SPACE(12))
     pid = next((struct.unpack("3i", data[:12])[0] for level, kind, data in anc
                 if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), 0)
     return msg, pid

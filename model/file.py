@@ -26,10 +26,11 @@ import ctypes
 import errno
 import mmap
 import os
+import threading
 
 from model import libc, vfs
 from model.libc import Mapping
-from model.main import IommufdCtx
+from model.main import IommufdCtx, iommufd_fops_open
 from model.objects import IommufdError, NotModelled
 from model.task import Accounts, Task
 from model.uaccess import BouncedMemory, UserFault
@@ -46,7 +47,10 @@ class IommufdFile:
     def __init__(self, pid: int | None = None, accounts: Accounts | None = None):
         self._pid = pid  # whose memory user pointers address; None: the calling process
         self._owner = os.getpid()  # the process whose memory holds this file's state
-        self.ictx: IommufdCtx | None = IommufdCtx(accounts)
+        try:
+            self.ictx: IommufdCtx | None = iommufd_fops_open(_current_task(os.getpid()), accounts)
+        except IommufdError as e:
+            raise OSError(e.errno, os.strerror(e.errno)) from None
         self.f_flags = vfs.FileFlags()
 
     def ioctl(self, request: int, arg=0, mutate_flag: bool = True):
@@ -92,7 +96,7 @@ class IommufdFile:
         if self._pid is not None:
             pid = self._pid
         mm = BouncedMemory(pid, addr, IOCTL_BUFSZ + 1) if bounce is not None and pid == self._owner else None
-        task = Task(pid, mm=mm)
+        task = _current_task(pid, mm)
         try:
             rc = vfs.do_vfs_ioctl(self.f_flags, task, cmd, addr)
             if rc is not None:
@@ -163,6 +167,12 @@ class IommufdFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _current_task(pid: int, mm=None) -> Task:
+    """`current` for a call from this process: its thread is the calling thread (whose
+    fail-nth counter model/fault_inject.py keeps)."""
+    return Task(pid, mm=mm, tid=threading.get_native_id())
 
 
 def open_iommufd(pid: int | None = None, accounts: Accounts | None = None) -> IommufdFile:

@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from model import device, eventq, hw_pagetable, ioas, vfio_compat, viommu
+from model import device, eventq, fault_inject, hw_pagetable, ioas, vfio_compat, viommu
 from model.anon_inode import AnonFiles
 from model.driver import MmapTree
 from model.limits import PAGE_SHIFT
@@ -257,6 +257,14 @@ def mmap_catch_up(ictx) -> None:
                 del immap.mapped[pid]
 
 
+def iommufd_fops_open(task: Task, accounts: Accounts | None = None) -> "IommufdCtx":
+    """iommufd_fops_open() (main.c): the context's allocation (kzalloc: ENOMEM under fault
+    injection), as `task`."""
+    with fault_inject.current(task.tid):
+        fault_inject.kmalloc("iommufd_fops_open")
+    return IommufdCtx(accounts)
+
+
 class IommufdCtx:
     """struct iommufd_ctx: one open /dev/iommu."""
 
@@ -273,7 +281,12 @@ class IommufdCtx:
         self.mt_mmap = MmapTree()  # regions drivers registered for mmap (model/driver.py)
 
     def ioctl(self, task: Task, cmd: int, arg: int) -> int:
-        """iommufd_fops_ioctl(): the command at user address `arg` of `task`."""
+        """iommufd_fops_ioctl(): the command at user address `arg` of `task` (as `current`:
+        its fail-nth counter applies to the allocations on the way)."""
+        with fault_inject.current(task.tid):
+            return self._ioctl(task, cmd, arg)
+
+    def _ioctl(self, task: Task, cmd: int, arg: int) -> int:
         if self.files.files or self.mt_mmap.mapped:
             self.catch_up()
         nr = cmd & 0xFF

@@ -13,28 +13,15 @@ import errno
 from dataclasses import dataclass
 from typing import Callable
 
+from model import fault_inject
+from model.errors import IommufdError, NotModelled  # noqa: F401 (re-exported: the model's errors)
+from model.xarray import XaNodes
+
 XA_LIMIT_31B = (1 << 31) - 1
 
 # enum iommufd_object_type (iommufd_private.h), without NONE and ANY
 OBJECT_TYPES = ("DEVICE", "HWPT_PAGING", "HWPT_NESTED", "IOAS", "ACCESS", "FAULT", "VIOMMU", "VDEVICE",
                 "VEVENTQ", "HW_QUEUE", "SELFTEST")
-
-
-class IommufdError(Exception):
-    """A handler's -errno; the dispatcher turns it into OSError."""
-
-    def __init__(self, err: int):
-        super().__init__(err)
-        self.errno = err
-
-
-class NotModelled(OSError):
-    """An ioctl (or a case of one) the model does not implement yet: ENOSYS with its name,
-    never a made-up answer. The conformance suite skips such a case on the model."""
-
-    def __init__(self, name: str):
-        super().__init__(errno.ENOSYS, f"model: {name} is not modelled yet")
-        self.ioctl = name
 
 
 def needs_devices(name: str, obj) -> NotModelled:
@@ -71,16 +58,25 @@ class ObjectTable:
         self._free_below: list[int] = []  # freed IDs below `_next`, sorted
         self._next = 1
         self.tombstones: set[int] = set()  # IDs left XA_ZERO_ENTRY by a tombstone removal
+        self.xa = XaNodes("xa_alloc(&ictx->objects)")  # its nodes, for fault injection
 
     def alloc(self, obj: IommufdObject) -> IommufdObject:
-        """iommufd_object_alloc(): xa_alloc() the lowest free ID; EBUSY when the range is full."""
+        """_iommufd_object_alloc() (main.c:34): kzalloc() of the object, then xa_alloc() of
+        the lowest free ID (its xarray nodes; EBUSY when the range is full); ENOMEM from
+        either under fault injection leaves no ID taken."""
+        fault_inject.kmalloc("_iommufd_object_alloc: kzalloc")
         if self._free_below:
-            obj.id = self._free_below.pop(0)
+            id = self._free_below[0]
         elif self._next > XA_LIMIT_31B:
             raise IommufdError(errno.EBUSY)
         else:
-            obj.id = self._next
+            id = self._next
+        self.xa.store(id)
+        if self._free_below:
+            self._free_below.pop(0)
+        else:
             self._next += 1
+        obj.id = id
         self._reserved.add(obj.id)
         return obj
 
@@ -128,6 +124,7 @@ class ObjectTable:
         return obj
 
     def _release_id(self, id: int) -> None:
+        self.xa.erase(id)
         if id == self._next - 1:
             self._next -= 1
             while self._free_below and self._free_below[-1] == self._next - 1:

@@ -26,11 +26,12 @@ from model.uaccess import UserMemory
 class Task:
     """`current`: the calling process."""
 
-    __slots__ = ("pid", "_uid", "_caps", "_memlock", "mm", "files")
+    __slots__ = ("pid", "tid", "_uid", "_caps", "_memlock", "mm", "files")
 
     def __init__(self, pid: int, uid: int | None = None, caps: int | None = None,
-                 memlock: int | None = None, mm: UserMemory | None = None, files=None):
+                 memlock: int | None = None, mm: UserMemory | None = None, files=None, tid: int | None = None):
         self.pid = pid
+        self.tid = pid if tid is None else tid  # the thread: its fail-nth counter (model/fault_inject.py)
         # current->files when the caller is another process: what fd_install() goes through
         # (model/anon_inode.py FdTable; the server's connection to the caller). None: this process.
         self.files = files

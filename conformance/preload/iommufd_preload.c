@@ -24,6 +24,7 @@
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -37,14 +38,14 @@
 
 struct preload_req {
 	uint32_t op;
-	uint32_t zero;
+	uint32_t tid;
 	uint64_t request;
 	uint64_t arg;
 };
 
 struct preload_mmap_req {
 	uint32_t op;
-	uint32_t zero;
+	uint32_t tid;
 	uint64_t start;
 	uint64_t length;
 	uint64_t offset;
@@ -67,9 +68,13 @@ struct preload_piece {
 };
 
 enum { KIND_DONE, KIND_INSTALL, KIND_CLOSE, KIND_PIECES };
+enum { OP_IOCTL = 1, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE };
+enum { FILE_IOMMU, FILE_FAIL_NTH };
+enum { SERVED_NONE, SERVED_IOMMU, SERVED_FAIL_NTH }; /* what a descriptor of ours is */
 #define MAX_PIECES 64
 
-static unsigned char served[MAX_FDS]; /* fds connected to the server */
+static unsigned char served[MAX_FDS]; /* fds connected to the server: SERVED_* */
+static uint64_t fail_nth_pos[MAX_FDS]; /* the file position of a fail-nth file (read()) */
 
 static void *next(const char *name)
 {
@@ -92,10 +97,14 @@ static int is_iommu(const char *path)
 	return path && strcmp(path, "/dev/iommu") == 0;
 }
 
-static int connect_server(int flags)
+static int64_t call_server(int fd, const void *req, size_t len, int prot);
+
+/* A new connection to the server for an open() of `kind` (of thread `tid`, a fail-nth file). */
+static int connect_server(int flags, int kind, uint32_t tid)
 {
 	const char *path = getenv("IOMMUFD_CONFORMANCE_SERVER");
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	struct preload_req req = { .op = OP_OPEN, .tid = gettid(), .request = kind, .arg = tid };
 	int fd;
 
 	if (!path || strlen(path) >= sizeof(sun.sun_path)) {
@@ -106,16 +115,65 @@ static int connect_server(int flags)
 	fd = socket(AF_UNIX, SOCK_SEQPACKET | ((flags & O_CLOEXEC) ? SOCK_CLOEXEC : 0), 0);
 	if (fd < 0)
 		return -1;
-	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || call_server(fd, &req, sizeof(req), 0) < 0) {
 		int e = errno;
 
 		real_close(fd);
 		errno = e;
 		return -1;
 	}
-	if (fd < MAX_FDS)
-		served[fd] = 1;
+	if (fd < MAX_FDS) {
+		served[fd] = kind == FILE_IOMMU ? SERVED_IOMMU : SERVED_FAIL_NTH;
+		fail_nth_pos[fd] = 0;
+	}
 	return fd;
+}
+
+/*
+ * /proc/self/task/<tid>/fail-nth, /proc/<pid>/task/<tid>/fail-nth, /proc/thread-self/fail-nth,
+ * /proc/self/fail-nth, /proc/<pid>/fail-nth: the thread whose counter it is, or 0.
+ */
+static uint32_t fail_nth_tid(const char *path)
+{
+	unsigned int pid, tid;
+	int n = -1;
+
+	if (!path || strncmp(path, "/proc/", 6) != 0)
+		return 0;
+	if (sscanf(path, "/proc/self/task/%u/fail-nth%n", &tid, &n) == 1 && n > 0 && !path[n])
+		return tid;
+	n = -1;
+	if (sscanf(path, "/proc/%u/task/%u/fail-nth%n", &pid, &tid, &n) == 2 && n > 0 && !path[n])
+		return tid;
+	if (!strcmp(path, "/proc/thread-self/fail-nth"))
+		return gettid();
+	if (!strcmp(path, "/proc/self/fail-nth"))
+		return getpid();
+	n = -1;
+	if (sscanf(path, "/proc/%u/fail-nth%n", &pid, &n) == 1 && n > 0 && !path[n])
+		return pid;
+	return 0;
+}
+
+/* The fault-injection settings under debugfs belong to the model's kernel, not this machine's:
+ * failslab/..., fail_page_alloc/... (relative to /sys/kernel/debug or absolute) open /dev/null. */
+static int is_fault_setting(int dirfd, const char *path)
+{
+	char link[64], dir[64];
+	ssize_t n;
+
+	if (!path)
+		return 0;
+	if (!strncmp(path, "/sys/kernel/debug/fail", 22))
+		return 1;
+	if (path[0] == '/' || strncmp(path, "fail", 4) != 0 || dirfd < 0)
+		return 0;
+	snprintf(link, sizeof(link), "/proc/self/fd/%d", dirfd);
+	n = readlink(link, dir, sizeof(dir) - 1);
+	if (n <= 0)
+		return 0;
+	dir[n] = 0;
+	return !strcmp(dir, "/sys/kernel/debug");
 }
 
 #define OPEN_LIKE(name, ...)                                                   \
@@ -129,8 +187,13 @@ static int connect_server(int flags)
 			va_end(ap);                                            \
 		}                                                              \
 		if (is_iommu(path))                                            \
-			return connect_server(flags);
+			return connect_server(flags, FILE_IOMMU, 0);           \
+		if (fail_nth_tid(path))                                        \
+			return connect_server(flags, FILE_FAIL_NTH, fail_nth_tid(path)); \
+		if (is_fault_setting(DIRFD, path))                             \
+			return ((int (*)(const char *, int, ...))next("open"))("/dev/null", flags & ~(O_CREAT | O_TMPFILE)); \
 
+#define DIRFD AT_FDCWD
 OPEN_LIKE(open, const char *path)
 	return ((int (*)(const char *, int, mode_t))next("open"))(path, flags, mode);
 }
@@ -139,6 +202,8 @@ OPEN_LIKE(open64, const char *path)
 	return ((int (*)(const char *, int, mode_t))next("open64"))(path, flags, mode);
 }
 
+#undef DIRFD
+#define DIRFD dirfd
 OPEN_LIKE(openat, int dirfd, const char *path)
 	return ((int (*)(int, const char *, int, mode_t))next("openat"))(dirfd, path, flags, mode);
 }
@@ -184,7 +249,7 @@ static int64_t call_server(int fd, const void *req, size_t len, int prot)
 			}
 			return buf.rep.rc;
 		case KIND_INSTALL: {
-			struct preload_req ans = { .op = 3 };
+			struct preload_req ans = { .op = OP_INSTALLED, .tid = gettid() };
 
 			if (nfds != 1)
 				ans.arg = (uint64_t)(int64_t)-((mh.msg_flags & MSG_CTRUNC) ? EMFILE : EPROTO);
@@ -193,7 +258,7 @@ static int64_t call_server(int fd, const void *req, size_t len, int prot)
 			else
 				ans.arg = (uint64_t)fds[0];
 			if (nfds == 1 && fds[0] < MAX_FDS)
-				served[fds[0]] = 0; /* a model file, not the server's connection */
+				served[fds[0]] = SERVED_NONE; /* a model file, not the server's connection */
 			if (send(fd, &ans, sizeof(ans), MSG_NOSIGNAL) != sizeof(ans))
 				goto gone;
 			break;
@@ -223,16 +288,17 @@ gone:
 
 int ioctl(int fd, unsigned long request, ...)
 {
-	struct preload_req req = { .op = 1, .request = request };
+	struct preload_req req = { .op = OP_IOCTL, .request = request };
 	va_list ap;
 	void *arg;
 
 	va_start(ap, request);
 	arg = va_arg(ap, void *);
 	va_end(ap);
-	if (fd < 0 || fd >= MAX_FDS || !served[fd] || ((request >> 8) & 0xff) != IOMMUFD_TYPE)
+	if (fd < 0 || fd >= MAX_FDS || served[fd] != SERVED_IOMMU || ((request >> 8) & 0xff) != IOMMUFD_TYPE)
 		return ((int (*)(int, unsigned long, void *))next("ioctl"))(fd, request, arg);
 	req.arg = (uint64_t)(uintptr_t)arg;
+	req.tid = gettid();
 	return (int)call_server(fd, &req, sizeof(req), 0);
 }
 
@@ -245,7 +311,7 @@ static void *served_mmap(void *addr, size_t length, int prot, int flags, int fd,
 {
 	long page = sysconf(_SC_PAGESIZE);
 	size_t size = (length + page - 1) & ~(size_t)(page - 1);
-	struct preload_mmap_req req = { .op = 2, .length = length, .offset = (uint64_t)offset,
+	struct preload_mmap_req req = { .op = OP_MMAP, .tid = gettid(), .length = length, .offset = (uint64_t)offset,
 					.prot = prot, .flags = flags };
 	void *start = MAP_FAILED;
 	int64_t rc;
@@ -271,14 +337,14 @@ static void *served_mmap(void *addr, size_t length, int prot, int flags, int fd,
 
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
 {
-	if (fd >= 0 && fd < MAX_FDS && served[fd] && !(flags & MAP_ANONYMOUS))
+	if (fd >= 0 && fd < MAX_FDS && served[fd] == SERVED_IOMMU && !(flags & MAP_ANONYMOUS))
 		return served_mmap(addr, length, prot, flags, fd, offset);
 	return ((void *(*)(void *, size_t, int, int, int, off_t))next("mmap"))(addr, length, prot, flags, fd, offset);
 }
 
 void *mmap64(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
 {
-	if (fd >= 0 && fd < MAX_FDS && served[fd] && !(flags & MAP_ANONYMOUS))
+	if (fd >= 0 && fd < MAX_FDS && served[fd] == SERVED_IOMMU && !(flags & MAP_ANONYMOUS))
 		return served_mmap(addr, length, prot, flags, fd, offset);
 	return ((void *(*)(void *, size_t, int, int, int, off_t))next("mmap64"))(addr, length, prot, flags, fd, offset);
 }
@@ -286,9 +352,92 @@ void *mmap64(void *addr, size_t length, int prot, int flags, int fd, off_t offse
 /* A duplicate of a served descriptor is the same open file: served too. */
 static int dup_result(int oldfd, int newfd)
 {
-	if (newfd >= 0 && newfd < MAX_FDS)
-		served[newfd] = oldfd >= 0 && oldfd < MAX_FDS && served[oldfd];
+	if (newfd >= 0 && newfd < MAX_FDS) {
+		served[newfd] = oldfd >= 0 && oldfd < MAX_FDS ? served[oldfd] : SERVED_NONE;
+		fail_nth_pos[newfd] = oldfd >= 0 && oldfd < MAX_FDS ? fail_nth_pos[oldfd] : 0;
+	}
 	return newfd;
+}
+
+/* proc_fail_nth_read(): "%u\n" of the thread's counter, from the file position
+ * (simple_read_from_buffer()); `pos` NULL: read() at and advancing the file's own position. */
+static ssize_t fail_nth_read(int fd, void *buf, size_t count, const off_t *pos)
+{
+	struct preload_req req = { .op = OP_READ, .tid = gettid() };
+	uint64_t at = pos ? (uint64_t)*pos : fail_nth_pos[fd];
+	char num[16];
+	int64_t n = call_server(fd, &req, sizeof(req), 0);
+	size_t len;
+
+	if (n < 0)
+		return -1;
+	len = snprintf(num, sizeof(num), "%u\n", (unsigned int)n);
+	if (at >= len)
+		return 0;
+	if (count > len - at)
+		count = len - at;
+	memcpy(buf, num + at, count);
+	if (!pos)
+		fail_nth_pos[fd] = at + count;
+	return count;
+}
+
+/* proc_fail_nth_write(): the number written (kstrtouint_from_user() reads the first bytes
+ * only); the whole count is the answer. */
+static ssize_t fail_nth_write(int fd, const void *buf, size_t count)
+{
+	struct {
+		struct preload_req req;
+		char data[64];
+	} msg = { .req = { .op = OP_WRITE, .tid = gettid(), .arg = count } };
+	size_t n = count < sizeof(msg.data) ? count : sizeof(msg.data);
+
+	memcpy(msg.data, buf, n);
+	return call_server(fd, &msg, sizeof(msg.req) + n, 0);
+}
+
+#define IS_FAIL_NTH(fd) ((fd) >= 0 && (fd) < MAX_FDS && served[fd] == SERVED_FAIL_NTH)
+
+ssize_t read(int fd, void *buf, size_t count)
+{
+	if (IS_FAIL_NTH(fd))
+		return fail_nth_read(fd, buf, count, NULL);
+	return ((ssize_t (*)(int, void *, size_t))next("read"))(fd, buf, count);
+}
+
+ssize_t pread(int fd, void *buf, size_t count, off_t offset)
+{
+	if (IS_FAIL_NTH(fd))
+		return fail_nth_read(fd, buf, count, &offset);
+	return ((ssize_t (*)(int, void *, size_t, off_t))next("pread"))(fd, buf, count, offset);
+}
+
+ssize_t pread64(int fd, void *buf, size_t count, off_t offset)
+{
+	if (IS_FAIL_NTH(fd))
+		return fail_nth_read(fd, buf, count, &offset);
+	return ((ssize_t (*)(int, void *, size_t, off_t))next("pread64"))(fd, buf, count, offset);
+}
+
+ssize_t write(int fd, const void *buf, size_t count)
+{
+	if (IS_FAIL_NTH(fd))
+		return fail_nth_write(fd, buf, count);
+	return ((ssize_t (*)(int, const void *, size_t))next("write"))(fd, buf, count);
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
+{
+	if (IS_FAIL_NTH(fd))
+		return fail_nth_write(fd, buf, count);
+	return ((ssize_t (*)(int, const void *, size_t, off_t))next("pwrite"))(fd, buf, count, offset);
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset)
+{
+	if (IS_FAIL_NTH(fd))
+		return fail_nth_write(fd, buf, count);
+	return ((ssize_t (*)(int, const void *, size_t, off_t))next("pwrite64"))(fd, buf, count, offset);
 }
 
 int dup(int oldfd)
@@ -324,6 +473,6 @@ int fcntl(int fd, int cmd, ...)
 int close(int fd)
 {
 	if (fd >= 0 && fd < MAX_FDS)
-		served[fd] = 0;
+		served[fd] = SERVED_NONE;
 	return real_close(fd);
 }

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conformance.server import REP, REQ, Server, build_preload
+from conformance.server import FILE_IOMMU, OP_OPEN, REP, REQ, Server, build_preload
 from model.uapi import SERIES, B
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,9 +30,13 @@ def server(tmp_path):
     s.close()
 
 
-def _client(server) -> socket.socket:
+def _client(server, kind=FILE_IOMMU, tid=0) -> socket.socket:
+    """A raw connection, opened as the preload library does (OP_OPEN of /dev/iommu, or of the
+    fail-nth file of thread `tid`)."""
     c = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     c.connect(server.path)
+    c.send(REQ.pack(OP_OPEN, 0, kind, tid))
+    assert REP.unpack(c.recv(64)) == (0, 0, 0)
     return c
 
 
