@@ -21,6 +21,7 @@ from __future__ import annotations
 import bisect
 import errno
 
+from model import fault_inject
 from model.domain import IOMMU_WRITE, IommuDomain
 from model.limits import CONFIG_TRANSPARENT_HUGEPAGE, HPAGE_SIZE, PAGE_SIZE, U64_MAX, ULONG_MAX
 from model.objects import IommufdError
@@ -470,7 +471,10 @@ class IoPagetable:
         """iopt_map_pages() -> iopt_alloc_area_pages() + iopt_insert_area() + iopt_fill_domains_pages().
 
         pages_list: [(pages, start_byte, length)], the areas to make back to back from iova.
-        Each area takes a reference on its pages (the list's references move in)."""
+        Each area takes a reference on its pages (the list's references move in). The areas
+        are allocated first, before any check (io_pagetable.c:266)."""
+        for _ in pages_list:
+            fault_inject.kmalloc("iopt_alloc_area_pages: iopt_area_alloc")
         if (length & (self.iova_alignment - 1)) or not length:
             _err(errno.EINVAL)
         if alloc:
@@ -753,6 +757,7 @@ class IoPagetable:
             a = areas.at(pos)
             if a.start > cur or a.last < cur:
                 break
+            fault_inject.kmalloc("iopt_get_pages: kzalloc elm")  # io_pagetable.c:718
             out.append((a.pages, a.start_byte(cur), min(last_iova, a.last) - cur + 1))
             if last_iova <= a.last:
                 return out  # iopt_area_contig_done()

@@ -101,7 +101,10 @@ class ObjectTable:
         self.ops[obj.type].destroy(obj)
 
     def get(self, id: int, type: str | None = None) -> IommufdObject:
-        """iommufd_get_object(): ENOENT for an unknown ID or the wrong type."""
+        """iommufd_get_object() (main.c:165): ENOENT for an unknown ID or the wrong type, and
+        under fault injection (the selftest kernel's iommufd_should_fail(), main.c:171)."""
+        if fault_inject.should_fail("iommufd_get_object"):
+            raise IommufdError(errno.ENOENT)
         obj = self.objects.get(id)
         if obj is None or (type is not None and obj.type != type):
             raise IommufdError(errno.ENOENT)

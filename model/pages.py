@@ -19,6 +19,7 @@ from __future__ import annotations
 import errno
 import os
 
+from model import fault_inject
 from model.limits import CAP_IPC_LOCK, PAGE_SIZE, SIZE_MAX, U64_MAX
 from model.memory import Vmas, file_key
 from model.objects import IommufdError, NotModelled
@@ -207,6 +208,7 @@ def iopt_alloc_pages(ictx, task: Task, start_byte: int, length: int, writable: b
     """iopt_alloc_pages(): EINVAL for length 0 or > SIZE_MAX - PAGE_SIZE."""
     if length > SIZE_MAX - PAGE_SIZE or length == 0:
         raise IommufdError(errno.EINVAL)
+    fault_inject.kmalloc("iopt_alloc_pages: kzalloc")  # pages.c:1375
     npages = (length + start_byte + PAGE_SIZE - 1) // PAGE_SIZE
     return IoptPages(npages, writable, task, account_mode_of(ictx, task), ictx.accounts)
 

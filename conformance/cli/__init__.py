@@ -25,7 +25,7 @@ def target(spec: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from conformance.cli import bench, codegen, explore, kernel, probe, run, server, vm
+    from conformance.cli import bench, codegen, explore, faults, kernel, probe, run, server, vm
 
     p = argparse.ArgumentParser(prog="iommufd-conformance", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -37,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     explore.register(sub)
     bench.register(sub)
     server.register(sub)
+    faults.register(sub)
     return p
 
 
