@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from conformance.tests import helpers as h
+from model.uapi import T as B
 
 BUF_PAGES = 16
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
@@ -116,6 +117,12 @@ def _setup_ioas(fd, ctx, domain=False, mapped=False, second=False):
         ctx["ioas_ids"].append(ctx["dst"])
 
 
+def _fault_alloc(fd) -> int:
+    cmd = B.iommu_fault_alloc(size=h.sz(B.iommu_fault_alloc))
+    fd.ioctl(B.IOMMU_FAULT_QUEUE_ALLOC, cmd)
+    return cmd.out_fault_fd
+
+
 SCENARIOS = {s.name: s for s in [
     Scenario("IOAS_ALLOC", "IOMMU_IOAS_ALLOC on a fresh context",
              lambda fd, ctx: None, lambda fd, ctx: h.ioas_alloc(fd)),
@@ -135,6 +142,11 @@ SCENARIOS = {s.name: s for s in [
     Scenario("MOCK_DOMAIN", "IOMMU_TEST_OP_MOCK_DOMAIN on an IOAS with a mapping",
              lambda fd, ctx: _setup_ioas(fd, ctx, mapped=True),
              lambda fd, ctx: h.mock_domain(fd, ctx["ioas"])),
+    Scenario("ALLOW_IOVAS", "IOMMU_IOAS_ALLOW_IOVAS of two ranges",
+             lambda fd, ctx: _setup_ioas(fd, ctx),
+             lambda fd, ctx: h.allow(fd, ctx["ioas"], [(1 << 20, (1 << 30) - 1), (1 << 32, (1 << 40) - 1)])),
+    Scenario("FAULT_QUEUE_ALLOC", "IOMMU_FAULT_QUEUE_ALLOC on a fresh context",
+             lambda fd, ctx: None, lambda fd, ctx: ctx.setdefault("close", []).append(_fault_alloc(fd))),
     Scenario("CREATE_ACCESS", "IOMMU_TEST_OP_CREATE_ACCESS on an IOAS",
              lambda fd, ctx: _setup_ioas(fd, ctx),
              lambda fd, ctx: ctx.setdefault("close", []).append(h.create_access(fd, ctx["ioas"]))),

@@ -19,7 +19,7 @@ import socket
 import threading
 import weakref
 
-from model import libc
+from model import fault_inject, libc
 from model.objects import IommufdError, NotModelled
 
 _BY_INO: "weakref.WeakValueDictionary[int, AnonFile]" = weakref.WeakValueDictionary()
@@ -32,6 +32,9 @@ class AnonFile:
     kind = "anon"
 
     def __init__(self):
+        # anon_inode_getfile() -> alloc_file_pseudo(): the dentry, then the struct file
+        fault_inject.kmalloc("anon_inode_getfile: d_alloc_pseudo")
+        fault_inject.kmalloc("anon_inode_getfile: alloc_empty_file")
         self.sock, self._peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.setblocking(False)
         self.ino = os.fstat(self._peer.fileno()).st_ino

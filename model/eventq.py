@@ -117,15 +117,21 @@ def iommufd_fault_alloc(ucmd) -> int:
     if cmd.flags:
         raise IommufdError(errno.EOPNOTSUPP)
     fault = ucmd.ictx.objects.alloc(IommufdFault())
-    return _answer_with_file(ucmd, fault, FaultFile(fault), "out_fault_id", "out_fault_fd")
+    return _answer_with_file(ucmd, fault, FaultFile, "out_fault_id", "out_fault_fd")
 
 
-def _answer_with_file(ucmd, obj, filep, id_field: str, fd_field: str) -> int:
+def _answer_with_file(ucmd, obj, file_type, id_field: str, fd_field: str) -> int:
     """The end the allocations of an object with a file share (iommufd_eventq_init() and the
-    tail of iommufd_fault_alloc() / iommufd_veventq_alloc()): the file's descriptor (O_CLOEXEC),
+    tail of iommufd_fault_alloc() / iommufd_veventq_alloc()): the file (anon_inode_getfile(),
+    a `file_type` of the object), its descriptor (O_CLOEXEC),
     the ID and descriptor answered, then the object finalized with the open file as a user of
     it. A failure to install or to write the answer undoes the file and the object."""
     objects = ucmd.ictx.objects
+    try:  # anon_inode_getfile() (ENOMEM: the core aborts the new object, as for any failure)
+        filep = file_type(obj)
+    except BaseException:
+        objects.abort_and_destroy(obj)
+        raise
     try:
         fd = filep.install(ucmd.task)
     except BaseException:
@@ -321,4 +327,4 @@ def iommufd_veventq_alloc(ucmd) -> int:
     veventq = ucmd.ictx.objects.alloc(IommufdVeventq(viommu, cmd.type, cmd.veventq_depth))
     viommu.refs += 1
     viommu.veventqs.append(veventq)
-    return _answer_with_file(ucmd, veventq, VeventqFile(veventq), "out_veventq_id", "out_veventq_fd")
+    return _answer_with_file(ucmd, veventq, VeventqFile, "out_veventq_id", "out_veventq_fd")

@@ -6,7 +6,7 @@ import errno
 import fcntl
 import os
 
-from model import pages as _pages
+from model import fault_inject, pages as _pages
 from model.domain import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE
 from model.hooks import iommufd_test_syz_conv_iova_id
 from model.io_pagetable import IoPagetable, _Areas, iopt_disable_large_pages, iopt_enable_large_pages
@@ -240,6 +240,7 @@ def iommufd_ioas_load_iovas(mem, ptr: int, num: int) -> list[tuple[int, int]]:
             last = int.from_bytes(raw[16 * i + 8:16 * i + 16], "little")
             if start >= last or loaded.first(start, last) is not None:  # interval_tree_iter_first()
                 raise IommufdError(errno.EINVAL)
+            fault_inject.kmalloc("iommufd_ioas_load_iovas: kzalloc")  # ioas.c:135
             loaded.insert(_Range(start, last))
     return [(r.start, r.last) for r in loaded]
 

@@ -89,12 +89,18 @@ class IoptPages:
             return file_key(self.file, self.start // PAGE_SIZE + index), 1
         return vmas.backing(self.source_pid, self.uptr + index * PAGE_SIZE)
 
-    def _pin(self, mm, first_index: int, last_index: int) -> list[int]:
+    def _pin(self, mm, first_index: int, last_index: int, reader: bool = False) -> list[int]:
         """pfn_reader for a new holder of [first, last]: pages already pinned (by a domain or an
         access) keep their frame; the rest are pinned from the source mm (EFAULT unmapped,
         EFAULT for FOLL_WRITE on a read-only mapping) and charged (ENOMEM over the limit).
-        On failure nothing stays pinned or charged. Returns the frame of each index."""
+        On failure nothing stays pinned or charged. Returns the frame of each index.
+        `reader`: the domain path's pfn_reader, whose fault points are modelled (one round)."""
         fresh = [i for i in range(first_index, last_index + 1) if i not in self.pfns]
+        if fresh and reader and self.type == IOPT_ADDRESS_USER:
+            # pfn_reader_user_pin() (pages.c:900): the upages buffer, then the selftest's point
+            _temp_kmalloc("pfn_reader_user_pin: upages")
+            if fault_inject.should_fail("pfn_reader_user_pin: iommufd_should_fail"):  # pages.c:924
+                raise IommufdError(errno.EFAULT)
         if fresh:
             vmas = Vmas(self.source_pid)
             if mm is None:  # an in-kernel access pins from pages->source_mm
@@ -114,6 +120,8 @@ class IoptPages:
                 if self.start + (fresh[-1] + 1) * PAGE_SIZE - 1 >= self.filp.size():
                     raise IommufdError(errno.EINVAL)
             keys = [self._key(vmas, i) for i in fresh]
+            if reader and fault_inject.should_fail("pfn_reader_user_update_pinned"):  # pages.c:1072
+                raise IommufdError(errno.ENOMEM)
             old = self.npinned
             self.npinned = old + len(fresh)
             try:
@@ -140,8 +148,10 @@ class IoptPages:
             self.update_pinned(len(gone), False)
 
     def fill(self, mm, first_index: int, last_index: int) -> list[int]:
-        """The pinning half of iopt_area_fill_domains(): [first, last] joins the domains_itree."""
-        pfns = self._pin(mm, first_index, last_index)
+        """The pinning half of iopt_area_fill_domains(): [first, last] joins the domains_itree.
+        pfn_reader_first() sets up its batch first (batch_init(), pages.c:290)."""
+        _temp_kmalloc("__batch_init")
+        pfns = self._pin(mm, first_index, last_index, reader=True)
         self.domain_spans.append((first_index, last_index))
         return pfns
 
@@ -192,6 +202,16 @@ class IoptPages:
             return mm.read(self.uptr + start_byte, length)
         except UserFault:
             raise IommufdError(errno.EFAULT) from None
+
+
+def _temp_kmalloc(site: str) -> None:
+    """temp_kmalloc() without a backup buffer (pages.c:80): the selftest's point (NULL: ENOMEM),
+    then kmalloc(__GFP_NORETRY), whose failure is absorbed by a retry of one page (a fault
+    point that cannot fire in the same run: the counter is spent)."""
+    if fault_inject.should_fail(f"{site}: temp_kmalloc iommufd_should_fail"):
+        raise IommufdError(errno.ENOMEM)
+    if fault_inject.should_fail(f"{site}: temp_kmalloc kmalloc __GFP_NORETRY"):
+        fault_inject.kmalloc(f"{site}: temp_kmalloc kmalloc PAGE_SIZE")
 
 
 def account_mode_of(ictx, task: Task) -> int:

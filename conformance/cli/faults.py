@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import asdict
 
 from conformance.cli import UsageError
@@ -16,7 +17,9 @@ def _cmd_faults(args) -> int:
     unknown = [n for n in names if n not in faults.SCENARIOS]
     if unknown:
         raise UsageError(f"unknown sweep {', '.join(unknown)}; known: {', '.join(faults.SCENARIOS)}")
+    start = time.monotonic()
     model = [asdict(s) for s in faults.run("model", names)]
+    model_s = time.monotonic() - start
     kernel = None
     if args.target == "vm":
         from conformance import kbuild, vm
@@ -24,6 +27,7 @@ def _cmd_faults(args) -> int:
         image = kbuild.cached_kernel()
         if image is None:
             raise UsageError("no cached test kernel: run `iommufd-conformance kernel build` first")
+        start = time.monotonic()
         try:
             res = vm.run_in_vm(image, [sys.executable, "-m", "conformance.faults", *names],
                                cwd=str(faults.ROOT), timeout=args.timeout)
@@ -35,6 +39,7 @@ def _cmd_faults(args) -> int:
                   file=sys.stderr)
             return 1
         kernel = json.loads(res.stdout)
+        kernel_s = time.monotonic() - start
         for f in res.findings:
             print("kernel report during the sweeps:\n  " + f.replace("\n", "\n  "))
     bad = False
@@ -50,6 +55,12 @@ def _cmd_faults(args) -> int:
             for p in s["problems"]:
                 print(f"       PROBLEM {p}")
                 bad = True
+    def rate(sweeps, seconds):
+        n = sum(s["succeeded_at"] for s in sweeps)
+        return f"{n} attempts in {seconds:.1f} s ({n / seconds:.1f}/s)"
+
+    print(f"model: {rate(model, model_s)}" + (f"; kernel: {rate(kernel, kernel_s)} with the boot"
+                                               if kernel is not None else ""))
     if kernel is not None:
         diffs = faults.compare(model, kernel)
         for d in diffs:

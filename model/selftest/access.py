@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 
+from model import fault_inject
 from model import device as _device
 from model.anon_inode import AnonFile, fget
 from model.limits import PAGE_SIZE
@@ -23,6 +24,7 @@ class SelftestAccess(AnonFile):
     kind = "iommufd_test_staccess"
 
     def __init__(self, pin_ops: bool):
+        fault_inject.kmalloc("iommufd_test_alloc_access: kzalloc")  # selftest.c:1431, before the file
         super().__init__()
         self.pin_ops = pin_ops  # selftest_access_ops_pin: MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES
         self.access = None
