@@ -124,8 +124,6 @@ MODEL_FAILURES: dict[str, str] = {
     "*.dmabuf_revoke": "IOMMU_TEST_OP_DMABUF_GET is not modelled (ENOSYS)",
     "iommufd_ioas.*.fork_gone": "pages pinned by a process that has exited: the model reads page contents from "
                                 "the process (it does not own the memory), so ACCESS_RW cannot read them",
-    "iommufd_viommu.mock_viommu.vdevice_alloc": "read(veventq_fd, buf, 0): the model's vEVENTQ descriptor is a "
-                                                "socket end, whose read of 0 bytes answers 0, not EINVAL",
 }
 HUGEPAGES = 64  # as the VM reserves: the selftests' *_hugepage and *_huge variants need them
 

@@ -38,7 +38,10 @@ from model.uaccess import UserFault
 REQ = struct.Struct("<IIQQ")
 MMAP_REQ = struct.Struct("<IIQQQii")
 OP_IOCTL, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE = 1, 2, 3, 4, 5, 6  # OP_INSTALLED: arg = fd or -errno
-FILE_IOMMU, FILE_FAIL_NTH = 0, 1
+OP_FILE_READ = 7  # MMAP_REQ's layout: buffer, count, position, the file's descriptor (prot)
+FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL = 0, 1, 2  # FILE_MODEL: reads of the model's files
+# INSTALL's errno field says what the file is, for the reads the client carries here
+INSTALL_PLAIN, INSTALL_VEVENTQ = 0, 1
 # Server -> client: rc, errno, kind. DONE ends a call; during one the server may send INSTALL
 # (one descriptor in SCM_RIGHTS, rc = 1 for O_CLOEXEC; the client answers OP_INSTALLED), CLOSE
 # (rc = a descriptor it installed during this call; no answer) or PIECES (rc pieces of PIECE
@@ -116,6 +119,10 @@ class Server:
                 conn.send(REP.pack(0, 0, KIND_DONE))
                 self.fail_nth_file(conn, arg)
                 return
+            if kind == FILE_MODEL:
+                conn.send(REP.pack(0, 0, KIND_DONE))
+                self.model_files(conn, opener)
+                return
             if kind != FILE_IOMMU:
                 conn.send(REP.pack(-1, errno.EINVAL, KIND_DONE))
                 return
@@ -153,6 +160,38 @@ class Server:
                         conn.send(REP.pack(-1, e.errno, KIND_DONE))
                 else:
                     conn.send(REP.pack(-1, errno.EINVAL, KIND_DONE))
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def model_files(self, conn: socket.socket, opener: int) -> None:
+        """read() of the vEVENTQ descriptors the model handed out, with the kernel's rules
+        (IommufdVeventq.fops_read()), for the process that sends each request."""
+        from model.anon_inode import fget
+        from model.eventq import VeventqFile
+
+        try:
+            while True:
+                msg, pid = _recv(conn)
+                if not msg:
+                    return
+                if len(msg) != MMAP_REQ.size or struct.unpack_from("<I", msg)[0] != OP_FILE_READ:
+                    conn.send(REP.pack(-1, errno.EINVAL, KIND_DONE))
+                    continue
+                _, tid, buf, count, pos, fd, _ = MMAP_REQ.unpack(msg)
+                task = Task(pid or opener, tid=tid)
+                try:
+                    f = fget(task, fd, VeventqFile.kind, errno.EBADF)
+                    with f.veventq.viommu.ictx.lock:
+                        rc, err = f.veventq.fops_read(task, buf, count, pos), 0
+                except IommufdError as e:
+                    rc, err = -1, e.errno
+                except Exception:
+                    print(f"iommufd-conformance serve: pid {pid}: a read failed in the model:\n"
+                          f"{traceback.format_exc()}", file=self.log)
+                    rc, err = -1, errno.EIO
+                conn.send(REP.pack(rc, err, KIND_DONE))
         except OSError:
             return
         finally:
@@ -292,8 +331,9 @@ class ClientFiles:
     def __init__(self, conn: socket.socket):
         self.conn = conn
 
-    def install(self, fd: int, cloexec: bool) -> int:
-        self.conn.sendmsg([REP.pack(int(cloexec), 0, KIND_INSTALL)],
+    def install(self, fd: int, cloexec: bool, kind: str = "") -> int:
+        what = INSTALL_VEVENTQ if kind == "iommufd-viommu-event" else INSTALL_PLAIN
+        self.conn.sendmsg([REP.pack(int(cloexec), what, KIND_INSTALL)],
                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
         msg, _ = _recv(self.conn)
         if len(msg) != REQ.size:

@@ -53,7 +53,7 @@ class AnonFile:
             fd = self._peer.detach()
             os.set_inheritable(fd, False)
         elif task.files is not None:
-            fd = task.files.install(self._peer.fileno(), cloexec=True)
+            fd = task.files.install(self._peer.fileno(), cloexec=True, kind=self.kind)
             self._peer.close()
         else:
             raise NotModelled("handing a file descriptor to another process without a server")

@@ -24,6 +24,7 @@ import struct
 import termios
 
 from model.anon_inode import AnonFile
+from model.uaccess import UserFault
 from model.objects import IommufdError, IommufdObject
 from model.uapi import B
 
@@ -270,6 +271,42 @@ class IommufdVeventq(IommufdObject):
         for lost, rec in out[:-1]:
             self._send(lost, rec)
         return True
+
+    def fops_read(self, task, buf: int, count: int, ppos: int = 0) -> int:
+        """iommufd_veventq_fops_read() (eventq.c:311), for a caller that reads through the
+        model (the server's clients): ESPIPE at a nonzero position, EINVAL under a header's
+        size; whole records while they fit (a lost-events header is its header alone), EINVAL
+        when the first one does not fit; 0 on an empty queue; EFAULT when nothing could be
+        copied. The bytes are taken from the caller's socket end as it would have read them."""
+        if ppos:
+            raise IommufdError(errno.ESPIPE)
+        if count < VEVENT_HEADER:
+            raise IommufdError(errno.EINVAL)
+        self._sync()
+        fd = self.filep.caller_end() if self.filep is not None else None
+        if fd is None:
+            return 0
+        done = 0
+        with socket.socket(fileno=fd) as s:
+            while self.sent:
+                lost, _, n = self.sent[0]
+                if done >= count or VEVENT_HEADER > count - done:
+                    break
+                if not lost and n > count - done:
+                    if not done:
+                        raise IommufdError(errno.EINVAL)
+                    break
+                rec = s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                try:
+                    task.mm.write(buf + done, rec)
+                except UserFault:
+                    if not done:
+                        raise IommufdError(errno.EFAULT) from None
+                    break
+                s.recv(n, socket.MSG_DONTWAIT)  # delivered: off the queue
+                done += n
+                self._sync()  # the record is gone; pending ones may follow it
+        return done
 
     @property
     def num_events(self) -> int:

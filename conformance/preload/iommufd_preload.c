@@ -68,13 +68,17 @@ struct preload_piece {
 };
 
 enum { KIND_DONE, KIND_INSTALL, KIND_CLOSE, KIND_PIECES };
-enum { OP_IOCTL = 1, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE };
-enum { FILE_IOMMU, FILE_FAIL_NTH };
-enum { SERVED_NONE, SERVED_IOMMU, SERVED_FAIL_NTH }; /* what a descriptor of ours is */
+enum { OP_IOCTL = 1, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE, OP_FILE_READ };
+enum { FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL };
+enum { INSTALL_PLAIN, INSTALL_VEVENTQ };
+/* what a descriptor of ours is: a served /dev/iommu, a fail-nth file, a vEVENTQ the model
+ * handed out (its reads go to the server, which applies the kernel's rules) */
+enum { SERVED_NONE, SERVED_IOMMU, SERVED_FAIL_NTH, SERVED_VEVENTQ };
 #define MAX_PIECES 64
 
 static unsigned char served[MAX_FDS]; /* fds connected to the server: SERVED_* */
 static uint64_t fail_nth_pos[MAX_FDS]; /* the file position of a fail-nth file (read()) */
+static int model_conn[MAX_FDS]; /* a vEVENTQ's connection for its reads (0: none yet) */
 
 static void *next(const char *name)
 {
@@ -123,7 +127,7 @@ static int connect_server(int flags, int kind, uint32_t tid)
 		return -1;
 	}
 	if (fd < MAX_FDS) {
-		served[fd] = kind == FILE_IOMMU ? SERVED_IOMMU : SERVED_FAIL_NTH;
+		served[fd] = kind == FILE_IOMMU ? SERVED_IOMMU : kind == FILE_FAIL_NTH ? SERVED_FAIL_NTH : SERVED_NONE;
 		fail_nth_pos[fd] = 0;
 	}
 	return fd;
@@ -257,8 +261,10 @@ static int64_t call_server(int fd, const void *req, size_t len, int prot)
 				ans.arg = (uint64_t)(int64_t)-errno;
 			else
 				ans.arg = (uint64_t)fds[0];
-			if (nfds == 1 && fds[0] < MAX_FDS)
-				served[fds[0]] = SERVED_NONE; /* a model file, not the server's connection */
+			if (nfds == 1 && fds[0] < MAX_FDS) { /* a model file, not the server's connection */
+				served[fds[0]] = buf.rep.err == INSTALL_VEVENTQ ? SERVED_VEVENTQ : SERVED_NONE;
+				model_conn[fds[0]] = 0;
+			}
 			if (send(fd, &ans, sizeof(ans), MSG_NOSIGNAL) != sizeof(ans))
 				goto gone;
 			break;
@@ -353,6 +359,9 @@ void *mmap64(void *addr, size_t length, int prot, int flags, int fd, off_t offse
 static int dup_result(int oldfd, int newfd)
 {
 	if (newfd >= 0 && newfd < MAX_FDS) {
+		if (model_conn[newfd])
+			real_close(model_conn[newfd]);
+		model_conn[newfd] = 0;
 		served[newfd] = oldfd >= 0 && oldfd < MAX_FDS ? served[oldfd] : SERVED_NONE;
 		fail_nth_pos[newfd] = oldfd >= 0 && oldfd < MAX_FDS ? fail_nth_pos[oldfd] : 0;
 	}
@@ -397,11 +406,30 @@ static ssize_t fail_nth_write(int fd, const void *buf, size_t count)
 }
 
 #define IS_FAIL_NTH(fd) ((fd) >= 0 && (fd) < MAX_FDS && served[fd] == SERVED_FAIL_NTH)
+#define IS_VEVENTQ(fd) ((fd) >= 0 && (fd) < MAX_FDS && served[fd] == SERVED_VEVENTQ)
+
+/* iommufd_veventq_fops_read() in the server (over a connection of this descriptor's own). */
+static ssize_t veventq_read(int fd, void *buf, size_t count, off_t pos)
+{
+	struct preload_mmap_req req = { .op = OP_FILE_READ, .tid = gettid(), .start = (uintptr_t)buf,
+					.length = count, .offset = (uint64_t)pos, .prot = fd };
+
+	if (!model_conn[fd]) {
+		int c = connect_server(O_CLOEXEC, FILE_MODEL, 0);
+
+		if (c < 0)
+			return -1;
+		model_conn[fd] = c;
+	}
+	return call_server(model_conn[fd], &req, sizeof(req), 0);
+}
 
 ssize_t read(int fd, void *buf, size_t count)
 {
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_read(fd, buf, count, NULL);
+	if (IS_VEVENTQ(fd))
+		return veventq_read(fd, buf, count, 0);
 	return ((ssize_t (*)(int, void *, size_t))next("read"))(fd, buf, count);
 }
 
@@ -409,6 +437,8 @@ ssize_t pread(int fd, void *buf, size_t count, off_t offset)
 {
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_read(fd, buf, count, &offset);
+	if (IS_VEVENTQ(fd))
+		return veventq_read(fd, buf, count, offset);
 	return ((ssize_t (*)(int, void *, size_t, off_t))next("pread"))(fd, buf, count, offset);
 }
 
@@ -416,6 +446,8 @@ ssize_t pread64(int fd, void *buf, size_t count, off_t offset)
 {
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_read(fd, buf, count, &offset);
+	if (IS_VEVENTQ(fd))
+		return veventq_read(fd, buf, count, offset);
 	return ((ssize_t (*)(int, void *, size_t, off_t))next("pread64"))(fd, buf, count, offset);
 }
 
@@ -472,7 +504,11 @@ int fcntl(int fd, int cmd, ...)
 
 int close(int fd)
 {
-	if (fd >= 0 && fd < MAX_FDS)
+	if (fd >= 0 && fd < MAX_FDS) {
 		served[fd] = SERVED_NONE;
+		if (model_conn[fd])
+			real_close(model_conn[fd]);
+		model_conn[fd] = 0;
+	}
 	return real_close(fd);
 }

@@ -97,7 +97,9 @@ def test_files_the_model_hands_out_and_mmap(tmp_path):
     in ACCESS_RW, close-on-exec as get_unused_fd_flags(O_CLOEXEC); closed, it is EBADFD); a
     page request is read from the fault queue's descriptor and answered; the vIOMMU region maps
     shared with the word the mock wrote, a private mapping is EINVAL, and the mapping keeps the
-    vIOMMU busy until munmap(); the fault queue's descriptor keeps the context (and its pins)
+    vIOMMU busy until munmap(); a vEVENTQ's read() follows iommufd_veventq_fops_read() (EINVAL
+    for a count under a header or one that fits no record, ESPIPE at a position, 0 when empty,
+    whole records only); the fault queue's descriptor keeps the context (and its pins)
     after /dev/iommu's is closed, and closing it releases them before the next call looks.
     The same program on the kernel: conformance/runner_tests/test_preload_vs_kernel.py."""
     lines = _exec_c(tmp_path, "handed_files")
@@ -110,6 +112,13 @@ def test_files_the_model_hands_out_and_mmap(tmp_path):
     assert lines["private"] == os.strerror(errno.EINVAL)
     assert lines["destroy_mapped"] == f"-1 {os.strerror(errno.EBUSY)}"
     assert lines["destroy_unmapped"] == "0"
+    # the vEVENTQ's reads through the server: the kernel's rules, not a socket's
+    assert lines["vevent_empty"] == "0"
+    assert lines["vevent_zero"] == f"-1 {os.strerror(errno.EINVAL)}"
+    assert lines["vevent_header_only"] == f"-1 {os.strerror(errno.EINVAL)}"
+    assert lines["vevent_pread"] == f"-1 {os.strerror(errno.ESPIPE)}"
+    assert lines["vevent_one"] == "12 seq 0 virt_id 0x99"
+    assert lines["vevent_rest"] == "12 seq 1"
     assert lines["refs_fault_open"] == f"-1 {os.strerror(errno.EIO)}"  # selftest.c:1270
     assert lines["refs_after_close"] == "0"
 

@@ -97,6 +97,43 @@ int main(void)
 	rc = ioctl(fd, IOMMU_DESTROY, &d);
 	printf("destroy_unmapped %d\n", rc);
 
+	/* a vEVENTQ's reads follow the kernel's rules (iommufd_veventq_fops_read()) */
+	struct iommu_viommu_alloc va2 = { .size = sizeof(va2), .type = IOMMU_VIOMMU_TYPE_SELFTEST, .dev_id = idev,
+		.hwpt_id = parent.out_hwpt_id };
+	if (ioctl(fd, IOMMU_VIOMMU_ALLOC, &va2)) { perror("viommu2"); return 1; }
+	struct iommu_hwpt_alloc vnested = { .size = sizeof(vnested), .dev_id = idev, .pt_id = va2.out_viommu_id,
+		.data_type = IOMMU_HWPT_DATA_SELFTEST, .data_len = sizeof(data), .data_uptr = (uintptr_t)&data };
+	struct iommu_vdevice_alloc vd = { .size = sizeof(vd), .viommu_id = va2.out_viommu_id, .dev_id = idev,
+		.virt_id = 0x99 };
+	struct iommu_veventq_alloc vq = { .size = sizeof(vq), .viommu_id = va2.out_viommu_id,
+		.type = IOMMU_VEVENTQ_TYPE_SELFTEST, .veventq_depth = 4 };
+	if (ioctl(fd, IOMMU_HWPT_ALLOC, &vnested) || ioctl(fd, IOMMU_VDEVICE_ALLOC, &vd) ||
+	    ioctl(fd, IOMMU_VEVENTQ_ALLOC, &vq)) { perror("veventq setup"); return 1; }
+	c = (struct iommu_test_cmd){ .op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, .id = stdev,
+		.mock_domain_replace = { .pt_id = vnested.out_hwpt_id } };
+	if (test_cmd(fd, &c)) { perror("replace2"); return 1; }
+	unsigned char ev[64];
+	int efd = vq.out_veventq_fd;
+	n = read(efd, ev, sizeof(ev));
+	printf("vevent_empty %zd\n", n);
+	c = (struct iommu_test_cmd){ .op = IOMMU_TEST_OP_TRIGGER_VEVENT, .trigger_vevent = { .dev_id = idev } };
+	if (test_cmd(fd, &c) || test_cmd(fd, &c)) { perror("trigger_vevent"); return 1; }
+	n = read(efd, ev, 0);
+	printf("vevent_zero %zd %s\n", n, n < 0 ? strerror(errno) : "-");
+	n = read(efd, ev, sizeof(struct iommufd_vevent_header));
+	printf("vevent_header_only %zd %s\n", n, n < 0 ? strerror(errno) : "-");
+	n = pread(efd, ev, sizeof(ev), 1);
+	printf("vevent_pread %zd %s\n", n, n < 0 ? strerror(errno) : "-");
+	n = read(efd, ev, 20); /* room for one record of 12 bytes, not two */
+	struct iommufd_vevent_header *h = (void *)ev;
+	printf("vevent_one %zd seq %u virt_id %#x\n", n, h->sequence, *(uint32_t *)(ev + sizeof(*h)));
+	n = read(efd, ev, sizeof(ev));
+	printf("vevent_rest %zd seq %u\n", n, h->sequence);
+	close(efd);
+	c = (struct iommu_test_cmd){ .op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, .id = stdev,
+		.mock_domain_replace = { .pt_id = nested.out_hwpt_id } };
+	test_cmd(fd, &c);
+
 	/* the fault queue's descriptor holds the context: closing /dev/iommu leaves the pages
 	 * pinned until it is closed too, and then the release is done before the next open looks */
 	close(fd);
