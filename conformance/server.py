@@ -38,10 +38,10 @@ from model.uaccess import UserFault
 REQ = struct.Struct("<IIQQ")
 MMAP_REQ = struct.Struct("<IIQQQii")
 OP_IOCTL, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE = 1, 2, 3, 4, 5, 6  # OP_INSTALLED: arg = fd or -errno
-OP_FILE_READ = 7  # MMAP_REQ's layout: buffer, count, position, the file's descriptor (prot)
+OP_FILE_READ, OP_FILE_WRITE = 7, 8  # MMAP_REQ's layout: buffer, count, position, the file's descriptor (prot)
 FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL = 0, 1, 2  # FILE_MODEL: reads of the model's files
 # INSTALL's errno field says what the file is, for the reads the client carries here
-INSTALL_PLAIN, INSTALL_VEVENTQ = 0, 1
+INSTALL_PLAIN, INSTALL_VEVENTQ, INSTALL_FAULT = 0, 1, 2
 # Server -> client: rc, errno, kind. DONE ends a call; during one the server may send INSTALL
 # (one descriptor in SCM_RIGHTS, rc = 1 for O_CLOEXEC; the client answers OP_INSTALLED), CLOSE
 # (rc = a descriptor it installed during this call; no answer) or PIECES (rc pieces of PIECE
@@ -166,25 +166,37 @@ class Server:
             conn.close()
 
     def model_files(self, conn: socket.socket, opener: int) -> None:
-        """read() of the vEVENTQ descriptors the model handed out, with the kernel's rules
-        (IommufdVeventq.fops_read()), for the process that sends each request."""
-        from model.anon_inode import fget
-        from model.eventq import VeventqFile
+        """read() and write() of the vEVENTQ and fault queue descriptors the model handed out,
+        with the kernel's rules (fops_read() / fops_write() of IommufdVeventq, IommufdFault),
+        for the process that sends each request."""
+        from model.anon_inode import _BY_INO, _LOCK
 
         try:
             while True:
                 msg, pid = _recv(conn)
                 if not msg:
                     return
-                if len(msg) != MMAP_REQ.size or struct.unpack_from("<I", msg)[0] != OP_FILE_READ:
+                op = struct.unpack_from("<I", msg)[0] if len(msg) == MMAP_REQ.size else 0
+                if op not in (OP_FILE_READ, OP_FILE_WRITE):
                     conn.send(REP.pack(-1, errno.EINVAL, KIND_DONE))
                     continue
                 _, tid, buf, count, pos, fd, _ = MMAP_REQ.unpack(msg)
                 task = Task(pid or opener, tid=tid)
                 try:
-                    f = fget(task, fd, VeventqFile.kind, errno.EBADF)
-                    with f.veventq.viommu.ictx.lock:
-                        rc, err = f.veventq.fops_read(task, buf, count, pos), 0
+                    try:
+                        ino = os.stat(f"/proc/{task.pid}/fd/{fd}").st_ino
+                    except OSError:
+                        raise IommufdError(errno.EBADF) from None
+                    with _LOCK:
+                        f = _BY_INO.get(ino)
+                    queue = getattr(f, "veventq", None) or getattr(f, "fault", None)
+                    if queue is None or f.released:
+                        raise IommufdError(errno.EBADF)
+                    ops = queue.fops_read if op == OP_FILE_READ else getattr(queue, "fops_write", None)
+                    if ops is None:
+                        raise IommufdError(errno.EINVAL)  # no .write in the vEVENTQ's fops
+                    with queue.ictx.lock:
+                        rc, err = ops(task, buf, count, pos), 0
                 except IommufdError as e:
                     rc, err = -1, e.errno
                 except Exception:
@@ -332,7 +344,7 @@ class ClientFiles:
         self.conn = conn
 
     def install(self, fd: int, cloexec: bool, kind: str = "") -> int:
-        what = INSTALL_VEVENTQ if kind == "iommufd-viommu-event" else INSTALL_PLAIN
+        what = {"iommufd-viommu-event": INSTALL_VEVENTQ, "iommufd-pgfault": INSTALL_FAULT}.get(kind, INSTALL_PLAIN)
         self.conn.sendmsg([REP.pack(int(cloexec), what, KIND_INSTALL)],
                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
         msg, _ = _recv(self.conn)

@@ -94,6 +94,66 @@ class IommufdFault(IommufdObject):
             if resp.code in (B.IOMMUFD_PAGE_RESP_SUCCESS, B.IOMMUFD_PAGE_RESP_INVALID):
                 self.response.pop(resp.cookie, None)
 
+    def fops_read(self, task, buf: int, count: int, ppos: int = 0) -> int:
+        """iommufd_fault_fops_read() (eventq.c:124), for a caller that reads through the model
+        (the server's clients): ESPIPE at a position or for a count that is not whole
+        records, EINVAL when the first group does not fit, 0 when none waits, EFAULT when
+        nothing could be copied; whole records, taken from the caller's socket end."""
+        size = ctypes.sizeof(B.iommu_hwpt_pgfault)
+        if ppos or count % size:
+            raise IommufdError(errno.ESPIPE)
+        fd = self.filep.caller_end() if self.filep is not None else None
+        if fd is None:
+            return 0
+        done = 0
+        with socket.socket(fileno=fd) as s:
+            while True:
+                try:
+                    rec = s.recv(size, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if len(rec) < size:
+                    break
+                if done >= count or size > count - done:  # a group of one fault
+                    if not done:
+                        raise IommufdError(errno.EINVAL)
+                    break
+                try:
+                    task.mm.write(buf + done, rec)
+                except UserFault:
+                    if not done:
+                        raise IommufdError(errno.EFAULT) from None
+                    break
+                s.recv(size, socket.MSG_DONTWAIT)
+                done += size
+        return done
+
+    def fops_write(self, task, buf: int, count: int, ppos: int = 0) -> int:
+        """iommufd_fault_fops_write() (eventq.c:182): ESPIPE at a position or for a count that
+        is not whole responses; each response in turn: EFAULT unreadable, EINVAL for a code
+        other than SUCCESS / INVALID or a cookie not waiting; the count done, else the error."""
+        size = ctypes.sizeof(B.iommu_hwpt_page_response)
+        if ppos or count % size:
+            raise IommufdError(errno.ESPIPE)
+        done, rc = 0, 0
+        while count > done:
+            try:
+                raw = task.mm.read(buf + done, size)
+            except UserFault:
+                rc = errno.EFAULT
+                break
+            resp = B.iommu_hwpt_page_response.from_buffer_copy(raw)
+            if resp.code not in (B.IOMMUFD_PAGE_RESP_SUCCESS, B.IOMMUFD_PAGE_RESP_INVALID):
+                rc = errno.EINVAL
+                break
+            if self.response.pop(resp.cookie, None) is None:
+                rc = errno.EINVAL
+                break
+            done += size
+        if not done and rc:
+            raise IommufdError(rc)
+        return done
+
     def auto_response(self, idev) -> None:
         """iommufd_auto_response_faults(): this device's groups are answered INVALID."""
         for cookie in [c for c, (d, _) in self.response.items() if d is idev]:
@@ -149,6 +209,7 @@ def _answer_with_file(ucmd, obj, file_type, id_field: str, fd_field: str) -> int
         objects.abort_and_destroy(obj)
         raise
     obj.filep = filep
+    obj.ictx = ucmd.ictx  # iommufd_eventq_init(): eventq->ictx
     obj.refs += 1
     ucmd.ictx.files.add(filep)
     objects.finalize(obj)

@@ -68,17 +68,17 @@ struct preload_piece {
 };
 
 enum { KIND_DONE, KIND_INSTALL, KIND_CLOSE, KIND_PIECES };
-enum { OP_IOCTL = 1, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE, OP_FILE_READ };
+enum { OP_IOCTL = 1, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE, OP_FILE_READ, OP_FILE_WRITE };
 enum { FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL };
-enum { INSTALL_PLAIN, INSTALL_VEVENTQ };
-/* what a descriptor of ours is: a served /dev/iommu, a fail-nth file, a vEVENTQ the model
- * handed out (its reads go to the server, which applies the kernel's rules) */
-enum { SERVED_NONE, SERVED_IOMMU, SERVED_FAIL_NTH, SERVED_VEVENTQ };
+enum { INSTALL_PLAIN, INSTALL_VEVENTQ, INSTALL_FAULT };
+/* what a descriptor of ours is: a served /dev/iommu, a fail-nth file, a vEVENTQ or fault queue
+ * the model handed out (its reads and writes go to the server, which applies the kernel's rules) */
+enum { SERVED_NONE, SERVED_IOMMU, SERVED_FAIL_NTH, SERVED_EVENTQ };
 #define MAX_PIECES 64
 
 static unsigned char served[MAX_FDS]; /* fds connected to the server: SERVED_* */
 static uint64_t fail_nth_pos[MAX_FDS]; /* the file position of a fail-nth file (read()) */
-static int model_conn[MAX_FDS]; /* a vEVENTQ's connection for its reads (0: none yet) */
+static int model_conn[MAX_FDS]; /* an event queue's connection for its reads (0: none yet) */
 
 static void *next(const char *name)
 {
@@ -262,7 +262,7 @@ static int64_t call_server(int fd, const void *req, size_t len, int prot)
 			else
 				ans.arg = (uint64_t)fds[0];
 			if (nfds == 1 && fds[0] < MAX_FDS) { /* a model file, not the server's connection */
-				served[fds[0]] = buf.rep.err == INSTALL_VEVENTQ ? SERVED_VEVENTQ : SERVED_NONE;
+				served[fds[0]] = buf.rep.err == INSTALL_PLAIN ? SERVED_NONE : SERVED_EVENTQ;
 				model_conn[fds[0]] = 0;
 			}
 			if (send(fd, &ans, sizeof(ans), MSG_NOSIGNAL) != sizeof(ans))
@@ -406,12 +406,13 @@ static ssize_t fail_nth_write(int fd, const void *buf, size_t count)
 }
 
 #define IS_FAIL_NTH(fd) ((fd) >= 0 && (fd) < MAX_FDS && served[fd] == SERVED_FAIL_NTH)
-#define IS_VEVENTQ(fd) ((fd) >= 0 && (fd) < MAX_FDS && served[fd] == SERVED_VEVENTQ)
+#define IS_EVENTQ(fd) ((fd) >= 0 && (fd) < MAX_FDS && served[fd] == SERVED_EVENTQ)
 
-/* iommufd_veventq_fops_read() in the server (over a connection of this descriptor's own). */
-static ssize_t veventq_read(int fd, void *buf, size_t count, off_t pos)
+/* The file's read or write (iommufd_veventq_fops_read(), iommufd_fault_fops_read/write()) in
+ * the server, over a connection of this descriptor's own. */
+static ssize_t eventq_rw(int op, int fd, uintptr_t buf, size_t count, off_t pos)
 {
-	struct preload_mmap_req req = { .op = OP_FILE_READ, .tid = gettid(), .start = (uintptr_t)buf,
+	struct preload_mmap_req req = { .op = op, .tid = gettid(), .start = buf,
 					.length = count, .offset = (uint64_t)pos, .prot = fd };
 
 	if (!model_conn[fd]) {
@@ -428,8 +429,8 @@ ssize_t read(int fd, void *buf, size_t count)
 {
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_read(fd, buf, count, NULL);
-	if (IS_VEVENTQ(fd))
-		return veventq_read(fd, buf, count, 0);
+	if (IS_EVENTQ(fd))
+		return eventq_rw(OP_FILE_READ, fd, (uintptr_t)buf, count, 0);
 	return ((ssize_t (*)(int, void *, size_t))next("read"))(fd, buf, count);
 }
 
@@ -437,8 +438,8 @@ ssize_t pread(int fd, void *buf, size_t count, off_t offset)
 {
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_read(fd, buf, count, &offset);
-	if (IS_VEVENTQ(fd))
-		return veventq_read(fd, buf, count, offset);
+	if (IS_EVENTQ(fd))
+		return eventq_rw(OP_FILE_READ, fd, (uintptr_t)buf, count, offset);
 	return ((ssize_t (*)(int, void *, size_t, off_t))next("pread"))(fd, buf, count, offset);
 }
 
@@ -446,8 +447,8 @@ ssize_t pread64(int fd, void *buf, size_t count, off_t offset)
 {
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_read(fd, buf, count, &offset);
-	if (IS_VEVENTQ(fd))
-		return veventq_read(fd, buf, count, offset);
+	if (IS_EVENTQ(fd))
+		return eventq_rw(OP_FILE_READ, fd, (uintptr_t)buf, count, offset);
 	return ((ssize_t (*)(int, void *, size_t, off_t))next("pread64"))(fd, buf, count, offset);
 }
 
@@ -455,6 +456,8 @@ ssize_t write(int fd, const void *buf, size_t count)
 {
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_write(fd, buf, count);
+	if (IS_EVENTQ(fd))
+		return eventq_rw(OP_FILE_WRITE, fd, (uintptr_t)buf, count, 0);
 	return ((ssize_t (*)(int, const void *, size_t))next("write"))(fd, buf, count);
 }
 
@@ -462,6 +465,8 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
 {
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_write(fd, buf, count);
+	if (IS_EVENTQ(fd))
+		return eventq_rw(OP_FILE_WRITE, fd, (uintptr_t)buf, count, offset);
 	return ((ssize_t (*)(int, const void *, size_t, off_t))next("pwrite"))(fd, buf, count, offset);
 }
 
@@ -469,6 +474,8 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset)
 {
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_write(fd, buf, count);
+	if (IS_EVENTQ(fd))
+		return eventq_rw(OP_FILE_WRITE, fd, (uintptr_t)buf, count, offset);
 	return ((ssize_t (*)(int, const void *, size_t, off_t))next("pwrite64"))(fd, buf, count, offset);
 }
 

@@ -108,6 +108,10 @@ def test_files_the_model_hands_out_and_mmap(tmp_path):
     assert lines["closed_access"] == f"-1 {os.strerror(errno.EBADFD)}"
     assert lines["fault"] == "40 pasid 1 addr 0xdeadbeaf grpid 2"
     assert lines["response"] == "8"
+    assert lines["response_again"] == f"-1 {os.strerror(errno.EINVAL)}"  # the cookie is answered
+    assert lines["response_short"] == f"-1 {os.strerror(errno.ESPIPE)}"
+    assert lines["fault_short"] == f"-1 {os.strerror(errno.ESPIPE)}"
+    assert lines["fault_empty"] == "0"
     assert lines["mmap"] == "1 word 0xbadbeef"
     assert lines["private"] == os.strerror(errno.EINVAL)
     assert lines["destroy_mapped"] == f"-1 {os.strerror(errno.EBUSY)}"

@@ -79,6 +79,15 @@ int main(void)
 	printf("fault %zd pasid %u addr %#llx grpid %u\n", n, f.pasid, (unsigned long long)f.addr, f.grpid);
 	struct iommu_hwpt_page_response resp = { .cookie = f.cookie, .code = IOMMUFD_PAGE_RESP_SUCCESS };
 	printf("response %zd\n", write(fa.out_fault_fd, &resp, sizeof(resp)));
+	/* the fault queue's rules (iommufd_fault_fops_read/write()) */
+	n = write(fa.out_fault_fd, &resp, sizeof(resp));
+	printf("response_again %zd %s\n", n, n < 0 ? strerror(errno) : "-");
+	n = write(fa.out_fault_fd, &resp, 1);
+	printf("response_short %zd %s\n", n, n < 0 ? strerror(errno) : "-");
+	n = read(fa.out_fault_fd, &f, sizeof(f) - 1);
+	printf("fault_short %zd %s\n", n, n < 0 ? strerror(errno) : "-");
+	n = read(fa.out_fault_fd, &f, sizeof(f));
+	printf("fault_empty %zd\n", n);
 
 	/* the vIOMMU's region: the mock writes in_data into its first word */
 	struct iommu_viommu_selftest vdata = { .in_data = 0xbadbeef };
