@@ -294,6 +294,8 @@ class Server:
             return -1, e.errno, []
         except UserFault:
             return -1, errno.EFAULT, []
+        except ClientGone:  # the call was undone; the client is gone or confused
+            return -1, errno.EIO, []
         except NotModelled as e:
             print(f"iommufd-conformance serve: pid {pid}: {e.strerror}", file=self.log)
             return -1, errno.ENOSYS, []
@@ -335,6 +337,10 @@ def _mmap(ictx: IommufdCtx, pid: int, start: int, length: int, offset: int, prot
     return start, pieces
 
 
+class ClientGone(OSError):
+    """The client closed the connection, or answered nonsense, in the middle of a call."""
+
+
 class ClientFiles:
     """The client's descriptor table as fd_install() reaches it (model/task.py Task.files): the
     file goes over the connection (SCM_RIGHTS) in the middle of the call and the client answers
@@ -347,13 +353,13 @@ class ClientFiles:
         what = {"iommufd-viommu-event": INSTALL_VEVENTQ, "iommufd-pgfault": INSTALL_FAULT}.get(kind, INSTALL_PLAIN)
         self.conn.sendmsg([REP.pack(int(cloexec), what, KIND_INSTALL)],
                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
-        msg, _ = _recv(self.conn)
-        if len(msg) != REQ.size:
-            raise OSError(errno.EPROTO, "the client did not answer the descriptor it was given")
-        op, _, _, arg = REQ.unpack(msg)
-        n = struct.unpack("<q", struct.pack("<Q", arg))[0]
-        if op != OP_INSTALLED:
-            raise OSError(errno.EPROTO, "the client did not answer the descriptor it was given")
+        try:
+            msg, _ = _recv(self.conn)
+        except OSError:
+            msg = b""
+        if len(msg) != REQ.size or REQ.unpack(msg)[0] != OP_INSTALLED:
+            raise ClientGone(errno.EPROTO, "the client did not answer the descriptor it was given")
+        n = struct.unpack("<q", struct.pack("<Q", REQ.unpack(msg)[3]))[0]
         if n < 0:
             raise IommufdError(-n)  # e.g. EMFILE: get_unused_fd_flags() failed
         return n

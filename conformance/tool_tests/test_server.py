@@ -11,11 +11,13 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+from types import SimpleNamespace
 from pathlib import Path
 
 import pytest
 
-from conformance.server import FILE_IOMMU, OP_OPEN, REP, REQ, Server, build_preload
+from conformance.server import FILE_IOMMU, KIND_INSTALL, OP_INSTALLED, OP_OPEN, REP, REQ, Server, build_preload
 from model.uapi import SERIES, B
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,3 +158,61 @@ def test_connections_are_separate_contexts_and_die_with_their_client(server):
 
 def test_preload_library_builds_once(tmp_path):
     assert build_preload() == build_preload()
+
+
+@pytest.fixture
+def server_process(tmp_path):
+    """The server in a process of its own (`serve`), so that this test process is a client of
+    another process, as a C program is."""
+    path = str(tmp_path / "sock")
+    log = open(tmp_path / "serve.log", "w+")
+    p = subprocess.Popen([sys.executable, "-m", "conformance.cli", "serve", "--socket", path], cwd=ROOT,
+                         stdout=subprocess.DEVNULL, stderr=log)
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    yield SimpleNamespace(path=path, process=p, log=log)
+    p.terminate()
+    p.wait(10)
+
+
+def _fault_alloc_until_install(c):
+    cmd = B.iommu_fault_alloc(size=ctypes.sizeof(B.iommu_fault_alloc))
+    c.send(REQ.pack(1, 0, B.IOMMU_FAULT_QUEUE_ALLOC, ctypes.addressof(cmd)))
+    rep, anc, _, _ = c.recvmsg(64, socket.CMSG_SPACE(4))
+    assert REP.unpack(rep)[2] == KIND_INSTALL  # the descriptor, waiting for its number
+    return cmd, int.from_bytes(anc[0][2][:4], "little")
+
+
+def test_a_client_that_dies_in_the_middle_of_a_call_takes_nothing_down(server_process):
+    """The server hands a descriptor over mid-call and waits for the client's answer: a client
+    that closes instead gets the call undone (EIO, not a model failure), and the server goes
+    on serving others with their own contexts."""
+    c = _client(server_process)
+    _, fd = _fault_alloc_until_install(c)
+    os.close(fd)
+    c.close()  # dies instead of answering
+    d = _client(server_process)
+    alloc = B.iommu_ioas_alloc(size=ctypes.sizeof(B.iommu_ioas_alloc))
+    assert _ioctl(d, B.IOMMU_IOAS_ALLOC, ctypes.addressof(alloc)) == (0, 0)
+    assert alloc.out_ioas_id == 1
+    d.close()
+    assert server_process.process.poll() is None
+    server_process.log.seek(0)
+    assert "failed in the model" not in server_process.log.read()
+
+
+def test_a_client_that_hangs_holds_only_its_own_context(server_process):
+    """A client that does not answer the descriptor it was handed blocks its own call only:
+    another connection's calls go through meanwhile, and the late answer completes the call."""
+    c = _client(server_process)
+    cmd, fd = _fault_alloc_until_install(c)
+    d = _client(server_process)
+    alloc = B.iommu_ioas_alloc(size=ctypes.sizeof(B.iommu_ioas_alloc))
+    assert _ioctl(d, B.IOMMU_IOAS_ALLOC, ctypes.addressof(alloc)) == (0, 0)
+    d.close()
+    c.send(REQ.pack(OP_INSTALLED, 0, 0, fd))  # answers at last: the call completes
+    assert REP.unpack(c.recv(64)) == (0, 0, 0)
+    assert cmd.out_fault_fd == fd and cmd.out_fault_id == 1
+    os.close(fd)
+    c.close()
