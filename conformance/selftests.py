@@ -118,8 +118,10 @@ def run_selftests(kernel: Path, source: Path | None = None, timeout: float = 900
 MODEL_FAILURES: dict[str, str] = {
     "iommufd.global_options": "IOMMU_OPTION_RLIMIT_MODE needs CAP_SYS_RESOURCE (capable()); the model checks "
                               "the calling process's real capabilities, and root here lacks it",
-    "change_process.*.basic": "get_vm_pinned() reads VmPin from /proc/PID/status: the kernel's own mm->pinned_vm, "
-                              "which the model's accounting (its own counters) cannot raise",
+    "change_process.account_user.basic": "its set-up sets IOMMU_OPTION_RLIMIT_MODE, which needs CAP_SYS_RESOURCE "
+                                         "(capable()); root here lacks it",
+    "change_process.account_mm.basic": "its set-up sets IOMMU_OPTION_RLIMIT_MODE, which needs CAP_SYS_RESOURCE "
+                                       "(capable()); root here lacks it",
     "*.dmabuf_simple": "IOMMU_TEST_OP_DMABUF_GET is not modelled (ENOSYS)",
     "*.dmabuf_revoke": "IOMMU_TEST_OP_DMABUF_GET is not modelled (ENOSYS)",
     "iommufd_ioas.*.fork_gone": "pages pinned by a process that has exited: the model reads page contents from "

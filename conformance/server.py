@@ -39,6 +39,7 @@ REQ = struct.Struct("<IIQQ")
 MMAP_REQ = struct.Struct("<IIQQQii")
 OP_IOCTL, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE = 1, 2, 3, 4, 5, 6  # OP_INSTALLED: arg = fd or -errno
 OP_FILE_READ, OP_FILE_WRITE = 7, 8  # MMAP_REQ's layout: buffer, count, position, the file's descriptor (prot)
+OP_MM_COUNTERS = 9  # REQ, arg = a pid: rc = the model's mm->pinned_vm | mm->locked_vm << 32 (pages)
 FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL = 0, 1, 2  # FILE_MODEL: reads of the model's files
 # INSTALL's errno field says what the file is, for the reads the client carries here
 INSTALL_PLAIN, INSTALL_VEVENTQ, INSTALL_FAULT = 0, 1, 2
@@ -176,6 +177,9 @@ class Server:
                 msg, pid = _recv(conn)
                 if not msg:
                     return
+                if len(msg) == REQ.size and REQ.unpack(msg)[0] == OP_MM_COUNTERS:
+                    conn.send(REP.pack(mm_counters(REQ.unpack(msg)[3]), 0, KIND_DONE))
+                    continue
                 op = struct.unpack_from("<I", msg)[0] if len(msg) == MMAP_REQ.size else 0
                 if op not in (OP_FILE_READ, OP_FILE_WRITE):
                     conn.send(REP.pack(-1, errno.EINVAL, KIND_DONE))
@@ -303,6 +307,17 @@ class Server:
             print(f"iommufd-conformance serve: pid {pid}: {msg[:REQ.size].hex()} failed in the model:\n"
                   f"{traceback.format_exc()}", file=self.log)
             return -1, errno.EIO, []
+
+
+def mm_counters(pid: int) -> int:
+    """The model's mm->pinned_vm and mm->locked_vm of process `pid`, in pages (what the kernel
+    shows as VmPin and VmLck in /proc/PID/status), packed for OP_MM_COUNTERS."""
+    from model.task import SYSTEM_ACCOUNTS
+
+    with SYSTEM_ACCOUNTS.lock:
+        pinned = SYSTEM_ACCOUNTS.mm_pinned_vm.get(pid, 0)
+        locked = SYSTEM_ACCOUNTS.mm_locked_vm.get(pid, 0)
+    return (pinned & 0xFFFFFFFF) | (locked & 0x7FFFFFFF) << 32
 
 
 def _poll(conn: socket.socket) -> list:

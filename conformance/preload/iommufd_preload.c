@@ -28,6 +28,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -68,7 +69,8 @@ struct preload_piece {
 };
 
 enum { KIND_DONE, KIND_INSTALL, KIND_CLOSE, KIND_PIECES };
-enum { OP_IOCTL = 1, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE, OP_FILE_READ, OP_FILE_WRITE };
+enum { OP_IOCTL = 1, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE, OP_FILE_READ, OP_FILE_WRITE,
+       OP_MM_COUNTERS };
 enum { FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL };
 enum { INSTALL_PLAIN, INSTALL_VEVENTQ, INSTALL_FAULT };
 /* what a descriptor of ours is: a served /dev/iommu, a fail-nth file, a vEVENTQ or fault queue
@@ -518,4 +520,91 @@ int close(int fd)
 		model_conn[fd] = 0;
 	}
 	return real_close(fd);
+}
+
+/*
+ * /proc/<pid>/status (and /proc/self/status) through stdio: VmPin and VmLck are the kernel's
+ * mm->pinned_vm and mm->locked_vm, which iommufd charges; here the model's counters of that
+ * process are added to what this machine's kernel shows, as the kernel would show them.
+ */
+static pid_t status_pid(const char *path)
+{
+	unsigned int pid;
+	int n = -1;
+
+	if (!path || !getenv("IOMMUFD_CONFORMANCE_SERVER"))
+		return 0;
+	if (!strcmp(path, "/proc/self/status"))
+		return getpid();
+	if (sscanf(path, "/proc/%u/status%n", &pid, &n) == 1 && n > 0 && !path[n])
+		return pid;
+	return 0;
+}
+
+static FILE *status_with_model(const char *path, pid_t pid)
+{
+	struct preload_req req = { .op = OP_MM_COUNTERS, .tid = gettid(), .arg = (uint64_t)pid };
+	static char text[16384];
+	long kb = sysconf(_SC_PAGESIZE) / 1024;
+	int64_t counters;
+	ssize_t len = 0, n;
+	int in, out, conn;
+	char *line;
+	FILE *f;
+
+	in = ((int (*)(const char *, int, ...))next("open"))(path, O_RDONLY | O_CLOEXEC);
+	if (in < 0)
+		return NULL;
+	while (len < (ssize_t)sizeof(text) - 1 &&
+	       (n = ((ssize_t (*)(int, void *, size_t))next("read"))(in, text + len, sizeof(text) - 1 - len)) > 0)
+		len += n;
+	real_close(in);
+	text[len] = 0;
+	conn = connect_server(O_CLOEXEC, FILE_MODEL, 0);
+	counters = conn < 0 ? -1 : call_server(conn, &req, sizeof(req), 0);
+	if (conn >= 0)
+		real_close(conn);
+	out = syscall(SYS_memfd_create, "status", 1 /* MFD_CLOEXEC */);
+	if (out < 0)
+		return NULL;
+	for (line = text; *line; ) {
+		char *end = strchr(line, '\n');
+		size_t l = end ? (size_t)(end - line + 1) : strlen(line);
+		char buf[64];
+		unsigned long v;
+		int k = 0;
+
+		if (counters >= 0 && sscanf(line, "VmPin: %lu kB", &v) == 1)
+			k = snprintf(buf, sizeof(buf), "VmPin:\t%8lu kB\n", v + (counters & 0xffffffff) * kb);
+		else if (counters >= 0 && sscanf(line, "VmLck: %lu kB", &v) == 1)
+			k = snprintf(buf, sizeof(buf), "VmLck:\t%8lu kB\n", v + (counters >> 32) * kb);
+		if (k > 0)
+			((ssize_t (*)(int, const void *, size_t))next("write"))(out, buf, k);
+		else
+			((ssize_t (*)(int, const void *, size_t))next("write"))(out, line, l);
+		line += l;
+	}
+	lseek(out, 0, SEEK_SET);
+	f = fdopen(out, "r");
+	if (!f)
+		real_close(out);
+	return f;
+}
+
+FILE *fopen(const char *path, const char *mode)
+{
+	pid_t pid = status_pid(path);
+
+	if (pid && mode && mode[0] == 'r' && !strchr(mode, '+'))
+		return status_with_model(path, pid);
+	return ((FILE *(*)(const char *, const char *))next("fopen"))(path, mode);
+}
+
+FILE *fopen64(const char *path, const char *mode)
+{
+	pid_t pid = status_pid(path);
+
+	if (pid && mode && mode[0] == 'r' && !strchr(mode, '+'))
+		return status_with_model(path, pid);
+	return ((FILE *(*)(const char *, const char *))next("fopen64"))(path, mode);
 }

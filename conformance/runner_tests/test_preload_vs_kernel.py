@@ -15,7 +15,7 @@ from conformance.tool_tests.test_server import compile_c
 
 @needs_kernel
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the C programs")
-@pytest.mark.parametrize("name", ["ioas_basic", "dup_fork", "handed_files"])
+@pytest.mark.parametrize("name", ["ioas_basic", "dup_fork", "handed_files", "vm_pin"])
 def test_same_output_on_the_kernel_and_through_the_preload_library(tmp_path, name):
     prog = compile_c(tmp_path, name)
     kernel = vm.run_in_vm(KERNEL, [str(prog)], timeout=300)

@@ -160,6 +160,14 @@ def test_preload_library_builds_once(tmp_path):
     assert build_preload() == build_preload()
 
 
+def test_vm_pin_in_proc_status_shows_the_models_pins(tmp_path):
+    """VmPin (mm->pinned_vm) read with fopen() counts what the model pinned for the program:
+    4 pages while mapped into an IOAS with a mock domain, nothing after the unmap."""
+    lines = _exec_c(tmp_path, "vm_pin")
+    assert lines["pinned_kb"] == str(4 * os.sysconf("SC_PAGESIZE") // 1024)
+    assert lines["after_unmap_kb"] == "0"
+
+
 @pytest.fixture
 def server_process(tmp_path):
     """The server in a process of its own (`serve`), so that this test process is a client of
