@@ -62,6 +62,19 @@ def _call(fd, request, struct):
     return (0 if rc == 0 else ("rc", rc)), bytes(struct)
 
 
+_KMSG = []
+
+
+def _kernel_log():
+    """One /dev/kmsg watcher per process (conformance/kmsg.py), moved past what is logged so far."""
+    from conformance.kmsg import KernelLog
+
+    if not _KMSG:
+        _KMSG.append(KernelLog())
+    _KMSG[0].new_reports()
+    return _KMSG[0]
+
+
 class ModelVsKernel(RuleBasedStateMachine):
     """The model against OTHER: "kernel" (a real /dev/iommu) or "model" (a second, independent
     model context: the model must be deterministic and its contexts independent). After every
@@ -76,12 +89,19 @@ class ModelVsKernel(RuleBasedStateMachine):
         self.model = open_iommufd()
         self.kernel = KernelFile() if self.OTHER == "kernel" else open_iommufd()
         self.live_mappings = []
+        self.kmsg = _kernel_log() if self.OTHER == "kernel" else None
 
     def teardown(self):
         for m in self.live_mappings:
             m.munmap()  # once: a consumed mapping is already gone
         self.model.close()
         self.kernel.close()
+
+    @invariant()
+    def no_kernel_report(self):
+        """A kernel report (WARNING, BUG, oops, KASAN) logged during the step fails it."""
+        reports = self.kmsg.new_reports() if self.kmsg is not None else []
+        assert not reports, "kernel report during this step:\n" + "\n".join(reports)
 
     @invariant()
     def model_is_consistent(self):

@@ -168,9 +168,12 @@ class Sweep:
     problems: list[str] = field(default_factory=list)
 
 
-def sweep(open_fd: Callable, fail_nth, scenario: Scenario, limit: int = 300) -> Sweep:
-    """Run the scenario with fail-nth = 1, 2, ... on fresh contexts."""
+def sweep(open_fd: Callable, fail_nth, scenario: Scenario, limit: int = 300, kmsg=None) -> Sweep:
+    """Run the scenario with fail-nth = 1, 2, ... on fresh contexts. `kmsg`: a kernel log
+    watcher (conformance/kmsg.py) whose reports during an attempt are problems of that attempt."""
     result = Sweep(scenario.name)
+    if kmsg is not None:
+        kmsg.new_reports()
     buf = h.touched(BUF_PAGES)
     for nth in range(1, limit + 1):
         fd = open_fd()
@@ -192,6 +195,8 @@ def sweep(open_fd: Callable, fail_nth, scenario: Scenario, limit: int = 300) -> 
             for n in ctx.get("close", []):
                 os.close(n)
             fd.close()
+        for report in kmsg.new_reports() if kmsg is not None else []:
+            result.problems.append(f"nth {nth}: kernel report: {report}")
         if left:  # the call met fewer than nth fault points: it ran through
             if e:
                 result.problems.append(f"nth {nth}: no fault fired, yet {errno.errorcode.get(e, e)}")
@@ -213,10 +218,12 @@ def run(target: str, names: list[str]) -> list[Sweep]:
         from model import open_iommufd
 
         return [sweep(open_iommufd, ModelFailNth(), SCENARIOS[n]) for n in names]
+    from conformance.kmsg import KernelLog
     from conformance.targets import KernelFile
 
     fail_nth = KernelFailNth()
-    return [sweep(KernelFile, fail_nth, SCENARIOS[n]) for n in names]
+    kmsg = KernelLog()
+    return [sweep(KernelFile, fail_nth, SCENARIOS[n], kmsg=kmsg) for n in names]
 
 
 def compare(model: list[dict], kernel: list[dict]) -> list[str]:

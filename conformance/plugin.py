@@ -221,6 +221,51 @@ class _Fd:
         self._f.close()
 
 
+_KMSG: dict = {}
+
+
+def _kernel_log(config):
+    """On a kernel target (a real /dev/iommu, and in the VM): the /dev/kmsg watcher
+    (conformance/kmsg.py; it reports nothing where /dev/kmsg cannot be read)."""
+    if _target(config).name != "kernel":
+        return None
+    if "log" not in _KMSG:
+        from conformance.kmsg import KernelLog
+
+        _KMSG["log"] = KernelLog()
+    return _KMSG["log"]
+
+
+def _reports_message(reports: list[str]) -> str:
+    return "kernel report while this test ran:\n" + "\n".join(reports)
+
+
+@pytest.fixture(autouse=True)
+def _kernel_reports(request):
+    """A kernel report (WARNING, BUG, oops, KASAN, a call trace ...) logged while a test ran
+    fails that test: what its set-up and call logged fails the call (pytest_runtest_call),
+    what its teardown logged is an error of the teardown."""
+    log = _kernel_log(request.config)
+    if log is None:
+        yield
+        return
+    log.new_reports()  # what came before belongs to no test
+    yield
+    reports = log.new_reports()
+    if reports:
+        pytest.fail(_reports_message(reports), pytrace=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    outcome = yield
+    log = _KMSG.get("log")
+    if log is not None and _target(item.config).name == "kernel":
+        reports = log.new_reports()
+        if reports:
+            outcome.force_exception(pytest.fail.Exception(_reports_message(reports), pytrace=False))
+
+
 @pytest.fixture
 def iommufd_target(request) -> str:
     return _target(request.config).name
