@@ -1,13 +1,16 @@
 """The model as a server for other processes (`iommufd-conformance serve`, `exec`), so that C
 programs run against it unmodified: conformance/preload/iommufd_preload.c (LD_PRELOAD) connects
-their open("/dev/iommu") to this server and carries their iommufd ioctls here.
+their open("/dev/iommu") to this server and carries their iommufd ioctls and mmaps here, and
+their fail-nth files, the reads and writes of the event queues the model hands out, and the
+VmPin/VmLck of /proc/PID/status (README, "C programs against the model").
 
-Each connection is one open file: its own model context (model.main.IommufdCtx), released when
-the client closes it or dies. The caller of an ioctl is the process that sent it (its pid as the
-kernel attaches it to the message, SO_PASSCRED: a forked child shares the file as on Linux), whose memory the model reads and writes with process_vm_readv / writev, as
-the kernel's copy_from_user / copy_to_user would; a pointer the client has not mapped is EFAULT.
-A malformed message or a model failure answers the client with an errno (EINVAL, EIO) and never
-stops the server or touches another connection's context.
+Each /dev/iommu connection is one open file: its own model context (model.main.IommufdCtx),
+released when the client closes it or dies (and the files it handed out are closed). The caller
+of a call is the process that sent it (its pid as the kernel attaches it to the message,
+SO_PASSCRED: a forked child shares the file as on Linux), whose memory the model reads and
+writes with process_vm_readv / writev where the kernel's copy_from_user / copy_to_user would; a
+pointer the client has not mapped is EFAULT. A malformed message or a model failure answers the
+client with an errno (EINVAL, EIO) and never stops the server or touches another connection.
 """
 from __future__ import annotations
 
@@ -107,37 +110,30 @@ class Server:
             pass
 
     def connection(self, conn: socket.socket) -> None:
-        """One open file of the peer process, until it closes (or dies): /dev/iommu, or a
-        thread's fail-nth file."""
+        """One open file of the peer process, until it closes (or dies): /dev/iommu, a
+        thread's fail-nth file, or the channel of the model files' reads and writes."""
         opener = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0]
         try:
             msg, pid = _recv(conn)
-            if len(msg) != REQ.size or struct.unpack_from("<I", msg)[0] != OP_OPEN:
+            op, tid, kind, arg = REQ.unpack(msg) if len(msg) == REQ.size else (0, 0, -1, 0)
+            if op != OP_OPEN or kind not in (FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL):
                 conn.send(REP.pack(-1, errno.EINVAL, KIND_DONE))
-                return
-            _, tid, kind, arg = REQ.unpack(msg)
-            if kind == FILE_FAIL_NTH:
+            elif kind == FILE_FAIL_NTH:
                 conn.send(REP.pack(0, 0, KIND_DONE))
                 self.fail_nth_file(conn, arg)
-                return
-            if kind == FILE_MODEL:
+            elif kind == FILE_MODEL:
                 conn.send(REP.pack(0, 0, KIND_DONE))
                 self.model_files(conn, opener)
-                return
-            if kind != FILE_IOMMU:
-                conn.send(REP.pack(-1, errno.EINVAL, KIND_DONE))
-                return
-            try:
-                ictx = iommufd_fops_open(Task(pid or opener, tid=tid or pid or opener))
-            except IommufdError as e:
-                conn.send(REP.pack(-1, e.errno, KIND_DONE))
-                return
-            conn.send(REP.pack(0, 0, KIND_DONE))
+            else:
+                try:
+                    ictx = iommufd_fops_open(Task(pid or opener, tid=tid or pid or opener))
+                except IommufdError as e:
+                    conn.send(REP.pack(-1, e.errno, KIND_DONE))
+                else:
+                    conn.send(REP.pack(0, 0, KIND_DONE))
+                    self.iommu_file(conn, ictx, opener)
         except OSError:
-            conn.close()
-            return
-        try:
-            self.iommu_file(conn, ictx, opener)
+            pass
         finally:
             conn.close()
 
@@ -153,24 +149,22 @@ class Server:
                 if op == OP_READ and len(msg) == REQ.size:
                     conn.send(REP.pack(fault_inject.get_fail_nth(tid), 0, KIND_DONE))
                 elif op == OP_WRITE:
-                    data = msg[REQ.size:]
+                    data, count = msg[REQ.size:], REQ.unpack(msg[:REQ.size])[3]
                     try:
                         fault_inject.set_fail_nth(tid, fault_inject.parse_fail_nth(data))
-                        conn.send(REP.pack(len(data), 0, KIND_DONE))
+                        conn.send(REP.pack(count, 0, KIND_DONE))  # the whole write
                     except IommufdError as e:
                         conn.send(REP.pack(-1, e.errno, KIND_DONE))
                 else:
                     conn.send(REP.pack(-1, errno.EINVAL, KIND_DONE))
         except OSError:
             return
-        finally:
-            conn.close()
 
     def model_files(self, conn: socket.socket, opener: int) -> None:
         """read() and write() of the vEVENTQ and fault queue descriptors the model handed out,
         with the kernel's rules (fops_read() / fops_write() of IommufdVeventq, IommufdFault),
         for the process that sends each request."""
-        from model.anon_inode import _BY_INO, _LOCK
+        from model.anon_inode import fget_any
 
         try:
             while True:
@@ -187,14 +181,9 @@ class Server:
                 _, tid, buf, count, pos, fd, _ = MMAP_REQ.unpack(msg)
                 task = Task(pid or opener, tid=tid)
                 try:
-                    try:
-                        ino = os.stat(f"/proc/{task.pid}/fd/{fd}").st_ino
-                    except OSError:
-                        raise IommufdError(errno.EBADF) from None
-                    with _LOCK:
-                        f = _BY_INO.get(ino)
+                    f = fget_any(task, fd, errno.EBADF)
                     queue = getattr(f, "veventq", None) or getattr(f, "fault", None)
-                    if queue is None or f.released:
+                    if queue is None:
                         raise IommufdError(errno.EBADF)
                     ops = queue.fops_read if op == OP_FILE_READ else getattr(queue, "fops_write", None)
                     if ops is None:
@@ -210,8 +199,6 @@ class Server:
                 conn.send(REP.pack(rc, err, KIND_DONE))
         except OSError:
             return
-        finally:
-            conn.close()
 
     def iommu_file(self, conn: socket.socket, ictx: IommufdCtx, opener: int) -> None:
         """One open /dev/iommu: its requests until the last descriptor of it closes."""

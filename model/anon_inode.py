@@ -110,16 +110,25 @@ class AnonFile:
             _BY_INO.pop(self.ino, None)
 
 
-def fget(task, fd: int, kind: str, err: int = errno.EBADFD) -> AnonFile:
-    """fget() of the caller's descriptor and a check of its f_op: `err` when the descriptor is
-    closed or is not a file of this kind."""
+def fget_any(task, fd: int, err: int = errno.EBADF) -> AnonFile:
+    """fget() of the caller's descriptor: `err` when it is closed or not a file the model
+    handed out (or one already released)."""
     try:
         st = os.fstat(fd) if task.pid == os.getpid() else os.stat(f"/proc/{task.pid}/fd/{fd}")
     except (OSError, OverflowError, ValueError):
         raise IommufdError(err) from None
     with _LOCK:
         f = _BY_INO.get(st.st_ino)
-    if f is None or f.kind != kind or f.released:
+    if f is None or f.released:
+        raise IommufdError(err)
+    return f
+
+
+def fget(task, fd: int, kind: str, err: int = errno.EBADFD) -> AnonFile:
+    """fget() of the caller's descriptor and a check of its f_op: `err` when the descriptor is
+    closed or is not a file of this kind."""
+    f = fget_any(task, fd, err)
+    if f.kind != kind:
         raise IommufdError(err)
     return f
 
