@@ -1,7 +1,7 @@
 """The fault-injection sweeps on the test kernel (fail-nth in the guest) against the model.
-The sweeps whose every fault point the model has must agree attempt by attempt; MOCK_DOMAIN
-(the driver core's allocations in device_add() and the probe: dozens, depending on the
-environment) is reported by `faults --target vm` and listed in the README as not modelled."""
+The sweeps whose every fault point the model has must agree attempt by attempt; the others
+(MODELLED below says which and why) are reported by `faults --target vm` and listed in the
+README as not modelled yet."""
 from __future__ import annotations
 
 import json
@@ -11,7 +11,9 @@ from dataclasses import asdict
 from conformance import faults, vm
 from conformance.runner_tests.test_vm import KERNEL, REPO, needs_kernel
 
-MODELLED = [n for n in faults.SCENARIOS if n != "MOCK_DOMAIN"]  # the driver core's allocations: not modelled
+# Not modelled yet: MOCK_DOMAIN (the driver core's allocations), HWPT_ALLOC (the paging domain's
+# and the domain list's allocations: the kernel meets 8 fault points, the model 3)
+MODELLED = [n for n in faults.SCENARIOS if n not in ("MOCK_DOMAIN", "HWPT_ALLOC")]
 
 
 @needs_kernel
