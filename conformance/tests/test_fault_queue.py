@@ -10,7 +10,9 @@ EBUSY until it is closed. read() (iommufd_fault_fops_read(), eventq.c:124) hands
 fault groups of struct iommu_hwpt_pgfault with a cookie from an XA_FLAGS_ALLOC1 xarray and
 never blocks; write() (iommufd_fault_fops_write(), eventq.c:182) takes struct
 iommu_hwpt_page_response per cookie. Faults are only triggered on a device attached to a fault
-HWPT: on another domain the core has no iopf parameters and WARNs (io-pgfault.c:231).
+HWPT: on a plain paging domain find_fault_handler() finds no iopf handler and the core answers
+the fault itself (seen in the VM, no report); a domain with an iopf handler but no iopf
+parameters would WARN (io-pgfault.c:231).
 On the model the checks only a real anonymous-inode file can pass skip, saying so.
 """
 import errno
