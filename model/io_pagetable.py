@@ -25,7 +25,7 @@ from model import fault_inject
 from model.domain import IOMMU_WRITE, IommuDomain
 from model.limits import CONFIG_TRANSPARENT_HUGEPAGE, HPAGE_SIZE, PAGE_SIZE, U64_MAX, ULONG_MAX
 from model.objects import IommufdError
-from model.pages import IOPT_ADDRESS_USER
+from model.pages import IOPT_ADDRESS_USER, temp_kmalloc
 
 _B = 64
 
@@ -616,11 +616,12 @@ class IoPagetable:
         self.iova_alignment = new_alignment
 
     def _fill_domain(self, mm, domain: IommuDomain) -> None:
-        """iopt_fill_domain()."""
+        """iopt_fill_domain(): each area through a pfn_reader (its batch first)."""
         done = []
         try:
             for area in self._areas:
                 if area.filled:
+                    temp_kmalloc("__batch_init")  # iopt_area_fill_domain() -> pfn_reader_first()
                     self._area_map(domain, area, [area.pages.pfns[i] for i in range(area.index, area.last_index + 1)])
                 else:
                     pfns = area.pages.fill(mm, area.index, area.last_index)
@@ -776,9 +777,11 @@ class IoPagetable:
         self._allowed_spans = _spans(self.allowed)
 
     def reserve_iova(self, start: int, last: int, owner=None) -> None:
-        """iopt_reserve_iova(): EADDRINUSE over an area or an allowed range."""
+        """iopt_reserve_iova(): EADDRINUSE over an area or an allowed range, then the node's
+        kzalloc (io_pagetable.c:901)."""
         if self.area_iter_first(start, last) is not None or self._allowed_intersects(start, last):
             _err(errno.EADDRINUSE)
+        fault_inject.kmalloc("iopt_reserve_iova: kzalloc")
         self._reserved_nodes.append((start, last, owner))
         self._reserved_changed()
 

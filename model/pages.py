@@ -98,7 +98,7 @@ class IoptPages:
         fresh = [i for i in range(first_index, last_index + 1) if i not in self.pfns]
         if fresh and reader and self.type == IOPT_ADDRESS_USER:
             # pfn_reader_user_pin() (pages.c:900): the upages buffer, then the selftest's point
-            _temp_kmalloc("pfn_reader_user_pin: upages")
+            temp_kmalloc("pfn_reader_user_pin: upages")
             if fault_inject.should_fail("pfn_reader_user_pin: iommufd_should_fail"):  # pages.c:924
                 raise IommufdError(errno.EFAULT)
         if fresh:
@@ -150,7 +150,7 @@ class IoptPages:
     def fill(self, mm, first_index: int, last_index: int) -> list[int]:
         """The pinning half of iopt_area_fill_domains(): [first, last] joins the domains_itree.
         pfn_reader_first() sets up its batch first (batch_init(), pages.c:290)."""
-        _temp_kmalloc("__batch_init")
+        temp_kmalloc("__batch_init")
         pfns = self._pin(mm, first_index, last_index, reader=True)
         self.domain_spans.append((first_index, last_index))
         return pfns
@@ -204,7 +204,7 @@ class IoptPages:
             raise IommufdError(errno.EFAULT) from None
 
 
-def _temp_kmalloc(site: str) -> None:
+def temp_kmalloc(site: str) -> None:
     """temp_kmalloc() without a backup buffer (pages.c:80): the selftest's point (NULL: ENOMEM),
     then kmalloc(__GFP_NORETRY), whose failure is absorbed by a retry of one page (a fault
     point that cannot fire in the same run: the counter is spent)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import errno
 
+from model import fault_inject
 from model.device import IOMMU_CAP_CACHE_COHERENCY, IOMMU_CAP_DIRTY_TRACKING, IOMMU_NO_PASID
 from model.domain import IommuDomain
 from model.driver import iommufd_viommu_get_vdev_id
@@ -155,6 +156,7 @@ class MockIommuOps:
             if user_data.type not in (IOMMU_HWPT_DATA_SELFTEST, B.IOMMU_HWPT_DATA_NONE):
                 raise IommufdError(errno.EOPNOTSUPP)
             cfg = copy_struct_from_user_data(user_data, IOMMU_HWPT_DATA_SELFTEST, HwptSelftest, 4)
+        fault_inject.kmalloc("mock_domain_alloc_pgtable: kzalloc")  # selftest.c:433, before the type check
         if cfg.pagetable_type == B.MOCK_IOMMUPT_DEFAULT:
             table = amdv1_mock()
         elif cfg.pagetable_type == B.MOCK_IOMMUPT_HUGE:
