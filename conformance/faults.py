@@ -18,13 +18,14 @@ import os
 import sys
 import threading
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from conformance.tests import helpers as h
 from model.uapi import T as B
 
 BUF_PAGES = 16
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[1]
 MOCK_APERTURE_START = 1 << 24
 
 

@@ -86,7 +86,6 @@ class Server:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self.sock.bind(path)
         self.sock.listen(64)
-        self.clients = 0
         # connection -> (its context, an event set once the context is released)
         self.open: dict[socket.socket, tuple[IommufdCtx, threading.Event]] = {}
         self.closing = False
@@ -98,7 +97,6 @@ class Server:
                 conn, _ = self.sock.accept()
             except OSError:
                 return  # closed
-            self.clients += 1
             threading.Thread(target=self.connection, args=(conn,), daemon=True).start()
 
     def close(self) -> None:

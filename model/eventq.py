@@ -30,6 +30,21 @@ from model.uapi import B
 
 VEVENTQ_MAX_DEPTH = 1 << 19  # eventq.c:502
 INT_MAX = (1 << 31) - 1
+def _deliver(s: socket.socket, task, addr: int, rec: bytes, first: bool) -> bool:
+    """A record read through the model (the event queues' fops_read()): copy_to_user() of
+    `rec`, the bytes next in the caller's socket end `s`, then taken off it. False when the
+    copy faults and records were copied before (the read answers what it has); EFAULT when
+    this was the first."""
+    try:
+        task.mm.write(addr, rec)
+    except UserFault:
+        if first:
+            raise IommufdError(errno.EFAULT) from None
+        return False
+    s.recv(len(rec), socket.MSG_DONTWAIT)  # delivered: off the queue
+    return True
+
+
 class FaultFile(AnonFile):
     """The "[iommufd-pgfault]" file: its release drops the FAULT object's user."""
 
@@ -118,13 +133,8 @@ class IommufdFault(IommufdObject):
                     if not done:
                         raise IommufdError(errno.EINVAL)
                     break
-                try:
-                    task.mm.write(buf + done, rec)
-                except UserFault:
-                    if not done:
-                        raise IommufdError(errno.EFAULT) from None
+                if not _deliver(s, task, buf + done, rec, first=not done):
                     break
-                s.recv(size, socket.MSG_DONTWAIT)
                 done += size
         return done
 
@@ -358,13 +368,8 @@ class IommufdVeventq(IommufdObject):
                         raise IommufdError(errno.EINVAL)
                     break
                 rec = s.recv(n, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-                try:
-                    task.mm.write(buf + done, rec)
-                except UserFault:
-                    if not done:
-                        raise IommufdError(errno.EFAULT) from None
+                if not _deliver(s, task, buf + done, rec, first=not done):
                     break
-                s.recv(n, socket.MSG_DONTWAIT)  # delivered: off the queue
                 done += n
                 self._sync()  # the record is gone; pending ones may follow it
         return done

@@ -80,6 +80,8 @@ def should_fail(site: str) -> bool:
     tid, trace = state
     if trace is not None:
         trace.append(site)
+    if not _fail_nth:  # no counter set anywhere: the common case, without the lock
+        return False
     with _lock:
         n = _fail_nth.get(tid, 0)
         if not n:
