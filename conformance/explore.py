@@ -32,12 +32,13 @@ from model import open_iommufd
 PAGE = PAGE_SIZE
 U64 = U64_MAX
 # One user buffer both sides map from (same process, same addresses).
-_MEM = mmap.mmap(-1, 64 * PAGE)
+_MEM = mmap.mmap(-1, 64 * PAGE)  # MAP_SHARED | MAP_ANONYMOUS
 MEM = ctypes.addressof(ctypes.c_char.from_buffer(_MEM))
+MEM_LEN = 64 * PAGE
 MEMFD = os.memfd_create("iommufd-differential")
-os.ftruncate(MEMFD, 32 * PAGE)
-CLOSED_FD = os.dup(MEMFD)
-os.close(CLOSED_FD)  # a number that names no open file
+MEMFD_LEN = 32 * PAGE
+os.ftruncate(MEMFD, MEMFD_LEN)
+CLOSED_FD = 1000  # a number that names no open file, here and in a reproducer (below RLIMIT_NOFILE's 1024)
 # IOVAs and lengths near the interesting edges: page multiples, odd bytes, the 2 MiB THP cap.
 IOVAS = st.sampled_from([0, PAGE, 3 * PAGE, 1 << 20, (1 << 20) + PAGE, 1 << 21, (1 << 21) + 100, 1 << 32,
                         1 << 24, (1 << 24) + PAGE])  # 1 << 24: where the mock domain aperture starts
@@ -83,15 +84,25 @@ class ModelVsKernel(RuleBasedStateMachine):
     ioas = Bundle("ioas")
     OTHER = "kernel"
     STEPS = 0
+    LAST = None  # the Recorder of the latest example: after a failure, the shrunk one's
+    KEEP = None  # a list to collect every example's Recorder in (conformance/repro.py's tests)
 
     def __init__(self):
         super().__init__()
-        self.model = open_iommufd()
+        from conformance.repro import Recorder
+
+        self.rec = Recorder(self, MEM, MEM_LEN, MEMFD, MEMFD_LEN, CLOSED_FD,
+                            queries=("same_object_ids_answer",))
+        type(self).LAST = self.rec
+        if self.KEEP is not None:
+            self.KEEP.append(self.rec)
+        self.model = self.rec.wrap(open_iommufd())
         self.kernel = KernelFile() if self.OTHER == "kernel" else open_iommufd()
         self.live_mappings = []
         self.kmsg = _kernel_log() if self.OTHER == "kernel" else None
 
     def teardown(self):
+        self.rec.active = False
         for m in self.live_mappings:
             m.munmap()  # once: a consumed mapping is already gone
         self.model.close()
@@ -115,7 +126,10 @@ class ModelVsKernel(RuleBasedStateMachine):
         m, k = make(), make()
         rm = _call(self.model, request, m)
         rk = _call(self.kernel, request, k)
-        assert rm == rk, f"model {rm[0]} {m!r} != kernel {rk[0]} {k!r}"
+        if rm != rk:
+            from conformance.repro import fields_text
+
+            raise AssertionError(f"model {rm[0]} {fields_text(m)} != kernel {rk[0]} {fields_text(k)}")
         return rm[0], m
 
     @rule(target=ioas)
@@ -133,8 +147,9 @@ class ModelVsKernel(RuleBasedStateMachine):
         out = {}
         for side, fd in (("model", self.model), ("kernel", self.kernel)):
             ranges = (B.iommu_iova_range * 3)()
+            addr = self.rec.buffer(ranges, "ranges") if side == "model" else ctypes.addressof(ranges)
             cmd = B.iommu_ioas_iova_ranges(size=ctypes.sizeof(B.iommu_ioas_iova_ranges), ioas_id=id,
-                                           num_iovas=num, allowed_iovas=ctypes.addressof(ranges))
+                                           num_iovas=num, allowed_iovas=addr)
             err, raw = _call(fd, B.IOMMU_IOAS_IOVA_RANGES, cmd)
             # allowed_iovas is each side's own address: compare the rest, and what landed there.
             out[side] = (err, raw[:16] + raw[24:], bytes(ranges))
@@ -190,7 +205,7 @@ class ModelVsKernel(RuleBasedStateMachine):
             arr[i].start, arr[i].last = start, (start + length - 1) & U64
         self.both(B.IOMMU_IOAS_ALLOW_IOVAS, lambda: B.iommu_ioas_allow_iovas(
             size=ctypes.sizeof(B.iommu_ioas_allow_iovas), ioas_id=id, num_iovas=len(ranges),
-            allowed_iovas=ctypes.addressof(arr)))
+            allowed_iovas=self.rec.buffer(arr, "allowed")))
 
     @rule(iova=IOVAS, off=USER_OFFSETS, length=LENGTHS, unmap=st.booleans(), flags=st.integers(0, 3))
     def vfio_dma(self, iova, off, length, unmap, flags):
@@ -271,7 +286,7 @@ class ModelVsKernel(RuleBasedStateMachine):
         sel = B.iommu_viommu_selftest(in_data=0x1234)
         err, cmd = self.both(B.IOMMU_VIOMMU_ALLOC, lambda: B.iommu_viommu_alloc(
             size=ctypes.sizeof(B.iommu_viommu_alloc), type=B.IOMMU_VIOMMU_TYPE_SELFTEST,
-            dev_id=dev[1] or parent[1], hwpt_id=parent[0], data_uptr=ctypes.addressof(sel) if data else 0,
+            dev_id=dev[1] or parent[1], hwpt_id=parent[0], data_uptr=self.rec.buffer(sel, "data") if data else 0,
             data_len=data_len if data else 0))
         return cmd.out_viommu_id if not err else 0
 
@@ -287,7 +302,7 @@ class ModelVsKernel(RuleBasedStateMachine):
         data = B.iommu_hwpt_selftest(iotlb=B.IOMMU_TEST_IOTLB_DEFAULT)
         err, cmd = self.both(B.IOMMU_HWPT_ALLOC, lambda: B.iommu_hwpt_alloc(
             size=ctypes.sizeof(B.iommu_hwpt_alloc), dev_id=dev[1], pt_id=viommu, data_type=0xDEAD,
-            data_len=ctypes.sizeof(data), data_uptr=ctypes.addressof(data)))
+            data_len=ctypes.sizeof(data), data_uptr=self.rec.buffer(data, "data")))
         return cmd.out_hwpt_id if not err else 0
 
     @rule(target=veventqs, viommu=viommus, depth=st.sampled_from([1, 2, 3, 0]))
@@ -316,10 +331,12 @@ class ModelVsKernel(RuleBasedStateMachine):
                 got.append(b"")  # the model's socket end when empty; the kernel's read answers 0
             except OSError as e:
                 got.append(e.errno)
+        self.rec.read(fdm, got[0])
         assert got[0] == got[1], f"vEVENTQ read: model {got[0]!r} != kernel {got[1]!r}"
 
     @rule(q=consumes(veventqs))
     def veventq_close(self, q):
+        self.rec.close(q[1])
         for fd in q[1:]:
             if fd >= 0:
                 os.close(fd)
@@ -343,7 +360,7 @@ class ModelVsKernel(RuleBasedStateMachine):
         for e in entries:
             e.flags, e.vdev_id, e.cache_id = flags, virt_id, cache_id
         self.both(B.IOMMU_HWPT_INVALIDATE, lambda: B.iommu_hwpt_invalidate(
-            size=ctypes.sizeof(B.iommu_hwpt_invalidate), hwpt_id=viommu, data_uptr=ctypes.addressof(entries),
+            size=ctypes.sizeof(B.iommu_hwpt_invalidate), hwpt_id=viommu, data_uptr=self.rec.buffer(entries, "entries"),
             data_type=B.IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST, entry_len=ctypes.sizeof(entries[0]), entry_num=n))
 
     @rule(dev=st.one_of(devices, st.none()), cache_id=st.integers(0, 3))
@@ -398,6 +415,10 @@ class ModelVsKernel(RuleBasedStateMachine):
 
         for spec in row.ids:
             put(spec, data.draw(st.integers(0, 5)))
+        for name, _type in getattr(B, row.struct)._fields_:
+            if name == "fd":  # a descriptor both sides (and a reproducer) name the same way
+                off = getattr(B, row.struct).fd.offset
+                buf[off:off + 4] = data.draw(st.sampled_from([MEMFD, CLOSED_FD, -1])).to_bytes(4, "little", signed=True)
         for spec in row.pointers:
             put(spec, data.draw(st.sampled_from([0, 8, MEM, MEM + PAGE])))
         for spec in row.flags:
@@ -441,8 +462,9 @@ def database(other: str):
 def campaign(other: str, examples: int, steps: int, seed: int | None) -> dict:
     """Run the machine `examples` times of up to `steps` steps; what happened, as a dict."""
     machine = type("Explore", (ModelVsKernel,), {"OTHER": other, "STEPS": 0})
+    # one failure, so the example replayed last (the reproducers' record) is the one reported
     conf = settings(max_examples=examples, stateful_step_count=steps, deadline=None, database=database(other),
-                    print_blob=True)
+                    print_blob=True, report_multiple_bugs=False)
     run = lambda: run_state_machine_as_test(machine, settings=conf)  # noqa: E731
     if seed is not None:
         from hypothesis import seed as hypothesis_seed
@@ -455,9 +477,33 @@ def campaign(other: str, examples: int, steps: int, seed: int | None) -> dict:
     except Exception as e:  # noqa: BLE001 - the shrunk failure, reported
         failure = f"{type(e).__name__}: {e}"
     seconds = time.perf_counter() - t0
-    return {"other": other, "examples": examples, "steps": machine.STEPS, "seconds": round(seconds, 3),
-            "steps_per_s": round(machine.STEPS / seconds, 1) if seconds else 0.0, "seed": seed,
-            "failure": failure}
+    out = {"other": other, "examples": examples, "steps": machine.STEPS, "seconds": round(seconds, 3),
+           "steps_per_s": round(machine.STEPS / seconds, 1) if seconds else 0.0, "seed": seed,
+           "failure": failure}
+    if failure and machine.LAST is not None:
+        out["reproducers"] = reproducers(machine.LAST, failure, other)
+    return out
+
+
+def record(examples: int, steps: int, seed: int) -> list:
+    """Run the machine model against model and keep every example's Recorder (whole sequences
+    that passed, for checking that their reproducers replay)."""
+    from hypothesis import seed as hypothesis_seed
+
+    kept = []
+    machine = type("Record", (ModelVsKernel,), {"OTHER": "model", "STEPS": 0, "KEEP": kept})
+    conf = settings(max_examples=examples, stateful_step_count=steps, deadline=None, database=None)
+    hypothesis_seed(seed)(lambda: run_state_machine_as_test(machine, settings=conf))()
+    return kept
+
+
+def reproducers(rec, failure: str, other: str) -> dict[str, str]:
+    """The shrunk failing example (hypothesis replays it last) as C and Python programs."""
+    from conformance.repro import emit_c, emit_python
+
+    title = f"A sequence on which the model and {'the kernel' if other == 'kernel' else 'itself'} disagree, " \
+            "found by iommufd-conformance explore."
+    return {"c": emit_c(rec, title, failure), "py": emit_python(rec, title, failure)}
 
 
 def main(argv=None) -> int:

@@ -61,6 +61,7 @@ def _cmd_explore(args) -> int:
     with ThreadPoolExecutor(jobs) as pool:
         results = list(pool.map(run_vm if target.name == "vm" else run_model, seeds))
     wall = time.perf_counter() - t0
+    written = _write_reproducers(results, args)
     steps = sum(r.get("steps", 0) for r in results)
     failures = [r["failure"] for r in results if r.get("failure")]
     summary = {"target": args.target, "jobs": jobs, "examples": per * jobs, "steps": steps,
@@ -74,7 +75,34 @@ def _cmd_explore(args) -> int:
               f"{'no disagreement' if not failures else f'{len(failures)} failure(s)'}")
         for f in failures:
             print("  " + f[:2000])
+        for path in written:
+            print(f"  reproducer: {path}")
     return 1 if failures else 0
+
+
+def _write_reproducers(results: list[dict], args) -> list[str]:
+    """Each failing worker's shrunk sequence as repro.c and repro.py under --out (the texts
+    leave the summary; their paths stay)."""
+    from pathlib import Path
+
+    from codegen.debian import cache_dir
+
+    out = Path(args.out) if args.out else cache_dir() / "reproducers"
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    written = []
+    for i, r in enumerate(results):
+        texts = r.pop("reproducers", None)
+        if not texts:
+            continue
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {}
+        for ext, text in texts.items():
+            path = out / f"explore-{args.target.split('=')[0]}-{stamp}-w{i}.{ext}"
+            path.write_text(text)
+            paths[ext] = str(path)
+            written.append(str(path))
+        r["reproducer_files"] = paths
+    return written
 
 
 def register(sub) -> None:
@@ -84,5 +112,6 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=50, help="steps per sequence at most (default 50)")
     p.add_argument("--seed", type=int, help="a seed for reproducible campaigns (worker i gets seed + i)")
     p.add_argument("--jobs", "-j", type=int, default=1, help="workers in parallel (one VM each for vm)")
+    p.add_argument("--out", help="where a failure's C and Python reproducers go (default: the cache's reproducers/)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_explore)
