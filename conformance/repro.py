@@ -36,7 +36,7 @@ from pathlib import Path
 import jinja2
 
 from model import libc
-from model.limits import CAP_IPC_LOCK, CAP_SYS_RESOURCE
+from model.limits import CAP_IPC_LOCK, CAP_SYS_RESOURCE, PAGE_SIZE
 from model.uapi import B
 
 TEMPLATES = Path(__file__).parent / "templates"
@@ -419,6 +419,7 @@ class Step:
     buffers: list = field(default_factory=list)  # (name, Init before, Init after or None)
     changes: list = field(default_factory=list)  # (path, Value) the answer changed
     want_raw: bytes | None = None  # bytes form: the whole answer
+    note: str = ""  # why the kernel's answer to this step may differ from run to run
     fd_fields: list = field(default_factory=list)  # (path, variable)
 
 
@@ -442,8 +443,23 @@ def program(rec: Recorder) -> list[Step]:
             s.name = _request_name(c.request)
             if c.ctype is not None:
                 _ioctl_step(s, c, namer)
+                s.note = _open_choice(s.name, c)
         steps.append(s)
     return steps
+
+
+def _open_choice(name: str, c: Call) -> str:
+    """Where the kernel's answer is not a function of the calls alone, say so (the program
+    prints it with a divergence at that step)."""
+    if name == "IOMMU_HW_QUEUE_ALLOC" and c.ctype is not None and len(c.arg) >= ctypes.sizeof(c.ctype):
+        cmd = c.ctype.from_buffer_copy(c.arg[:ctypes.sizeof(c.ctype)])
+        first = cmd.nesting_parent_iova // PAGE_SIZE
+        last = (cmd.nesting_parent_iova + max(cmd.length, 1) - 1) // PAGE_SIZE
+        if last > first:
+            return ("a queue over several small pages needs them physically adjacent "
+                    "(iommufd_hw_queue_alloc_phys()): the answer follows where this run's pages landed; "
+                    "the model saw the explored process's frames")
+    return ""
 
 
 def _ioctl_step(s: Step, c: Call, namer: Namer) -> None:

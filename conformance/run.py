@@ -23,9 +23,9 @@ def kernel_for(value: str | None):
     return kbuild.build_kernel(log=log), None
 
 
-def vm_run(argv: list[str], kernel: str | None, timeout: float, cwd: str, **kw):
-    """Boot the target's kernel and run argv, streaming its output: (result, None), or
-    (None, 3) after saying why the VM run did not happen or did not finish."""
+def vm_run(argv: list[str], kernel: str | None, timeout: float, cwd: str, echo=None, **kw):
+    """Boot the target's kernel and run argv, streaming its output to `echo` (stdout): (result,
+    None), or (None, 3) after saying why the VM run did not happen or did not finish."""
     from codegen.debian import DependencyError, FetchError
     from conformance import kbuild, vm
 
@@ -33,7 +33,7 @@ def vm_run(argv: list[str], kernel: str | None, timeout: float, cwd: str, **kw):
         image, series = kernel_for(kernel)
         env = {"IOMMUFD_TARGET_SERIES": series} if series else None
         return vm.run_in_vm(image, argv, timeout=timeout, cwd=cwd, env=env,
-                            on_output=lambda s: print(s, end="", flush=True), **kw), None
+                            on_output=lambda s: print(s, end="", flush=True, file=echo or sys.stdout), **kw), None
     except vm.VmError as e:
         print(f"\niommufd-conformance: the VM run failed: {e}", file=sys.stderr)
     except (FileNotFoundError, ValueError, kbuild.KernelBuildError, DependencyError, FetchError) as e:

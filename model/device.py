@@ -467,6 +467,24 @@ def _check_range(iova: int, length: int) -> int:
     return last
 
 
+def access_user_pages(access: IommufdAccess, iova: int, length: int) -> list[tuple[int, int]] | None:
+    """(pid, VA) of each page of [iova, iova + length) that an access pinned, for pages of user
+    memory; None when any is a file's page (no VA to look it up by) or the range has a gap."""
+    from model.limits import PAGE_SIZE
+
+    areas, done = access.ioas.iopt.contig_areas(iova, iova + length - 1)
+    if not done:
+        return None
+    out = []
+    for area, cur, last in areas:
+        pages = area.pages
+        if pages.file is not None or not pages.uptr:
+            return None
+        for i in range(area.start_byte(cur) // PAGE_SIZE, area.start_byte(last) // PAGE_SIZE + 1):
+            out.append((pages.source_pid, pages.uptr + i * PAGE_SIZE))
+    return out
+
+
 def iommufd_access_pin_pages(access: IommufdAccess, iova: int, length: int, write: bool) -> list[int]:
     """iommufd_access_pin_pages(): EINVAL length 0 (or an access without pin ops), EOVERFLOW,
     ENOENT without an IOAS; then over the contiguous areas: EINVAL for an area being unmapped

@@ -89,6 +89,42 @@ class Vmas:
         return ("anon", pid, va // PAGE_SIZE), block
 
 
+def machine_pfns(pid: int, vas: list[int]) -> list[int] | None:
+    """The machine's own frame numbers of the pages at `vas` in process `pid`, from
+    /proc/PID/pagemap (bit 63 present, bits 0-54 the PFN; shown only to CAP_SYS_ADMIN), or None
+    when any is unknown. Where the kernel's answer depends on physical placement (a HW queue's
+    pages must be contiguous), the model asks the machine rather than its own numbering."""
+    try:
+        fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        out = []
+        for va in vas:
+            entry = int.from_bytes(os.pread(fd, 8, va // PAGE_SIZE * 8), "little")
+            if not entry >> 63:  # not faulted in yet: the kernel's pin would fault it (a read
+                _touch(pid, va)  # faults a shmem page in; private memory gets the zero page)
+                entry = int.from_bytes(os.pread(fd, 8, va // PAGE_SIZE * 8), "little")
+            pfn = entry & ((1 << 55) - 1)
+            if not entry >> 63 or not pfn:
+                return None
+            out.append(pfn)
+        return out
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _touch(pid: int, va: int) -> None:
+    from model.uaccess import UserMemory
+
+    try:
+        UserMemory(pid).read(va, 1)
+    except OSError:
+        pass  # unmapped: the lookup answers None
+
+
 def file_key(file: tuple[int, int], pgoff: int) -> tuple:
     """The key of page `pgoff` of a file (st_dev, st_ino)."""
     return ("file", file[0], file[1], pgoff)

@@ -13,11 +13,12 @@ from __future__ import annotations
 import errno
 
 from model.device import (
-    iommufd_access_attach_internal, iommufd_access_create_internal, iommufd_access_destroy_internal,
+    access_user_pages, iommufd_access_attach_internal, iommufd_access_create_internal, iommufd_access_destroy_internal,
     iommufd_access_detach_internal, iommufd_access_pin_pages, iommufd_access_unpin_pages, iommufd_get_device,
 )
 from model.hw_pagetable import IommuUserData, iommufd_get_hwpt_paging
 from model.limits import PAGE_SIZE, U64_MAX, ULONG_MAX
+from model.memory import machine_pfns
 from model.objects import IommufdError, IommufdObject
 from model.uapi import B
 
@@ -223,6 +224,20 @@ def iommufd_hw_queue_destroy(hw_queue: IommufdHwQueue) -> None:
         hw_queue.viommu.refs -= 1
 
 
+def _physically_contiguous(access, iova: int, length: int, pfns: list[int]) -> bool:
+    """The check of iommufd_hw_queue_alloc_phys() (viommu.c:344) on the machine's frames where
+    /proc/PID/pagemap shows them (pages of user memory, one process), so that a queue over
+    small pages that happen to be adjacent succeeds as on the kernel; else on the model's
+    numbering (hugetlb blocks contiguous, small pages never)."""
+    if len(pfns) > 1:
+        user = access_user_pages(access, iova, length)
+        if user is not None and len({pid for pid, _ in user}) == 1:
+            real = machine_pfns(user[0][0], [va for _, va in user])
+            if real is not None:
+                pfns = real
+    return all(b == a + 1 for a, b in zip(pfns, pfns[1:]))
+
+
 def iommufd_hw_queue_alloc_phys(cmd, viommu: IommufdViommu):
     """iommufd_hw_queue_alloc_phys() (viommu.c:335): the queue's pages pinned through an
     internal access on the nesting parent's IOAS (an ACCESS object with an ID of its own, which
@@ -244,7 +259,7 @@ def iommufd_hw_queue_alloc_phys(cmd, viommu: IommufdViommu):
         iommufd_access_attach_internal(access, viommu.hwpt.ioas)
         try:
             pfns = iommufd_access_pin_pages(access, aligned_iova, length, False)
-            if any(b != a + 1 for a, b in zip(pfns, pfns[1:])):
+            if not _physically_contiguous(access, aligned_iova, length, pfns):
                 iommufd_access_unpin_pages(access, aligned_iova, length)
                 raise IommufdError(errno.EFAULT)
         except BaseException:

@@ -49,7 +49,7 @@ def _cmd_explore(args) -> int:
 
         res, failed = vm_run([sys.executable, "-m", "conformance.explore",
                                *_worker_args("kernel", per, args.steps, seed)], target.value, 3600,
-                              str(ROOT))
+                              str(ROOT), echo=sys.stderr if args.json else None)
         if failed:
             return {"failure": "the VM run failed", "steps": 0}
         out = _result(res.stdout) or {"failure": f"worker exit {res.returncode}", "steps": 0}

@@ -215,3 +215,14 @@ def test_the_python_form_rebuilds_the_exact_bytes(row, data):
         for path, v in init.fields:
             exec(f"cmd{'' if path.startswith('[') else '.'}{path} = {v.py}", scope)
     assert bytes(scope["cmd"]) == raw
+
+
+def test_an_answer_that_follows_physical_placement_is_marked():
+    """A HW queue over two small pages succeeds only where they are physically adjacent: the
+    program says so next to a divergence at that step; over one page it says nothing."""
+    for length, marked in ((2 * PAGE_SIZE, True), (PAGE_SIZE, False)):
+        cmd = B.iommu_hw_queue_alloc(size=40, viommu_id=6, type=B.IOMMU_HW_QUEUE_TYPE_SELFTEST,
+                                     nesting_parent_iova=1 << 24, length=length)
+        call = repro.Call("ioctl", "hw_queue_alloc", request=B.IOMMU_HW_QUEUE_ALLOC, ctype=B.iommu_hw_queue_alloc,
+                          arg=bytes(cmd), out=bytes(cmd), err=errno.EFAULT)
+        assert bool(repro._open_choice("IOMMU_HW_QUEUE_ALLOC", call)) == marked
