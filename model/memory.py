@@ -1,7 +1,9 @@
 """Physical memory: the page frames behind user memory, and how many pins each one holds.
 
-The model cannot read real page frame numbers (/proc/PID/pagemap hides them without
-CAP_SYS_ADMIN), so it names a frame by what backs it, as the kernel's struct page does:
+The model does not rely on real page frame numbers (/proc/PID/pagemap hides them without
+CAP_SYS_ADMIN, and an unpinned page may move), so it names a frame by what backs it, as the
+kernel's struct page does (machine_pfns() reads the real ones for the one answer that follows
+physical placement, a HW queue's contiguity):
 - a page of a shared file mapping (memfd, shmem, hugetlbfs): (st_dev, st_ino, page offset), so
   IOMMU_IOAS_MAP of the mapping's VA and IOMMU_IOAS_MAP_FILE of the file pin the same frame;
 - any other page (anonymous, private): (mm, page-aligned VA).
