@@ -127,15 +127,18 @@ class Recorder:
         return c
 
     def _label(self) -> tuple[str, bool]:
-        """The rule or invariant this call comes from: the outermost frame of the machine's own
-        code (hypothesis's frames around it are the machine's methods too)."""
-        label = "?"
+        """The rule or invariant this call comes from: the outermost of the innermost run of
+        frames in the machine's own files (hypothesis called the rule; what calls hypothesis
+        may be in those files too)."""
+        label = None
         f = sys._getframe(2)
         while f is not None:
-            if f.f_code.co_filename in self.sources and f.f_locals.get("self") is self.machine:
+            if f.f_code.co_filename in self.sources:
                 label = f.f_code.co_name
+            elif label is not None:
+                break
             f = f.f_back
-        return label, label in self.queries
+        return label or "?", label in self.queries
 
     def _referenced(self, raw: bytes) -> list[Buffer]:
         out = []
@@ -175,7 +178,7 @@ class Recorder:
 
     def _new_fds(self, c: Call) -> None:
         """Descriptors the model answered in output fields (out_*_fd) get a variable."""
-        if c.ctype is None:
+        if c.ctype is None or not _has_fd_output(c.ctype):
             return
         choose = _union_chooser([c.arg, c.out], _op_words(c.ctype, c.arg))
         try:
@@ -205,6 +208,17 @@ class Recorder:
             raise
         c.word = m.u32(0)
         return RecordedMapping(m, self, c.var)
+
+
+_FD_OUTPUTS: dict[type, bool] = {}
+
+
+def _has_fd_output(ctype) -> bool:
+    """Whether any union member of `ctype` has an out_*_fd field (cached per type)."""
+    if ctype not in _FD_OUTPUTS:
+        leaves = (p.rsplit(".", 1)[-1] for p, _o, _c in _scalar_fields(ctype))
+        _FD_OUTPUTS[ctype] = any(n.startswith("out_") and n.endswith("_fd") for n in leaves)
+    return _FD_OUTPUTS[ctype]
 
 
 def _struct_of(request: int):

@@ -1,4 +1,4 @@
-"""`bench ioas` and `bench pagetable`: benchmarks with same-run baselines."""
+"""`bench ioas|pagetable|server|explore`: benchmarks with same-run baselines."""
 from __future__ import annotations
 
 import json
@@ -30,6 +30,12 @@ def _cmd_server(args) -> int:
     return server.main(args.rest)
 
 
+def _cmd_explore(args) -> int:
+    from conformance.bench import explore
+
+    return explore.main(args.rest)
+
+
 def register(sub) -> None:
     b = sub.add_parser("bench", help="benchmarks, as ratios against baselines measured in the same run")
     bs = b.add_subparsers(dest="bench_command", required=True, metavar="BENCHMARK")
@@ -45,3 +51,6 @@ def register(sub) -> None:
                                       "a direct call of the model")
     sv.add_argument("rest", nargs="*", help="its own options after --")
     sv.set_defaults(func=_cmd_server)
+    ex = bs.add_parser("explore", help="a model call through explore's recorder against a direct one")
+    ex.add_argument("rest", nargs="*", help="its own options after --")
+    ex.set_defaults(func=_cmd_explore)

@@ -40,3 +40,15 @@ def test_bench_server_reports_both_figures_and_the_ratio():
     served, ratio = float(lines[2].split()[-3]), float(lines[2].split()[-1].rstrip("x"))
     assert direct > 0 and served > 0
     assert abs(ratio - served / direct) <= 0.01 * ratio + 0.01  # the ratio is of the two printed figures
+
+
+def test_bench_explore_reports_the_recorders_cost_as_a_ratio():
+    p = subprocess.run([sys.executable, "-m", "conformance.cli", "bench", "explore", "--", "-n", "50"],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0] == "IOMMU_IOAS_IOVA_RANGES, 50 calls, best of 3:"
+    direct = float(lines[1].split()[-4])
+    recorded, ratio = float(lines[2].split()[-3]), float(lines[2].split()[-1].rstrip("x"))
+    assert direct > 0 and recorded > 0
+    assert abs(ratio - recorded / direct) <= 0.01 * ratio + 0.01
