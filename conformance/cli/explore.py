@@ -37,19 +37,24 @@ def _cmd_explore(args) -> int:
     per = -(-args.examples // jobs)
     seeds = [None if args.seed is None else args.seed + i for i in range(jobs)]
 
-    def run_model(seed):
-        p = subprocess.run([sys.executable, "-m", "conformance.explore",
+    def run_model(worker):
+        seed = seeds[worker]
+        p = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "conformance.explore",
                             *_worker_args("model", per, args.steps, seed)], capture_output=True, text=True)
         sys.stdout.write(p.stdout if p.returncode else "")
         sys.stderr.write(p.stderr)
         return _result(p.stdout) or {"failure": f"worker exit {p.returncode}", "steps": 0}
 
-    def run_vm(seed):
+    def run_vm(worker):
+        from codegen.debian import cache_dir
         from conformance.run import vm_run
 
-        res, failed = vm_run([sys.executable, "-m", "conformance.explore",
-                               *_worker_args("kernel", per, args.steps, seed)], target.value, 3600,
-                              str(ROOT), echo=sys.stderr if args.json else None)
+        # each guest's writable scratch (its example database) is kept, one per worker, so a
+        # failure found in the guest replays on the next run
+        scratch = cache_dir() / "explore-vm" / f"worker{worker}"
+        res, failed = vm_run([sys.executable, "-X", "faulthandler", "-m", "conformance.explore",
+                               *_worker_args("kernel", per, args.steps, seeds[worker])], target.value, 3600,
+                              str(ROOT), echo=sys.stderr if args.json else None, scratch=scratch)
         if failed:
             return {"failure": "the VM run failed", "steps": 0}
         out = _result(res.stdout) or {"failure": f"worker exit {res.returncode}", "steps": 0}
@@ -59,7 +64,7 @@ def _cmd_explore(args) -> int:
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(jobs) as pool:
-        results = list(pool.map(run_vm if target.name == "vm" else run_model, seeds))
+        results = list(pool.map(run_vm if target.name == "vm" else run_model, range(jobs)))
     wall = time.perf_counter() - t0
     written = _write_reproducers(results, args)
     steps = sum(r.get("steps", 0) for r in results)
