@@ -46,8 +46,11 @@ def iommufd_vfio_check_extension(ictx, type: int) -> int:
     if type in (B.VFIO_TYPE1_IOMMU, B.VFIO_TYPE1v2_IOMMU, B.VFIO_UNMAP_ALL):
         return 1  # !ictx->no_iommu_mode: only a no-iommu VFIO device sets it
     if type == B.VFIO_DMA_CC_IOMMU:
-        get_compat_ioas(ictx)  # iommufd_vfio_cc_iommu(): ENODEV without a compat IOAS
-        return 1  # no HWPT that fails to enforce coherency
+        # iommufd_vfio_cc_iommu() (vfio_compat.c:256): ENODEV without a compat IOAS; 0 when any
+        # paging HWPT on it does not enforce coherency (the mock driver never does: it lacks
+        # IOMMU_CAP_ENFORCE_CACHE_COHERENCY), else 1. Found by explore on the VM.
+        ioas = get_compat_ioas(ictx)
+        return int(all(hwpt.enforce_cache_coherency for hwpt in ioas.hwpt_list))
     return 0  # NOIOMMU (CONFIG_VFIO_NOIOMMU=n), nesting, UPDATE_VADDR, unknown
 
 

@@ -2,7 +2,7 @@
 import ctypes
 import errno
 
-from conformance.tests.helpers import err, ioas_alloc, require
+from conformance.tests.helpers import destroy, err, ioas_alloc, mock_domain, require
 from model.limits import ULONG_MAX
 from model.uapi import T as B
 
@@ -47,6 +47,18 @@ def test_api_version_and_extensions(iommufd):
     # iommufd_vfio_cc_iommu() needs the compat IOAS.
     assert err(iommufd.ioctl, B.VFIO_CHECK_EXTENSION, B.VFIO_DMA_CC_IOMMU) == errno.ENODEV
     vfio_ioas(iommufd, SET, ioas_alloc(iommufd))
+    assert iommufd.ioctl(B.VFIO_CHECK_EXTENSION, B.VFIO_DMA_CC_IOMMU) == 1
+
+
+def test_dma_cc_iommu_follows_the_hwpts_on_the_compat_ioas(iommufd):
+    """iommufd_vfio_cc_iommu() (vfio_compat.c:256): 0 while a paging HWPT on the compat IOAS
+    does not enforce cache coherency (the mock IOMMU lacks IOMMU_CAP_ENFORCE_CACHE_COHERENCY),
+    1 again once it is gone. Found by explore on the VM (the model answered 1)."""
+    ioas = ioas_alloc(iommufd)
+    vfio_ioas(iommufd, SET, ioas)
+    stdev, hwpt = mock_domain(iommufd, ioas)
+    assert iommufd.ioctl(B.VFIO_CHECK_EXTENSION, B.VFIO_DMA_CC_IOMMU) == 0
+    destroy(iommufd, stdev)  # the auto domain goes with its last device
     assert iommufd.ioctl(B.VFIO_CHECK_EXTENSION, B.VFIO_DMA_CC_IOMMU) == 1
 
 
