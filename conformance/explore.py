@@ -32,8 +32,15 @@ from model import open_iommufd
 PAGE = PAGE_SIZE
 U64 = U64_MAX
 # One user buffer both sides map from (same process, same addresses).
-_MEM = mmap.mmap(-1, 64 * PAGE)  # MAP_SHARED | MAP_ANONYMOUS
+# Followed by a PROT_NONE guard page: a call that writes far past a pointer into it (GET_HW_INFO
+# clears data_len bytes, up to 4 GiB) faults there, on both sides, instead of overwriting
+# whatever this process mapped next. A reproducer's mem has the same guard.
+_MEM = mmap.mmap(-1, 65 * PAGE)  # MAP_SHARED | MAP_ANONYMOUS
 MEM = ctypes.addressof(ctypes.c_char.from_buffer(_MEM))
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+if _libc.mprotect(MEM + 64 * PAGE, PAGE, 0) != 0:  # PROT_NONE
+    raise OSError(ctypes.get_errno(), "mprotect of the guard page")
 MEM_LEN = 64 * PAGE
 MEMFD = os.memfd_create("iommufd-differential")
 MEMFD_LEN = 32 * PAGE
@@ -53,6 +60,11 @@ MAP_FLAGS = st.sampled_from([
     B.IOMMU_IOAS_MAP_READABLE | B.IOMMU_IOAS_MAP_WRITEABLE,
     B.IOMMU_IOAS_MAP_READABLE, B.IOMMU_IOAS_MAP_WRITEABLE, 0,
 ])
+
+class _ViommuData(ctypes.Structure):
+    """The selftest vIOMMU's data with room after it (written as bytes in a reproducer)."""
+    _fields_ = [("data", B.iommu_viommu_selftest), ("room", ctypes.c_uint8 * 16)]
+
 
 def _call(fd, request, struct):
     """(errno or 0, the struct's bytes afterwards) for one ioctl."""
@@ -283,7 +295,11 @@ class ModelVsKernel(RuleBasedStateMachine):
     @rule(target=viommus, parent=parents, dev=st.one_of(devices, st.just((0, 0))), data=st.booleans(),
           data_len=st.sampled_from([24, 24, 8, 4, 32]))
     def viommu_alloc(self, parent, dev, data, data_len):
-        sel = B.iommu_viommu_selftest(in_data=0x1234)
+        # room past the struct for data_len up to 32: the kernel reads (copy_struct_from_user()
+        # wants zeros) and clears (copy_struct_to_user()) bytes past what it knows, so they
+        # must be the argument's own, here and in a reproducer
+        sel = _ViommuData()
+        sel.data.in_data = 0x1234
         err, cmd = self.both(B.IOMMU_VIOMMU_ALLOC, lambda: B.iommu_viommu_alloc(
             size=ctypes.sizeof(B.iommu_viommu_alloc), type=B.IOMMU_VIOMMU_TYPE_SELFTEST,
             dev_id=dev[1] or parent[1], hwpt_id=parent[0], data_uptr=self.rec.buffer(sel, "data") if data else 0,

@@ -395,11 +395,18 @@ def _type_names(ctype) -> tuple[str, int | None, str]:
     return f"struct {ctype.__name__}", None, f"B.{ctype.__name__}"
 
 
+def _uapi_type(ctype) -> bool:
+    """A struct (or array of structs) the bindings define, so the header declares it."""
+    el = ctype._type_ if issubclass(ctype, ctypes.Array) else ctype
+    return getattr(B, el.__name__, None) is el
+
+
 def make_init(ctype, raw: bytes, namer: Namer, buffers: dict[int, str], choose, exprs=True) -> Init:
-    """An Init that builds exactly `raw`: fields when they explain every byte, else bytes."""
+    """An Init that builds exactly `raw`: fields when they explain every byte, else bytes (also
+    for a type of the explorer's own, which no header declares)."""
     c_type, count, py_type = _type_names(ctype)
     size = ctypes.sizeof(ctype)
-    if len(raw) == size:
+    if len(raw) == size and _uapi_type(ctype):
         try:
             vals = _values(ctype, raw, choose)
         except _NoLayout:
