@@ -481,11 +481,11 @@ def campaign(other: str, examples: int, steps: int, seed: int | None) -> dict:
     # one failure, so the example replayed last (the reproducers' record) is the one reported
     conf = settings(max_examples=examples, stateful_step_count=steps, deadline=None, database=database(other),
                     print_blob=True, report_multiple_bugs=False)
-    run = lambda: run_state_machine_as_test(machine, settings=conf)  # noqa: E731
-    if seed is not None:
+    if seed is not None:  # hypothesis reads a stateful test's seed from the machine class
         from hypothesis import seed as hypothesis_seed
 
-        run = hypothesis_seed(seed)(run)
+        machine = hypothesis_seed(seed)(machine)
+    run = lambda: run_state_machine_as_test(machine, settings=conf)  # noqa: E731
     t0 = time.perf_counter()
     failure = None
     try:
@@ -507,9 +507,9 @@ def record(examples: int, steps: int, seed: int) -> list:
     from hypothesis import seed as hypothesis_seed
 
     kept = []
-    machine = type("Record", (ModelVsKernel,), {"OTHER": "model", "STEPS": 0, "KEEP": kept})
+    machine = hypothesis_seed(seed)(type("Record", (ModelVsKernel,), {"OTHER": "model", "STEPS": 0, "KEEP": kept}))
     conf = settings(max_examples=examples, stateful_step_count=steps, deadline=None, database=None)
-    hypothesis_seed(seed)(lambda: run_state_machine_as_test(machine, settings=conf))()
+    run_state_machine_as_test(machine, settings=conf)
     return kept
 
 
