@@ -103,7 +103,7 @@ class ModelVsKernel(RuleBasedStateMachine):
         super().__init__()
         from conformance.repro import Recorder
 
-        self.rec = Recorder(self, MEM, MEM_LEN, MEMFD, MEMFD_LEN, CLOSED_FD,
+        self.rec = Recorder(self, MEM, MEM_LEN, MEMFD, MEMFD_LEN,
                             queries=("same_object_ids_answer",))
         type(self).LAST = self.rec
         if self.KEEP is not None:

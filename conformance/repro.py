@@ -82,12 +82,12 @@ class Call:
 class Recorder:
     """What the model was asked and answered during one explore example."""
 
-    def __init__(self, machine, mem: int, mem_len: int, memfd: int, memfd_len: int, closed_fd: int, queries=()):
+    def __init__(self, machine, mem: int, mem_len: int, memfd: int, memfd_len: int, queries=()):
         self.machine = machine
         self.sources = {getattr(sys.modules.get(c.__module__), "__file__", None) for c in type(machine).__mro__
                         if not c.__module__.startswith(("hypothesis", "builtins"))}
         self.mem, self.mem_len, self.memfd = mem, mem_len, memfd
-        self.memfd_len, self.closed_fd = memfd_len, closed_fd
+        self.memfd_len = memfd_len
         # what the model's answers depend on besides the calls: capable() and the memlock limit
         self.caps = libc.effective_caps(os.getpid())
         self.memlock = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
@@ -222,10 +222,8 @@ def _has_fd_output(ctype) -> bool:
 
 
 def _struct_of(request: int):
-    for row in B.IOCTLS:
-        if row.number == request & 0xFFFFFFFF and row.struct:
-            return getattr(B, row.struct)
-    return None
+    row = B.BY_NUMBER.get(request & 0xFFFFFFFF)
+    return getattr(B, row.struct) if row is not None and row.struct else None
 
 
 class RecordedFile:
@@ -343,7 +341,6 @@ class Namer:
 
     def __init__(self, rec: Recorder):
         self.mem, self.mem_len, self.memfd = rec.mem, rec.mem_len, rec.memfd
-        self.fd_vars = {}
 
     def scalar(self, path: str, ct, value: int, buffers: dict[int, str]) -> Value:
         size = ctypes.sizeof(ct)
@@ -401,7 +398,7 @@ def _uapi_type(ctype) -> bool:
     return getattr(B, el.__name__, None) is el
 
 
-def make_init(ctype, raw: bytes, namer: Namer, buffers: dict[int, str], choose, exprs=True) -> Init:
+def make_init(ctype, raw: bytes, namer: Namer, buffers: dict[int, str], choose) -> Init:
     """An Init that builds exactly `raw`: fields when they explain every byte, else bytes (also
     for a type of the explorer's own, which no header declares)."""
     c_type, count, py_type = _type_names(ctype)
@@ -417,7 +414,7 @@ def make_init(ctype, raw: bytes, namer: Namer, buffers: dict[int, str], choose, 
             for path, (off, n, ct, value) in vals.items():
                 if value:
                     rebuilt[off:off + n] = bytes(ct(value))
-                    fields.append((path, namer.scalar(path, ct, value, buffers) if exprs else _literal(ct, value)))
+                    fields.append((path, namer.scalar(path, ct, value, buffers)))
             if bytes(rebuilt) == raw:
                 return Init(c_type, count, py_type, size, tuple(fields), raw)
     patches = []
@@ -445,10 +442,8 @@ class Step:
 
 
 def _request_name(request: int) -> str:
-    for row in B.IOCTLS:
-        if row.number == request & 0xFFFFFFFF:
-            return row.name
-    return f"{request:#x}"
+    row = B.BY_NUMBER.get(request & 0xFFFFFFFF)
+    return row.name if row is not None else f"{request:#x}"
 
 
 def program(rec: Recorder) -> list[Step]:

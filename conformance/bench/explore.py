@@ -25,7 +25,7 @@ def per_call(n: int, recorded: bool) -> float:
     from conformance.repro import Recorder
 
     with open_iommufd() as model:
-        rec = Recorder(_Machine(), 0, 0, -1, 0, 1000)
+        rec = Recorder(_Machine(), 0, 0, -1, 0)
         fd = rec.wrap(model) if recorded else model
         a = B.iommu_ioas_alloc(size=ctypes.sizeof(B.iommu_ioas_alloc))
         fd.ioctl(B.IOMMU_IOAS_ALLOC, a)

@@ -30,25 +30,23 @@ def test_cli_output_into_a_closed_pipe_is_quiet():
     assert "Traceback" not in p.stderr and p.stdout.startswith("operation")
 
 
-def test_bench_server_reports_both_figures_and_the_ratio():
-    p = subprocess.run([sys.executable, "-m", "conformance.cli", "bench", "server", "--", "-n", "50"],
+def _ratio_run(bench: str) -> tuple[float, float, float]:
+    """`bench BENCH -- -n 50`: (baseline, other, printed ratio) from its three lines."""
+    p = subprocess.run([sys.executable, "-m", "conformance.cli", "bench", bench, "--", "-n", "50"],
                        capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
     assert lines[0] == "IOMMU_IOAS_IOVA_RANGES, 50 calls, best of 3:"
-    direct = float(lines[1].split()[-4])
-    served, ratio = float(lines[2].split()[-3]), float(lines[2].split()[-1].rstrip("x"))
+    return float(lines[1].split()[-4]), float(lines[2].split()[-3]), float(lines[2].split()[-1].rstrip("x"))
+
+
+def test_bench_server_reports_both_figures_and_the_ratio():
+    direct, served, ratio = _ratio_run("server")
     assert direct > 0 and served > 0
     assert abs(ratio - served / direct) <= 0.01 * ratio + 0.01  # the ratio is of the two printed figures
 
 
 def test_bench_explore_reports_the_recorders_cost_as_a_ratio():
-    p = subprocess.run([sys.executable, "-m", "conformance.cli", "bench", "explore", "--", "-n", "50"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=600)
-    assert p.returncode == 0, p.stderr
-    lines = p.stdout.splitlines()
-    assert lines[0] == "IOMMU_IOAS_IOVA_RANGES, 50 calls, best of 3:"
-    direct = float(lines[1].split()[-4])
-    recorded, ratio = float(lines[2].split()[-3]), float(lines[2].split()[-1].rstrip("x"))
+    direct, recorded, ratio = _ratio_run("explore")
     assert direct > 0 and recorded > 0
     assert abs(ratio - recorded / direct) <= 0.01 * ratio + 0.01

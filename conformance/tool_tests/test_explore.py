@@ -20,6 +20,9 @@ def test_a_model_campaign_runs_clean(tmp_path, monkeypatch):
 
 
 def test_a_broken_invariant_is_found(tmp_path, monkeypatch):
+    """A broken invariant is found, kept in the example database, and comes with both
+    reproducers (conformance/repro.py), which the command writes under --out."""
+    from conformance.cli.explore import _write_reproducers
     from model.main import IommufdCtx
 
     monkeypatch.setenv("IOMMUFD_CONFORMANCE_CACHE", str(tmp_path))
@@ -31,6 +34,11 @@ def test_a_broken_invariant_is_found(tmp_path, monkeypatch):
     r = explore.campaign("model", examples=100, steps=20, seed=3)
     assert r["failure"] and "two objects" in r["failure"]
     assert any((tmp_path / "hypothesis" / "explore-model").rglob("*"))  # kept: it replays next run
+    assert "two objects" in r["reproducers"]["c"] and "int main(void)" in r["reproducers"]["c"]
+    args = type("Args", (), {"out": str(tmp_path / "out"), "target": "model"})()
+    written = _write_reproducers([r], args)
+    assert sorted(Path(p).suffix for p in written) == [".c", ".py"] and "reproducers" not in r
+    assert all(Path(p).read_text() for p in written)
 
 
 def test_explore_command_with_workers():

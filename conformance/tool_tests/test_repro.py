@@ -125,26 +125,6 @@ def test_a_divergence_stops_at_its_step(tmp_path):
     assert p.returncode == 1 and p.stdout.strip().endswith(f"{want} EBUSY"), p.stdout + p.stderr
 
 
-def test_a_campaign_failure_comes_with_reproducers(tmp_path, monkeypatch):
-    """campaign() attaches both programs to a failure; the command writes them under --out."""
-    from conformance.cli.explore import _write_reproducers
-    from model.main import IommufdCtx
-
-    monkeypatch.setenv("IOMMUFD_CONFORMANCE_CACHE", str(tmp_path))
-
-    def broken(self):
-        assert len(self.objects.objects) < 7, "seven objects"
-
-    monkeypatch.setattr(IommufdCtx, "check_invariants", broken)
-    r = explore.campaign("model", examples=100, steps=20, seed=3)
-    assert "seven objects" in r["failure"]
-    assert "seven objects" in r["reproducers"]["c"] and "int main(void)" in r["reproducers"]["c"]
-    args = type("Args", (), {"out": str(tmp_path / "out"), "target": "model"})()
-    written = _write_reproducers([r], args)
-    assert sorted(Path(p).suffix for p in written) == [".c", ".py"] and "reproducers" not in r
-    assert all(Path(p).read_text() for p in written)
-
-
 # -- how values are written ----------------------------------------------------------------------
 
 class _Rec:
