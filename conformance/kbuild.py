@@ -33,13 +33,21 @@ ABSENT = Path(__file__).resolve().parent / "kernel" / "absent.json"
 BUILD_PACKAGES = debian.PACKAGES["kernel build"]
 
 
-def fragment_for(series: str) -> str:
-    """iommufd.config less the settings of symbols `series` does not have (absent.json)."""
+# What a production kernel lacks: the selftest's mock IOMMU and its uapi (IOMMU_TEST_CMD), which no
+# distribution builds. Everything else stays, so the two images differ in that option alone.
+TEST_ONLY = "CONFIG_IOMMUFD_TEST"
+
+
+def fragment_for(series: str, production: bool = False) -> str:
+    """iommufd.config less the settings of symbols `series` does not have (absent.json); with
+    `production`, CONFIG_IOMMUFD_TEST is off (`kernel build --no-iommufd-test`)."""
     absent = set(json.loads(ABSENT.read_text()).get(series, []))
     text = FRAGMENT.read_text()
-    if not absent:
-        return text
-    return "".join(ln for ln in text.splitlines(keepends=True) if ln.split("=", 1)[0].strip() not in absent)
+    if absent:
+        text = "".join(ln for ln in text.splitlines(keepends=True) if ln.split("=", 1)[0].strip() not in absent)
+    if production:
+        text = text.replace(f"{TEST_ONLY}=y\n", f"# {TEST_ONLY} is not set\n")
+    return text
 
 
 class KernelBuildError(RuntimeError):
@@ -76,7 +84,7 @@ def kernels_dir() -> Path:
     return debian.cache_dir() / "kernels"
 
 
-def cached_kernel(series: str = SERIES) -> Path | None:
+def cached_kernel(series: str = SERIES, production: bool = False) -> Path | None:
     """The newest cached bzImage built from Debian's linux-source-SERIES (no patches) with this
     fragment and compiler.
 
@@ -84,7 +92,7 @@ def cached_kernel(series: str = SERIES) -> Path | None:
     (`kernel build --refresh` does that).
     """
     gcc = _gcc_version()
-    info = _cached_info(fragment_for(series), gcc, series) if gcc else None
+    info = _cached_info(fragment_for(series, production), gcc, series) if gcc else None
     return Path(info["bzimage"]) if info else None
 
 
@@ -178,16 +186,18 @@ def _patched_tree(tree: Path, version: str, patches: list[Path], log) -> tuple[P
 
 
 def build_kernel(source: Path | None = None, jobs: int | None = None, log: Callable[[str], None] = print,
-                 refresh: bool = False, series: str = SERIES, patches: list[Path] | tuple = ()) -> Path:
+                 refresh: bool = False, series: str = SERIES, patches: list[Path] | tuple = (),
+                 production: bool = False) -> Path:
     """Build (or find in the cache) the test kernel; returns the bzImage path.
 
     Without `source`, Debian's linux-source-SERIES is used and a cached image for it is returned
     at once (offline); refresh=True first asks Debian for a newer one. With a `source` tree (e.g.
     a kernel developer's checkout, whose files change under the same version) make always runs,
     incrementally, in the kept build directory. `patches` are applied (patch -p1, in order) to
-    a copy of the tree; the cache key covers them.
+    a copy of the tree; the cache key covers them. `production` builds the same kernel without
+    CONFIG_IOMMUFD_TEST (what a distribution ships); it has its own cache key.
     """
-    fragment, gcc = fragment_for(series), _gcc_version()
+    fragment, gcc = fragment_for(series, production), _gcc_version()
     patches = [Path(p) for p in patches]
     for p in patches:
         if not p.is_file():
@@ -247,7 +257,7 @@ def build_kernel(source: Path | None = None, jobs: int | None = None, log: Calla
             "source": source_id, "debian_source": source is None, "tree": str(tree), "version": version,
             "build_dir": str(build), "config_sha256": sha256(config), "fragment_sha256": sha256(fragment),
             "gcc": gcc, "build_seconds": round(seconds, 1), "date": datetime.now(timezone.utc).isoformat(),
-            "key": key, "series": series, "patches": patch_info,
+            "key": key, "series": series, "patches": patch_info, "iommufd_test": not production,
         }
         # Publish atomically: readers see either no directory or a complete one.
         tmp = final.with_name(f".{key}.tmp-{os.getpid()}")

@@ -33,6 +33,9 @@ def pytest_addoption(parser):
     )
     group.addoption(RUNNER_OPTION, action="store_true", default=False,
                     help="also run the VM runner's own tests (they boot QEMU on the cached test kernel)")
+    group.addoption("--vfio-device", action="append", default=[], metavar="BDF",
+                    help="a PCI device bound to vfio-pci for the device tests (repeatable, e.g. 0000:00:04.0); "
+                         "in the VM the profile's devices are used (IOMMUFD_VFIO_DEVICES)")
     group.addoption("--iommufd-report", action="store_true", default=False,
                     help="end with the matrix per ioctl and the (ioctl, errno) coverage")
     group.addoption("--iommufd-ktap", metavar="FILE", help="write the results as KTAP")
@@ -52,7 +55,7 @@ def pytest_cmdline_main(config):
         return None
     from conformance.run import pytest_in_vm
 
-    return pytest_in_vm(_without_target(config.invocation_params.args), target.value)
+    return pytest_in_vm(_without_target(config.invocation_params.args), target.value, profile=target.profile)
 
 
 def _without_target(args) -> list[str]:
@@ -217,6 +220,15 @@ class _Fd:
                 raise pytest.skip.Exception(f"model: {e.ioctl} is not modelled yet", _use_item_location=True) from None
             raise
 
+    def fileno(self) -> int:
+        """The open file's descriptor, for calls that take an iommufd (VFIO_DEVICE_BIND_IOMMUFD);
+        the model's file has none."""
+        fd = getattr(self._f, "fd", None)
+        if not isinstance(fd, int):
+            raise pytest.skip.Exception(f"target {self.target}: its file has no descriptor to pass to another "
+                                        "device's ioctl", _use_item_location=True)
+        return fd
+
     def close(self):
         self._f.close()
 
@@ -291,6 +303,64 @@ def open_iommufd(request):
 def iommufd(open_iommufd):
     """A fresh /dev/iommu on the selected target."""
     return open_iommufd()
+
+
+@pytest.fixture(scope="session")
+def vfio_devices(request) -> list[str]:
+    """PCI addresses of the target's VFIO devices (bound to vfio-pci): --vfio-device, or the VM
+    profile's (IOMMUFD_VFIO_DEVICES). The model has none."""
+    from conformance.vfio_device import devices_from_env
+
+    if _target(request.config).name != "kernel":
+        return []
+    return request.config.getoption("--vfio-device") or devices_from_env()
+
+
+def no_vfio_device_reason(request, wanted: int = 1) -> str | None:
+    """Why a test that needs `wanted` VFIO devices cannot run here, or None."""
+    from conformance.vfio_device import DEVICES_ENV
+
+    have = request.getfixturevalue("vfio_devices")
+    if len(have) >= wanted:
+        return None
+    if _target(request.config).name == "model":
+        return "the model has no VFIO devices (only the selftest's mock IOMMU device)"
+    return (f"needs {wanted} VFIO device(s), the target has {len(have)}: name devices bound to vfio-pci with "
+            f"--vfio-device BDF, or run on --target vm:vtd ({DEVICES_ENV} in the guest)")
+
+
+@pytest.fixture
+def vfio_device(request):
+    """The target's first VFIO device, opened (conformance/vfio_device.VfioDevice) and closed after
+    the test; a skip that says why when the target has none."""
+    if why := no_vfio_device_reason(request):
+        pytest.skip(why)
+    from conformance.vfio_device import VfioDevice
+
+    with VfioDevice(request.getfixturevalue("vfio_devices")[0]) as dev:
+        yield dev
+
+
+@pytest.fixture
+def vfio_device2(request, vfio_device):
+    """A second VFIO device, in its own IOMMU group (the vtd and amd profiles give two)."""
+    if why := no_vfio_device_reason(request, 2):
+        pytest.skip(why)
+    from conformance.vfio_device import VfioDevice
+
+    with VfioDevice(request.getfixturevalue("vfio_devices")[1]) as dev:
+        yield dev
+
+
+@pytest.fixture
+def expect_iommu_faults(request):
+    """A context manager for the part of a test that makes the IOMMU block a DMA: the fault
+    reports logged meanwhile do not fail the test (any other report still does) and are handed
+    to it (KernelLog.iommu_faults()). None where the kernel log cannot be read."""
+    log = _kernel_log(request.config)
+    if log is None or log.fd < 0:
+        return None
+    return lambda: log.expecting_iommu_faults(request.node.nodeid)
 
 
 @pytest.fixture(scope="session")

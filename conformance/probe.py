@@ -6,7 +6,11 @@
 - IOMMUFD_TEST (IOMMU_TEST_CMD answers), and through a mock device, when there is one: the
   hardware-info type and capabilities (dirty tracking), HWPT allocation with dirty tracking,
   the selftest vIOMMU type and its mmap region;
-- the uapi version it speaks: the newest generated version whose every iommufd ioctl it knows.
+- the uapi version it speaks: the newest generated version whose every iommufd ioctl it knows;
+- each VFIO device it has (--vfio-device, or a VM profile's): its group and driver, and for the
+  first one, bound and attached, the IOMMU unit as iommufd reports it: GET_HW_INFO (type,
+  cap/ecap or EFR registers, capabilities, PASID width), which HWPT_ALLOC flags the driver takes,
+  and the IOVA ranges an attached IOAS has.
 
 The suite asks the same (probe(), cached) to skip what a target lacks, saying so, instead of
 failing on it.
@@ -34,6 +38,8 @@ class Probe:
     viommu_types: str = "unknown"
     mmap: str = "unknown"
     uapi: str = "unknown"
+    vfio_devices: list[dict] = field(default_factory=list)
+    unit: dict = field(default_factory=dict)  # the first VFIO device's IOMMU, as iommufd reports it
 
     def lacks(self, name: str) -> bool:
         return self.ioctls.get(name) is False
@@ -57,8 +63,9 @@ def _struct(name: str, **fields):
     return set_fields(cls(size=ctypes.sizeof(cls)), **fields)
 
 
-def probe(target) -> Probe:
-    """Ask `target` (a conformance.targets.Target) what it supports."""
+def probe(target, vfio_devices: list[str] | None = None) -> Probe:
+    """Ask `target` (a conformance.targets.Target) what it supports; `vfio_devices` are PCI
+    addresses bound to vfio-pci (default: IOMMUFD_VFIO_DEVICES, which a VM profile sets)."""
     fd = target.open()
     try:
         p = Probe(target.name, target.describe())
@@ -89,9 +96,78 @@ def probe(target) -> Probe:
             empty = _struct("iommu_ioas_alloc")  # a mock domain's aperture must hold every area
             if _errno(fd, B.IOMMU_IOAS_ALLOC, empty) == 0:
                 _device_features(fd, p, empty.out_ioas_id)
+        if target.name == "kernel":
+            from conformance.vfio_device import devices_from_env
+
+            _vfio_unit(fd, p, vfio_devices if vfio_devices is not None else devices_from_env())
         return p
     finally:
         fd.close()
+
+
+def _vfio_unit(fd, p: Probe, bdfs: list[str]) -> None:
+    from conformance import vfio_device as vd
+
+    for bdf in bdfs:
+        d = vd.SYSFS_PCI / bdf
+        try:
+            vendor, device = vd.pci_id(bdf)
+            p.vfio_devices.append({
+                "bdf": bdf, "id": f"{vendor:04x}:{device:04x}", "iommu_group": vd.iommu_group(bdf),
+                "driver": (d / "driver").resolve().name if (d / "driver").exists() else None,
+                "iommu": (d / "iommu").resolve().name if (d / "iommu").exists() else None,
+            })
+        except OSError as e:
+            p.vfio_devices.append({"bdf": bdf, "error": str(e)})
+    if not bdfs or not hasattr(B, "vfio_device_bind_iommufd"):
+        return
+    u = p.unit
+    try:
+        dev = vd.VfioDevice(bdfs[0])
+    except (OSError, LookupError) as e:
+        u["error"] = f"{bdfs[0]}: {e}"
+        return
+    with dev:
+        try:
+            dev_id = dev.bind(fd.fd)
+        except OSError as e:
+            u["error"] = f"VFIO_DEVICE_BIND_IOMMUFD: {_name(e.errno)}"
+            return
+        data = (ctypes.c_uint8 * 64)()
+        hw = _struct("iommu_hw_info", dev_id=dev_id, data_len=64, data_uptr=ctypes.addressof(data))
+        if e := _errno(fd, B.IOMMU_GET_HW_INFO, hw):
+            u["hw_info"] = f"no ({_name(e)})"
+            return
+        kinds = {v: k for k, v in vars(B).items() if k.startswith("IOMMU_HW_INFO_TYPE_") and k != "IOMMU_HW_INFO_TYPE_DEFAULT"}
+        u["type"] = kinds.get(hw.out_data_type, hex(hw.out_data_type))
+        u["data_len"] = hw.data_len
+        if hw.out_data_type == B.IOMMU_HW_INFO_TYPE_INTEL_VTD:
+            vtd = B.iommu_hw_info_vtd.from_buffer_copy(bytes(data))
+            u.update(flags=hex(vtd.flags), cap_reg=f"{vtd.cap_reg:#018x}", ecap_reg=f"{vtd.ecap_reg:#018x}")
+        elif hw.out_data_type == getattr(B, "IOMMU_HW_INFO_TYPE_AMD", None):
+            amd = B.iommu_hw_info_amd.from_buffer_copy(bytes(data))
+            u.update(efr=f"{amd.efr:#018x}", efr2=f"{amd.efr2:#018x}")
+        caps = [k for k, v in vars(B).items() if k.startswith("IOMMU_HW_CAP_") and hw.out_capabilities & v]
+        u["capabilities"] = f"{hw.out_capabilities:#x} ({' '.join(caps) or 'none'})"
+        u["max_pasid_log2"] = hw.out_max_pasid_log2
+        ioas = _struct("iommu_ioas_alloc")
+        fd.ioctl(B.IOMMU_IOAS_ALLOC, ioas)
+        for flag in ("NEST_PARENT", "DIRTY_TRACKING", "PASID"):
+            value = getattr(B, f"IOMMU_HWPT_ALLOC_{flag}", None)
+            if value is not None:
+                h = _struct("iommu_hwpt_alloc", dev_id=dev_id, pt_id=ioas.out_ioas_id, flags=value)
+                e = _errno(fd, B.IOMMU_HWPT_ALLOC, h)
+                u[f"hwpt_alloc_{flag.lower()}"] = "ok" if e == 0 else _name(e)
+        try:
+            dev.attach(ioas.out_ioas_id)
+        except OSError as e:
+            u["attach"] = _name(e.errno)
+            return
+        ranges = (B.iommu_iova_range * 16)()
+        r = _struct("iommu_ioas_iova_ranges", ioas_id=ioas.out_ioas_id, num_iovas=16,
+                    allowed_iovas=ctypes.addressof(ranges))
+        fd.ioctl(B.IOMMU_IOAS_IOVA_RANGES, r)
+        u["iova_ranges_attached"] = [f"[{ranges[i].start:#x}, {ranges[i].last:#x}]" for i in range(r.num_iovas)]
 
 
 def _name(e: int) -> str:
@@ -142,7 +218,14 @@ def render(p: Probe) -> str:
     lines = [f"target: {p.target}", f"kernel: {p.kernel}", f"uapi it speaks: {p.uapi}",
              f"IOMMUFD_TEST (mock devices): {p.iommufd_test}", f"IOAS_MAP_FILE of a memfd: {p.map_file_memfd}",
              f"hardware info: {p.hw_info}", f"dirty tracking: {p.dirty_tracking}",
-             f"vIOMMU types: {p.viommu_types}", f"mmap: {p.mmap}", "ioctls:"]
+             f"vIOMMU types: {p.viommu_types}", f"mmap: {p.mmap}"]
+    lines.append(f"VFIO devices: {len(p.vfio_devices) or 'none'}")
+    for d in p.vfio_devices:
+        lines.append("  " + ", ".join(f"{k} {v}" for k, v in d.items()))
+    if p.unit:
+        lines.append(f"IOMMU unit of {p.vfio_devices[0]['bdf'] if p.vfio_devices else '?'} (GET_HW_INFO):")
+        lines += [f"  {k}: {v}" for k, v in p.unit.items()]
+    lines.append("ioctls:")
     for name, known in p.ioctls.items():
         lines.append(f"  {name:<32} {'yes' if known else 'no (ENOTTY)'}")
     return "\n".join(lines)

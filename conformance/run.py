@@ -9,21 +9,30 @@ ROOT = Path(__file__).resolve().parents[1]
 SUITE = ROOT / "conformance" / "tests"
 
 
+PRODUCTION = "production"
+
+
 def kernel_for(value: str | None):
     """vm's value: a bzImage path, a kernel series (6.12: built or reused, and the tests in the
-    guest use that series' bindings), or nothing (the model's series). (image, series or None)."""
+    guest use that series' bindings), `production` (the model's series without
+    CONFIG_IOMMUFD_TEST, `kernel build --no-iommufd-test`; SERIES-production for another series),
+    or nothing (the model's series). (image, series or None)."""
     from codegen.debian import SUITE_OF_SERIES
     from conformance import kbuild
 
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     if value and value in SUITE_OF_SERIES:
         return kbuild.build_kernel(series=value, log=log), value
+    if value == PRODUCTION:
+        return kbuild.build_kernel(log=log, production=True), None
+    if value and value.endswith("-" + PRODUCTION) and (series := value.removesuffix("-" + PRODUCTION)) in SUITE_OF_SERIES:
+        return kbuild.build_kernel(series=series, log=log, production=True), series
     if value:
         return Path(value), None
     return kbuild.build_kernel(log=log), None
 
 
-def vm_run(argv: list[str], kernel: str | None, timeout: float, cwd: str, echo=None, **kw):
+def vm_run(argv: list[str], kernel: str | None, timeout: float, cwd: str, echo=None, profile: str | None = None, **kw):
     """Boot the target's kernel and run argv, streaming its output to `echo` (stdout): (result,
     None), or (None, 3) after saying why the VM run did not happen or did not finish."""
     from codegen.debian import DependencyError, FetchError
@@ -32,7 +41,7 @@ def vm_run(argv: list[str], kernel: str | None, timeout: float, cwd: str, echo=N
     try:
         image, series = kernel_for(kernel)
         env = {"IOMMUFD_TARGET_SERIES": series} if series else None
-        return vm.run_in_vm(image, argv, timeout=timeout, cwd=cwd, env=env,
+        return vm.run_in_vm(image, argv, timeout=timeout, cwd=cwd, env=env, profile=profile,
                             on_output=lambda s: print(s, end="", flush=True, file=echo or sys.stdout), **kw), None
     except vm.VmError as e:
         print(f"\niommufd-conformance: the VM run failed: {e}", file=sys.stderr)
@@ -51,7 +60,8 @@ def _status(res) -> int:
     return res.returncode if res.returncode is not None else 3
 
 
-def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: float = 1500) -> int:
+def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: float = 1500,
+                 profile: str | None = None) -> int:
     """Run `python -m pytest ARGS --iommufd-target kernel` in the test kernel's VM (`kernel`: the
     vm target's value). Returns pytest's exit status, or 1 when the guest kernel logged a
     WARNING/BUG/oops, or 3 when the VM run failed."""
@@ -62,7 +72,7 @@ def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: flo
     try:
         pytest_args, outputs = _outputs_to_scratch(pytest_args, scratch)
         argv = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, "--iommufd-target=kernel"]
-        res, failed = vm_run(argv, kernel, timeout, os.getcwd(), hugepages=64, scratch=scratch)
+        res, failed = vm_run(argv, kernel, timeout, os.getcwd(), hugepages=64, scratch=scratch, profile=profile)
         if failed:
             return failed
         for inside, wanted in outputs:  # reports the guest wrote: where the user asked for them
@@ -96,7 +106,9 @@ def _outputs_to_scratch(args: list[str], scratch: Path) -> tuple[list[str], list
     return out, copies
 
 
-def command_in_vm(cli_args: list[str], kernel: str | None = None, timeout: float = 600) -> int:
+def command_in_vm(cli_args: list[str], kernel: str | None = None, timeout: float = 600,
+                  profile: str | None = None) -> int:
     """`iommufd-conformance CLI_ARGS` inside the test kernel's VM; its output streams here."""
-    res, failed = vm_run([sys.executable, "-m", "conformance.cli", *cli_args], kernel, timeout, str(ROOT))
+    res, failed = vm_run([sys.executable, "-m", "conformance.cli", *cli_args], kernel, timeout, str(ROOT),
+                         profile=profile)
     return failed or _status(res)

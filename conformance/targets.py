@@ -3,7 +3,9 @@
 model   the executable model (model.open_iommufd), in this process
 kernel  this machine's /dev/iommu through fcntl.ioctl
 vm      the kernel target inside a QEMU guest booted from the project's test kernel
-        (conformance.run / the pytest plugin re-run the suite there, with target kernel)
+        (conformance.run / the pytest plugin re-run the suite there, with target kernel);
+        vm[=KERNEL][:PROFILE] picks the kernel (a bzImage, a series, `production`) and the
+        machine (conformance/vm.py PROFILES: mock, vtd, amd)
 
 A new target (say, a model server for C programs) is one Target subclass in TARGETS.
 """
@@ -40,8 +42,9 @@ class Target:
     in_process: ClassVar[bool] = True
     takes_value: ClassVar[bool] = False
 
-    def __init__(self, value: str | None = None):
+    def __init__(self, value: str | None = None, profile: str | None = None):
         self.value = value
+        self.profile = profile
 
     def unavailable(self) -> str | None:
         """Why this target cannot run here, or None."""
@@ -123,7 +126,10 @@ class VmTarget(Target):
     takes_value = True  # vm=BZIMAGE
 
     def describe(self) -> str:
-        return f"the test kernel ({self.value or f'Linux {SERIES}, built or cached'}) in QEMU"
+        from conformance.vm import profile_named
+
+        p = profile_named(self.profile)
+        return f"the test kernel ({self.value or f'Linux {SERIES}, built or cached'}) in QEMU, profile {p.name}: {p.doc}"
         # vm=6.12: Debian's linux-source-6.12, tested with the 6.12 bindings (conformance/run.py)
 
 
@@ -131,11 +137,21 @@ TARGETS: dict[str, type[Target]] = {t.name: t for t in (ModelTarget, KernelTarge
 
 
 def parse_target(spec: str) -> Target:
-    """"vm=/path/bzImage" -> VmTarget("/path/bzImage"); ValueError for anything unknown."""
-    name, _, value = spec.partition("=")
+    """"vm=/path/bzImage:vtd" -> VmTarget("/path/bzImage", "vtd"); ValueError for anything unknown."""
+    from conformance.vm import PROFILES
+
+    head, colon, profile = spec.rpartition(":")
+    if not colon or profile not in PROFILES and ("/" in profile or "=" in profile):  # a path with a colon
+        head, profile = spec, ""
+    elif profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r} in target {spec!r}; choose one of {', '.join(PROFILES)}")
+    name, _, value = head.partition("=")
     cls = TARGETS.get(name)
     if cls is None:
-        raise ValueError(f"unknown target {spec!r}; choose one of {', '.join(TARGETS)} (vm=BZIMAGE)")
+        raise ValueError(f"unknown target {spec!r}; choose one of {', '.join(TARGETS)} (vm[=KERNEL][:PROFILE])")
     if value and not cls.takes_value:
         raise ValueError(f"target {name} takes no value")
-    return cls(value or None)
+    if profile and not cls.takes_value:
+        raise ValueError(f"target {name} has no machine profiles: only vm boots one (vm:{profile}); on a "
+                         "kernel target name its VFIO devices with --vfio-device")
+    return cls(value or None, profile or None)

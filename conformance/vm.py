@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from codegen.debian import PACKAGES, DependencyError, ensure_packages
+from codegen.debian import PACKAGES, DependencyError, cache_dir, ensure_packages
 
 GUEST_INIT = Path(__file__).resolve().parent / "kernel" / "guest-init.sh"
 QEMU = "qemu-system-x86_64"
@@ -72,22 +72,49 @@ _REPORT_START = re.compile(
     r"UBSAN: |KASAN: |KFENCE: |INFO: task .* blocked for more than |INFO: rcu_\w+ (self-)?detected stall|"
     r"Call Trace:|watchdog: BUG: |list_(add|del) corruption|refcount_t: )"
 )
+# A DMA the IOMMU blocked: intel-iommu's dmar_fault_do_one() ("DMAR: [DMA Write NO_PASID] Request
+# device [00:04.0] fault addr ...", then the page-table walk) and amd_iommu's iommu_print_event()
+# ("... AMD-Vi: Event logged [IO_PAGE_FAULT ..."). A kernel report like the others, unless the test
+# that ran said it expects one (kmsg.KernelLog.expecting_iommu_faults(): markers in the log).
+IOMMU_FAULT = re.compile(r"^(DMAR: \[(DMA (Read|Write)|INTR-REMAP)|.*AMD-Vi: Event logged \[)")
+EXPECT_BEGIN = "iommufd-conformance: IOMMU faults expected from here: "
+EXPECT_END = "iommufd-conformance: IOMMU faults no longer expected"
 _TIMESTAMP = re.compile(r"^\[\s*\d+\.\d+\]\s?")
 _REPORT_END = re.compile(r"---\[ end (trace|Kernel panic)")
 
 
-def parse_findings(console: str, context: int = 10, max_lines: int = 80) -> list[str]:
-    """Kernel reports (WARN, BUG, oops, KASAN, panic, hung task ...) in a kernel log.
+def parse_findings(console: str, context: int = 10, max_lines: int = 80, *, faults: list[str] | None = None,
+                   expecting: bool = False) -> list[str]:
+    """Kernel reports (WARN, BUG, oops, KASAN, panic, hung task, IOMMU faults ...) in a kernel log.
 
     Each finding is the report's first line plus what follows, up to the `---[ end trace`
     marker (at most `max_lines`), or `context` lines when the report has no end marker.
-    Lines inside a report (its own "Call Trace:") do not start another finding.
+    Lines inside a report (its own "Call Trace:") do not start another finding. An IOMMU fault
+    logged between EXPECT_BEGIN and EXPECT_END (or with `expecting`) is no finding: it goes to
+    `faults` when given.
     """
     lines = [_TIMESTAMP.sub("", ln.rstrip("\r")) for ln in console.splitlines()]
     findings, i = [], 0
     while i < len(lines):
-        if not _REPORT_START.match(lines[i]):
+        if EXPECT_BEGIN in lines[i] or EXPECT_END in lines[i]:
+            expecting = EXPECT_BEGIN in lines[i]
             i += 1
+            continue
+        fault = bool(IOMMU_FAULT.match(lines[i]))
+        if not fault and not _REPORT_START.match(lines[i]):
+            i += 1
+            continue
+        if fault:
+            # the fault line and the page-table walk after it (dmar_fault_dump_ptes()), no further
+            limit = min(len(lines), i + 1 + context)
+            stop = next((j for j in range(i + 1, limit)
+                         if not lines[j].startswith("DMAR: ") or IOMMU_FAULT.match(lines[j])), limit)
+            text = "\n".join(lines[i:stop])
+            if not expecting:
+                findings.append(text)
+            elif faults is not None:
+                faults.append(text)
+            i = stop
             continue
         end = next((j for j in range(i + 1, min(len(lines), i + max_lines)) if _REPORT_END.search(lines[j])), None)
         stop = end + 1 if end is not None else min(len(lines), i + 1 + context)
@@ -112,9 +139,92 @@ def _ensure_qemu() -> str:
     return path
 
 
-def _job_script(argv: list[str], env: dict[str, str], cwd: str, hugepages: int) -> str:
+@dataclass(frozen=True)
+class Profile:
+    """A machine the VM target boots (`--target vm:NAME`): chipset, IOMMU, devices behind it.
+
+    iommu_options are what the profile wants of the emulated unit; each is kept only where this
+    QEMU has the property (`-device TYPE,help`): QEMU's version decides what the unit offers, and
+    `probe --target vm:NAME` reports what the guest's driver then found.
+    """
+    name: str
+    doc: str
+    machine: tuple[str, ...] = ()
+    iommu: str | None = None
+    iommu_options: tuple[tuple[str, str], ...] = ()
+    cmdline: tuple[str, ...] = ()
+    edu: int = 0  # QEMU edu devices (hw/misc/edu.c: a DMA engine), bound to vfio-pci in the guest
+
+
+EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
+
+PROFILES: dict[str, Profile] = {p.name: p for p in (
+    Profile("mock", "i440fx, no IOMMU: the selftest's mock IOMMU (CONFIG_IOMMUFD_TEST) is the only one"),
+    # intel-iommu: interrupt remapping (iommufd_device_bind() wants isolated MSI), scalable mode
+    # (the first-stage x86_64 format, PASID tables), 48-bit addresses, snooping.
+    Profile("vtd", "q35 with QEMU's intel-iommu (VT-d) and two edu devices bound to vfio-pci",
+            machine=("-M", "q35"), iommu="intel-iommu",
+            iommu_options=(("intremap", "on"), ("x-scalable-mode", "on"), ("x-pasid-mode", "on"),
+                           ("aw-bits", "48"), ("snoop-control", "on")),
+            cmdline=("intel_iommu=on,sm_on",), edu=2),
+    # amd-iommu: QEMU's AMD-Vi has no interrupt remapping a TCG guest can use, so the group's MSI
+    # is not isolated and iommufd_device_bind() needs the module's unsafe-interrupts switch.
+    Profile("amd", "q35 with QEMU's amd-iommu (AMD-Vi) and two edu devices bound to vfio-pci",
+            machine=("-M", "q35"), iommu="amd-iommu",
+            cmdline=("iommufd.allow_unsafe_interrupts=1",), edu=2),
+)}
+DEFAULT_PROFILE = "mock"
+
+
+def profile_named(name: str | None) -> Profile:
+    try:
+        return PROFILES[name or DEFAULT_PROFILE]
+    except KeyError:
+        raise ValueError(f"unknown VM profile {name!r}; choose one of {', '.join(PROFILES)}") from None
+
+
+_DEVICE_PROPERTIES: dict[str, frozenset[str]] = {}
+
+
+def device_properties(qemu: str, device: str) -> frozenset[str]:
+    """The properties this QEMU's `-device DEVICE` takes (asked once per process)."""
+    if device not in _DEVICE_PROPERTIES:
+        try:
+            out = subprocess.run([qemu, "-device", f"{device},help"], capture_output=True, text=True).stdout
+        except OSError:  # no QEMU: nothing to offer (run_in_vm installs it before it asks)
+            return frozenset()
+        _DEVICE_PROPERTIES[device] = frozenset(m[1] for m in re.finditer(r"^\s+([\w-]+)=", out, re.M))
+    return _DEVICE_PROPERTIES[device]
+
+
+def iommu_device_arg(profile: Profile, qemu: str = QEMU) -> str | None:
+    """`-device` value of the profile's IOMMU with the options this QEMU has."""
+    if profile.iommu is None:
+        return None
+    have = device_properties(qemu, profile.iommu)
+    return ",".join([profile.iommu] + [f"{k}={v}" for k, v in profile.iommu_options if k in have])
+
+
+# The guest binds every edu to vfio-pci (driver_override, as the kernel's VFIO selftests' setup
+# script does) and passes their addresses on as IOMMUFD_VFIO_DEVICES.
+_BIND_EDU = f"""devs=
+for d in /sys/bus/pci/devices/*; do
+  [ "$(cat $d/vendor)" = {EDU_VENDOR:#06x} ] && [ "$(cat $d/device)" = {EDU_DEVICE:#06x} ] || continue
+  b=${{d##*/}}
+  echo vfio-pci >$d/driver_override
+  [ -e $d/driver ] && echo $b >$d/driver/unbind
+  echo $b >/sys/bus/pci/drivers_probe
+  [ -e $d/vfio-dev ] || echo "vm: $b did not bind to vfio-pci" >&2
+  devs="$devs${{devs:+,}}$b"
+done"""
+
+
+def _job_script(argv: list[str], env: dict[str, str], cwd: str, hugepages: int, profile: Profile | None = None) -> str:
     q = shlex.quote
     lines = ["# written by conformance/vm.py; run by guest-init.sh"]
+    if profile is not None and profile.edu:
+        lines.append(_BIND_EDU)
+        env = dict(env, IOMMUFD_VFIO_DEVICES="$devs")
     if hugepages:
         lines += [
             f"echo {hugepages} >/proc/sys/vm/nr_hugepages",
@@ -123,14 +233,20 @@ def _job_script(argv: list[str], env: dict[str, str], cwd: str, hugepages: int) 
         ]
     lines += [
         f"cd {q(cwd)} || exit 125",
-        "exec env -i " + " ".join(q(f"{k}={v}") for k, v in env.items()) + " " + " ".join(map(q, argv)),
+        "exec env -i " + " ".join(f'{k}="$devs"' if v == "$devs" else q(f"{k}={v}") for k, v in env.items())
+        + " " + " ".join(map(q, argv)),
     ]
     return "\n".join(lines) + "\n"
 
 
-def qemu_command(kernel: Path, scratch: Path, *, memory: str, cpus: int) -> list[str]:
-    """The QEMU command line of a run (host root read-only, scratch writable, serial console)."""
+def qemu_command(kernel: Path, scratch: Path, *, memory: str, cpus: int, profile: Profile | None = None,
+                 qemu: str = QEMU) -> list[str]:
+    """The QEMU command line of a run (host root read-only, scratch writable, serial console), on
+    the profile's machine: its IOMMU comes before every PCI device, its edu devices last."""
+    profile = profile or PROFILES[DEFAULT_PROFILE]
+    iommu = iommu_device_arg(profile, qemu)
     cmdline = " ".join([
+        *profile.cmdline,
         "console=ttyS0",
         "root=/dev/root rootfstype=9p rootflags=trans=virtio,version=9p2000.L,cache=loose,msize=262144 ro",
         "panic=-1",  # a panic resets the guest, and -no-reboot turns that into QEMU's exit
@@ -138,14 +254,16 @@ def qemu_command(kernel: Path, scratch: Path, *, memory: str, cpus: int) -> list
         "--", str(GUEST_INIT), str(scratch),
     ])
     return [
-        QEMU, "-accel", "tcg", "-cpu", "max", "-smp", str(cpus), "-m", memory,
+        qemu, "-accel", "tcg", "-cpu", "max", "-smp", str(cpus), "-m", memory, *profile.machine,
         "-nodefaults", "-no-user-config", "-nographic", "-serial", "stdio", "-no-reboot",
         "-kernel", str(kernel), "-append", cmdline,
+        *(["-device", iommu] if iommu else []),
         # multidevs=remap: / spans several host filesystems; keeps guest inode numbers unique.
         "-fsdev", "local,id=root,path=/,security_model=none,readonly=on,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=root,mount_tag=/dev/root",
         "-fsdev", f"local,id=scratch,path={scratch},security_model=none,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=scratch,mount_tag=scratch",
+        *[a for _ in range(profile.edu) for a in ("-device", "edu")],
     ]
 
 
@@ -167,6 +285,7 @@ def run_in_vm(
     scratch: Path | None = None,
     on_output: Callable[[str], None] | None = None,
     on_console: Callable[[str], None] | None = None,
+    profile: str | Profile | None = None,
 ) -> VmResult:
     """Boot `kernel`, run `argv` as root in the guest, return its status and output.
 
@@ -176,15 +295,19 @@ def run_in_vm(
     defaults to the host's current directory. scratch (default: a fresh temporary
     directory, removed afterwards) is writable in the guest under the same path and is
     exported as IOMMUFD_VM_SCRATCH. on_output/on_console receive the command's output and
-    the console text as they arrive. Raises VmBootError, VmCrash or VmTimeout (each with
-    the partial result) when the command does not run to completion.
+    the console text as they arrive. profile names the machine (PROFILES; default mock): with
+    devices, the guest binds them to vfio-pci first and the command finds their addresses in
+    IOMMUFD_VFIO_DEVICES. Raises VmBootError, VmCrash or VmTimeout (each with the partial
+    result, and the whole console kept in a file the message names) when the command does not
+    run to completion.
     """
+    prof = profile if isinstance(profile, Profile) else profile_named(profile)
     if not argv:
         raise ValueError("run_in_vm needs a command")
     kernel = Path(kernel).resolve()
     if not kernel.is_file():
         raise FileNotFoundError(f"no kernel image at {kernel}")
-    _ensure_qemu()
+    qemu = _ensure_qemu()
     with tempfile.TemporaryDirectory(prefix="iommufd-vm-") as tmp:
         scratch_dir = Path(scratch).resolve() if scratch is not None else Path(tmp)
         if re.search(r"\s", str(scratch_dir)):
@@ -201,9 +324,28 @@ def run_in_vm(
         guest_env.update(HOME=GUEST_TMP, TMPDIR=GUEST_TMP, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1",
                          IOMMUFD_VM_SCRATCH=str(scratch_dir))
         guest_env.update(env or {})
-        (ctl / "job.sh").write_text(_job_script(argv, guest_env, cwd or os.getcwd(), hugepages))
-        return _boot(qemu_command(kernel, scratch_dir, memory=memory, cpus=cpus), ctl,
-                     timeout, Path(tmp) / "qemu.stderr", on_output, on_console)
+        (ctl / "job.sh").write_text(_job_script(argv, guest_env, cwd or os.getcwd(), hugepages, prof))
+        try:
+            return _boot(qemu_command(kernel, scratch_dir, memory=memory, cpus=cpus, profile=prof, qemu=qemu), ctl,
+                         timeout, Path(tmp) / "qemu.stderr", on_output, on_console)
+        except VmError as e:
+            kept = keep_console(e.result.console, prof.name)
+            e.args = (f"{e.args[0]}\n(the whole console: {kept})",)
+            raise
+
+
+def keep_console(console: str, profile: str) -> Path | None:
+    """A failed guest's whole console, kept under the cache (the newest 20) for a later look."""
+    d = cache_dir() / "vm-consoles"
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        path = d / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{profile}.log"
+        path.write_text(console)
+        for old in sorted(d.glob("*.log"))[:-20]:
+            old.unlink(missing_ok=True)
+        return path
+    except OSError:
+        return None
 
 
 def _boot(cmd, ctl: Path, timeout: float, stderr_path: Path, on_output, on_console) -> VmResult:

@@ -54,7 +54,8 @@ def _cmd_explore(args) -> int:
         scratch = cache_dir() / "explore-vm" / f"worker{worker}"
         res, failed = vm_run([sys.executable, "-X", "faulthandler", "-m", "conformance.explore",
                                *_worker_args("kernel", per, args.steps, seeds[worker])], target.value, 3600,
-                              str(ROOT), echo=sys.stderr if args.json else None, scratch=scratch)
+                              str(ROOT), echo=sys.stderr if args.json else None, scratch=scratch,
+                              profile=target.profile)
         if failed:
             return {"failure": "the VM run failed", "steps": 0}
         out = _result(res.stdout) or {"failure": f"worker exit {res.returncode}", "steps": 0}

@@ -21,6 +21,10 @@ def register(subparsers) -> None:
     b.add_argument("--series", default=SERIES, help=f"kernel series from Debian: 7.2 (sid), 6.12 (stable); default {SERIES}")
     b.add_argument("--patch", type=Path, action="append", default=[], metavar="FILE",
                    help="a patch to apply (patch -p1), repeatable, in order; the cache key covers them")
+    b.add_argument("--no-iommufd-test", dest="production", action="store_true",
+                   help="a production kernel: the same configuration without CONFIG_IOMMUFD_TEST (no mock IOMMU, "
+                        "no IOMMU_TEST_CMD), as distributions ship it; run the suite on it with "
+                        "--target vm=production:vtd")
     b.set_defaults(func=_cmd_build)
     s = sub.add_parser("selftest", help="run the kernel's tools/testing/selftests/iommu in the test VM")
     s.add_argument("--kernel", type=Path, help="bzImage (default: build or reuse the cached test kernel)")
@@ -41,7 +45,7 @@ def _err(msg: str) -> None:
 def _cmd_build(args) -> int:
     try:
         image = kbuild.build_kernel(args.source, args.jobs, log=_err, refresh=args.refresh, series=args.series,
-                                    patches=args.patch)
+                                    patches=args.patch, production=args.production)
     except (kbuild.KernelBuildError, debian.DependencyError, debian.FetchError) as e:
         _err(f"kernel build: {e}")
         return 1
