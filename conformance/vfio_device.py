@@ -73,6 +73,7 @@ class VfioDevice:
         self.path = cdev_path(bdf)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         self._regions: dict[int, object] = {}
+        self._maps: list[libc.Mapping] = []
 
     def ioctl(self, request: int, arg):
         if self.fd < 0:
@@ -127,13 +128,20 @@ class VfioDevice:
         self.config_write(PCI_COMMAND, (cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER).to_bytes(2, "little"))
 
     def mmap_bar(self, index: int = 0) -> libc.Mapping:
-        """mmap of BAR `index` at its region's offset (vfio_pci_core_mmap())."""
+        """mmap of BAR `index` at its region's offset (vfio_pci_core_mmap()); unmapped by close()."""
         r = self.region(index)
         if not r.flags & B.VFIO_REGION_INFO_FLAG_MMAP:
             raise OSError(errno.EINVAL, f"region {index} of {self.bdf} cannot be mmapped (flags {r.flags:#x})")
-        return libc.mmap(self.fd, r.size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, r.offset)
+        m = libc.mmap(self.fd, r.size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, r.offset)
+        self._maps.append(m)
+        return m
 
     def close(self) -> None:
+        """Unmap the BARs and close: a mapping holds the device file open, and the cdev admits
+        one open file at a time (vfio_df_open()), so the next open would find it busy."""
+        for m in self._maps:
+            m.munmap()
+        self._maps.clear()
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

@@ -154,6 +154,10 @@ class Profile:
     iommu_options: tuple[tuple[str, str], ...] = ()
     cmdline: tuple[str, ...] = ()
     edu: int = 0  # QEMU edu devices (hw/misc/edu.c: a DMA engine), bound to vfio-pci in the guest
+    silent_faults: str | None = None  # why the guest sees no report of a DMA its IOMMU blocks
+
+
+SILENT_FAULTS_ENV = "IOMMUFD_SILENT_FAULTS"  # the profile's silent_faults, for the tests in the guest
 
 
 EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
@@ -171,7 +175,9 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
     # is not isolated and iommufd_device_bind() needs the module's unsafe-interrupts switch.
     Profile("amd", "q35 with QEMU's amd-iommu (AMD-Vi) and two edu devices bound to vfio-pci",
             machine=("-M", "q35"), iommu="amd-iommu",
-            cmdline=("iommufd.allow_unsafe_interrupts=1",), edu=2),
+            cmdline=("iommufd.allow_unsafe_interrupts=1",), edu=2,
+            # measured with QEMU 7.2: the DMA is blocked, but no IO_PAGE_FAULT event reaches the log
+            silent_faults="QEMU's amd-iommu logs no IO_PAGE_FAULT event the guest reports for a blocked DMA"),
 )}
 DEFAULT_PROFILE = "mock"
 
@@ -323,6 +329,8 @@ def run_in_vm(
         guest_env.setdefault("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
         guest_env.update(HOME=GUEST_TMP, TMPDIR=GUEST_TMP, PYTHONDONTWRITEBYTECODE="1", PYTHONUNBUFFERED="1",
                          IOMMUFD_VM_SCRATCH=str(scratch_dir))
+        if prof.silent_faults:
+            guest_env[SILENT_FAULTS_ENV] = prof.silent_faults
         guest_env.update(env or {})
         (ctl / "job.sh").write_text(_job_script(argv, guest_env, cwd or os.getcwd(), hugepages, prof))
         try:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from codegen.debian import DependencyError
 from conformance.kbuild import cached_kernel
-from conformance.vm import VmError, VmTimeout, run_in_vm
+from conformance.vm import PROFILES, VmError, VmTimeout, run_in_vm
 
 
 def register(subparsers) -> None:
@@ -21,6 +21,9 @@ def register(subparsers) -> None:
     p.add_argument("--memory", default="2G", help="guest RAM (default 2G)")
     p.add_argument("--cpus", type=int, default=2)
     p.add_argument("--hugepages", type=int, default=0, help="2 MiB huge pages to reserve in the guest")
+    p.add_argument("--profile", default="mock", choices=list(PROFILES),
+                   help="the machine: mock (default: no IOMMU), vtd (intel-iommu + 2 edu), amd (amd-iommu + 2 edu); "
+                        "the devices are bound to vfio-pci and listed in $IOMMUFD_VFIO_DEVICES")
     p.add_argument("--console", action="store_true", help="stream the guest console to stderr")
     p.add_argument("--fail-on-warning", action="store_true", help="exit 1 if the kernel logged a WARNING/BUG")
     p.add_argument("argv", nargs=argparse.REMAINDER, metavar="-- COMMAND")
@@ -48,7 +51,7 @@ def _cmd_vm(args) -> int:
 
     try:
         res = run_in_vm(kernel, argv, timeout=args.timeout, memory=args.memory, cpus=args.cpus,
-                        hugepages=args.hugepages, on_output=out, on_console=con if args.console else None)
+                        hugepages=args.hugepages, profile=args.profile, on_output=out, on_console=con if args.console else None)
     except VmError as e:
         print(f"vm: {e}", file=sys.stderr)
         _print_findings(e.result.findings)
