@@ -27,7 +27,7 @@ PACKAGES = {
     "codegen": ["gcc", "cpp", "libc6-dev", "linux-libc-dev"],  # the preprocessor, the layout proof
     "kernel build": ["gcc", "make", "flex", "bison", "bc", "libelf-dev", "libssl-dev", "ccache", "cpio", "xz-utils",
                      "patch"],
-    "selftests": ["libcap-dev", "rsync"],  # rsync: the selftests' lib.mk copies files with it
+    "selftests": ["libcap-dev", "rsync", "uuid-dev"],  # rsync: lib.mk copies files; uuid: the VFIO selftests' libvfio
     "vm": ["qemu-system-x86"],
 }
 

@@ -1,5 +1,7 @@
-"""The kernel's own iommufd selftests (tools/testing/selftests/iommu): build them from the test
-kernel's tree, run them in its VM, read their TAP."""
+"""The kernel's own selftests: iommufd's (tools/testing/selftests/iommu) and VFIO's
+(tools/testing/selftests/vfio): build them from the test kernel's tree, run them in its VM (the
+VFIO ones on a profile with devices: vm:vtd), read their TAP; and the iommufd ones against the
+model through the preload library (run_selftests_model)."""
 from __future__ import annotations
 
 import contextlib
@@ -28,9 +30,7 @@ SELFTESTS = ("iommufd", "iommufd_fail_nth")
 KNOWN_SELFTEST_FAILURES: frozenset[str] = frozenset()
 
 
-def build_selftests(kernel: Path, source: Path | None = None, log: Callable[[str], None] = print) -> Path:
-    """Build iommufd and iommufd_fail_nth from the kernel's tree (cached beside the kernel key)."""
-    debian.ensure_packages(BUILD_PACKAGES + SELFTEST_PACKAGES, why="to build the iommufd selftests")
+def _tree_and_key(kernel: Path, source: Path | None) -> tuple[Path, str]:
     info = kernel_info(kernel)
     if source is not None:
         tree = Path(source).resolve()
@@ -38,7 +38,13 @@ def build_selftests(kernel: Path, source: Path | None = None, log: Callable[[str
         tree = Path(info["tree"])
     else:
         tree, _ = debian.source_tree(SERIES)
-    key = info.get("key") or sha256(f"{tree} {makefile_version(tree)}")[:16]
+    return tree, info.get("key") or sha256(f"{tree} {makefile_version(tree)}")[:16]
+
+
+def build_selftests(kernel: Path, source: Path | None = None, log: Callable[[str], None] = print) -> Path:
+    """Build iommufd and iommufd_fail_nth from the kernel's tree (cached beside the kernel key)."""
+    debian.ensure_packages(BUILD_PACKAGES + SELFTEST_PACKAGES, why="to build the iommufd selftests")
+    tree, key = _tree_and_key(kernel, source)
     out = debian.cache_dir() / "selftests" / key
     if all((out / t).is_file() for t in SELFTESTS):
         return out
@@ -69,9 +75,10 @@ class SelftestResult:
     skipped: list[str] = field(default_factory=list)
     exit_status: int | None = None
     totals_line: str = ""  # the harness's own "# Totals: ..." line, to cross-check the parse
+    skip_reasons: dict[str, str] = field(default_factory=dict)  # case -> the text after "# SKIP"
 
 
-_TAP = re.compile(r"^(ok|not ok) \d+ (\S+)(?:\s+#\s*(SKIP|XFAIL|TODO)\b.*)?$", re.I)
+_TAP = re.compile(r"^(ok|not ok) \d+ (\S+)(?:\s+#\s*(SKIP|XFAIL|TODO)\b\s*(.*))?$", re.I)
 
 
 def parse_kselftest(name: str, text: str) -> SelftestResult:
@@ -88,6 +95,7 @@ def parse_kselftest(name: str, text: str) -> SelftestResult:
             verdict, case, directive = m[1].lower(), m[2], (m[3] or "").upper()
             if directive == "SKIP":
                 r.skipped.append(case)
+                r.skip_reasons[case] = (m[4] or "").strip()
             elif verdict == "ok" or directive == "XFAIL":
                 r.passed.append(case)
             else:
@@ -95,14 +103,93 @@ def parse_kselftest(name: str, text: str) -> SelftestResult:
     return r
 
 
+VFIO_SELFTESTS = ("vfio_iommufd_setup_test", "vfio_pci_device_test", "vfio_dma_mapping_test",
+                  "vfio_dma_mapping_mmio_test", "vfio_pci_device_init_perf_test", "vfio_pci_driver_test",
+                  "vfio_pci_sriov_uapi_test")
+# The container a test case uses, as libvfio names them (lib/iommu.c): the variant starts with one.
+VFIO_MODES = ("vfio_type1_iommu", "vfio_type1v2_iommu", "iommufd_compat_type1", "iommufd_compat_type1v2", "iommufd")
+VFIO_SHIM = Path(__file__).resolve().parent / "kernel" / "vfio_selftests_shim.h"
+
+
+def vfio_mode(case: str) -> str | None:
+    """The iommu mode of a VFIO selftest case (fixture.variant.test), the longest name the variant
+    starts with; None for a case that runs in one mode only."""
+    parts = case.split(".")
+    variant = parts[1] if len(parts) == 3 else ""
+    found = [m for m in VFIO_MODES if variant == m or variant.startswith(m + "_")]
+    return max(found, key=len) if found else None
+
+
+def build_vfio_selftests(kernel: Path, source: Path | None = None, log: Callable[[str], None] = print) -> Path:
+    """Build tools/testing/selftests/vfio from the kernel's tree (cached by kernel key and shim)."""
+    debian.ensure_packages(BUILD_PACKAGES + SELFTEST_PACKAGES, why="to build the VFIO selftests")
+    tree, key = _tree_and_key(kernel, source)
+    out = debian.cache_dir() / "selftests-vfio" / f"{key}-{sha256(VFIO_SHIM.read_bytes())[:8]}"
+    if all((out / t).is_file() for t in VFIO_SELFTESTS):
+        return out
+    hdr = debian.cache_dir() / "build" / key
+    with locked(hdr.with_name(key + ".lock")):
+        hdr.mkdir(parents=True, exist_ok=True)
+        logfile = hdr / "vfio-selftests.log"
+        logfile.write_text("")
+        env = make_env()
+        log(f"building the VFIO selftests from {tree} (log {logfile})")
+        make(tree, [f"O={hdr}", "ARCH=x86_64", "headers"], logfile, env, "make headers")
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)  # the selftests' rules need OUTPUT to exist
+        make(tree / "tools" / "testing" / "selftests" / "vfio",
+             [f"OUTPUT={tmp}", f"KHDR_INCLUDES=-isystem {hdr / 'usr' / 'include'}",
+              f"EXTRA_CFLAGS=-include {VFIO_SHIM}", f"-j{make_jobs(None)}"],
+             logfile, env, "building the VFIO selftests")
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+    return out
+
+
+def run_vfio_selftests(kernel: Path, profile: str = "vtd", source: Path | None = None, timeout: float = 900,
+                       log: Callable[[str], None] = print) -> tuple[list[SelftestResult], list[str], str]:
+    """Boot `kernel` on `profile` and run each VFIO selftest binary on its devices (the first one;
+    init_perf_test on all): (results per binary, kernel findings, output). A binary that skips
+    as a whole (exit 4: no driver for the device, no SR-IOV) keeps its reason in `totals_line`."""
+    prof = vm.profile_named(profile)
+    if not prof.edu:
+        raise vm.VmError(f"profile {prof.name} has no PCI devices to run the VFIO selftests on (use vtd or amd)",
+                         vm.VmResult(None, "", ""))
+    bindir = build_vfio_selftests(kernel, source, log=log)
+    first = '"${IOMMUFD_VFIO_DEVICES%%,*}"'
+    every = '$(echo "$IOMMUFD_VFIO_DEVICES" | tr , " ")'
+    script = "; ".join(
+        f'echo "@@@ {t}"; ./{t} {every if t == "vfio_pci_device_init_perf_test" else first}; echo "@@@ {t} exit $?"'
+        for t in VFIO_SELFTESTS)
+    log(f"running {len(VFIO_SELFTESTS)} VFIO selftests in a 4G guest (profile {prof.name}, 64 2M and two 1G huge pages)")
+    # vfio_dma_mapping_test's anonymous_hugetlb_1gb variants map one 1 GiB page: reserved at boot
+    # (runtime allocation of gigantic pages needs CONFIG_CONTIG_ALLOC, which the test kernel lacks)
+    res = vm.run_in_vm(kernel, ["sh", "-c", script], cwd=str(bindir), memory="4G", hugepages=64, timeout=timeout,
+                       profile=prof, cmdline=("hugepagesz=1G", "hugepages=2", "hugepagesz=2M"))
+    results = []
+    for t in VFIO_SELFTESTS:
+        m = re.search(rf"^@@@ {t}\n(.*?)^@@@ {t} exit (\d+)$", res.stdout, re.S | re.M)
+        r = parse_kselftest(t, m[1] if m else "")
+        r.exit_status = int(m[2]) if m else None
+        if m and r.exit_status == 4 and not (r.passed or r.failed or r.skipped):
+            lines = [ln.strip("# ") for ln in m[1].splitlines() if ln.strip()]
+            r.totals_line = "skipped as a whole: " + (next((ln for ln in lines if "SKIP" in ln), None)
+                                                       or (lines[-1] if lines else "exit 4 (KSFT_SKIP)"))
+        results.append(r)
+    return results, res.findings, res.stdout
+
+
 def run_selftests(kernel: Path, source: Path | None = None, timeout: float = 900,
-                  log: Callable[[str], None] = print) -> tuple[list[SelftestResult], list[str], str]:
+                  log: Callable[[str], None] = print, profile: str | None = None
+                  ) -> tuple[list[SelftestResult], list[str], str]:
     """Boot `kernel` and run the iommufd selftests: (results per binary, kernel findings, output)."""
     bindir = build_selftests(kernel, source, log=log)
     # One boot for both binaries; markers split the output.
     script = "; ".join(f'echo "@@@ {t}"; ./{t}; echo "@@@ {t} exit $?"' for t in SELFTESTS)
     log(f"running {', '.join(SELFTESTS)} in a 2G guest with 64 huge pages")
-    res = vm.run_in_vm(kernel, ["sh", "-c", script], cwd=str(bindir), memory="2G", hugepages=64, timeout=timeout)
+    res = vm.run_in_vm(kernel, ["sh", "-c", script], cwd=str(bindir), memory="2G", hugepages=64, timeout=timeout,
+                       profile=profile)
     results = []
     for t in SELFTESTS:
         m = re.search(rf"^@@@ {t}\n(.*?)^@@@ {t} exit (\d+)$", res.stdout, re.S | re.M)

@@ -246,13 +246,13 @@ def _job_script(argv: list[str], env: dict[str, str], cwd: str, hugepages: int, 
 
 
 def qemu_command(kernel: Path, scratch: Path, *, memory: str, cpus: int, profile: Profile | None = None,
-                 qemu: str = QEMU) -> list[str]:
+                 qemu: str = QEMU, cmdline: tuple[str, ...] = ()) -> list[str]:
     """The QEMU command line of a run (host root read-only, scratch writable, serial console), on
     the profile's machine: its IOMMU comes before every PCI device, its edu devices last."""
     profile = profile or PROFILES[DEFAULT_PROFILE]
     iommu = iommu_device_arg(profile, qemu)
     cmdline = " ".join([
-        *profile.cmdline,
+        *profile.cmdline, *cmdline,
         "console=ttyS0",
         "root=/dev/root rootfstype=9p rootflags=trans=virtio,version=9p2000.L,cache=loose,msize=262144 ro",
         "panic=-1",  # a panic resets the guest, and -no-reboot turns that into QEMU's exit
@@ -292,6 +292,7 @@ def run_in_vm(
     on_output: Callable[[str], None] | None = None,
     on_console: Callable[[str], None] | None = None,
     profile: str | Profile | None = None,
+    cmdline: tuple[str, ...] = (),
 ) -> VmResult:
     """Boot `kernel`, run `argv` as root in the guest, return its status and output.
 
@@ -303,7 +304,7 @@ def run_in_vm(
     exported as IOMMUFD_VM_SCRATCH. on_output/on_console receive the command's output and
     the console text as they arrive. profile names the machine (PROFILES; default mock): with
     devices, the guest binds them to vfio-pci first and the command finds their addresses in
-    IOMMUFD_VFIO_DEVICES. Raises VmBootError, VmCrash or VmTimeout (each with the partial
+    IOMMUFD_VFIO_DEVICES. cmdline adds kernel parameters. Raises VmBootError, VmCrash or VmTimeout (each with the partial
     result, and the whole console kept in a file the message names) when the command does not
     run to completion.
     """
@@ -334,7 +335,8 @@ def run_in_vm(
         guest_env.update(env or {})
         (ctl / "job.sh").write_text(_job_script(argv, guest_env, cwd or os.getcwd(), hugepages, prof))
         try:
-            return _boot(qemu_command(kernel, scratch_dir, memory=memory, cpus=cpus, profile=prof, qemu=qemu), ctl,
+            return _boot(qemu_command(kernel, scratch_dir, memory=memory, cpus=cpus, profile=prof, qemu=qemu,
+                                      cmdline=cmdline), ctl,
                          timeout, Path(tmp) / "qemu.stderr", on_output, on_console)
         except VmError as e:
             kept = keep_console(e.result.console, prof.name)

@@ -26,14 +26,18 @@ def register(subparsers) -> None:
                         "no IOMMU_TEST_CMD), as distributions ship it; run the suite on it with "
                         "--target vm=production:vtd")
     b.set_defaults(func=_cmd_build)
-    s = sub.add_parser("selftest", help="run the kernel's tools/testing/selftests/iommu in the test VM")
+    s = sub.add_parser("selftest", help="run the kernel's iommufd (or VFIO) selftests in the test VM or on the model")
+    s.add_argument("--suite", choices=("iommu", "vfio"), default="iommu",
+                   help="iommu: tools/testing/selftests/iommu (default); vfio: tools/testing/selftests/vfio on the "
+                        "profile's devices, in every iommu mode libvfio has (default target vm:vtd)")
     s.add_argument("--kernel", type=Path, help="bzImage (default: build or reuse the cached test kernel)")
     s.add_argument("--source", type=Path, help="kernel source tree for the selftests (default: the kernel's)")
     s.add_argument("--timeout", type=float, default=900)
     s.add_argument("--series", default=SERIES, help=f"kernel series to build when --kernel is not given (default {SERIES})")
-    s.add_argument("--target", action="append", choices=("vm", "model"), metavar="vm|model",
-                   help="where to run them, repeatable: vm (the test kernel in QEMU, default), model (the "
-                        "same binaries against the model through the preload library); both compares them")
+    s.add_argument("--target", action="append", metavar="vm[:PROFILE]|model",
+                   help="where to run them, repeatable: vm (the test kernel in QEMU, default; vm:vtd or vm:amd for "
+                        "a machine with an IOMMU and devices), model (the same binaries against the model through the "
+                        "preload library); vm and model together compares them")
     s.add_argument("-v", "--verbose", action="store_true", help="print the selftests' full output")
     s.set_defaults(func=_cmd_selftest)
 
@@ -53,18 +57,43 @@ def _cmd_build(args) -> int:
     return 0
 
 
+def _selftest_targets(args) -> list[tuple[str, str | None]]:
+    """(where, profile) per --target: vm[:PROFILE] or model; what the suite cannot run on is a usage error."""
+    from conformance.cli import UsageError
+
+    out = []
+    for spec in dict.fromkeys(args.target or (["vm:vtd"] if args.suite == "vfio" else ["vm"])):
+        where, _, profile = spec.partition(":")
+        if where not in ("vm", "model") or (profile and where != "vm"):
+            raise UsageError(f"kernel selftest --target {spec}: choose vm, vm:PROFILE or model")
+        if profile and profile not in vm.PROFILES:
+            raise UsageError(f"kernel selftest --target {spec}: unknown profile; choose one of {', '.join(vm.PROFILES)}")
+        if args.suite == "vfio" and (where == "model" or not vm.PROFILES[profile or "mock"].edu):
+            raise UsageError(f"kernel selftest --suite vfio --target {spec}: the VFIO selftests need PCI devices "
+                             "behind an IOMMU: --target vm:vtd or vm:amd (the model has no VFIO devices)")
+        out.append((where, profile or None))
+    return out
+
+
 def _cmd_selftest(args) -> int:
-    targets = list(dict.fromkeys(args.target or ["vm"]))
+    targets = _selftest_targets(args)
     runs: dict[str, list[selftests.SelftestResult]] = {}
     bad = False
     try:
         kernel = args.kernel.resolve() if args.kernel else kbuild.build_kernel(args.source, log=_err,
                                                                                series=args.series)
-        for target in targets:
+        for target, profile in targets:
+            if args.suite == "vfio":
+                start = time.monotonic()
+                results, findings, output = selftests.run_vfio_selftests(kernel, profile, args.source,
+                                                                         timeout=args.timeout, log=_err)
+                bad |= _report_vfio(results, findings, output if args.verbose else None, time.monotonic() - start,
+                                    profile)
+                continue
             if target == "vm":
                 start = time.monotonic()
                 results, findings, output = selftests.run_selftests(kernel, args.source, timeout=args.timeout,
-                                                                    log=_err)
+                                                                    log=_err, profile=profile)
                 bad |= _report_vm(results, findings, output if args.verbose else None,
                                   time.monotonic() - start)
             else:
@@ -97,6 +126,34 @@ def _report_vm(results, findings, output, seconds) -> bool:
         for c in r.failed:
             print(f"  FAIL {c}{' (known)' if c in selftests.KNOWN_SELFTEST_FAILURES else ''}")
     print(f"vm: {seconds:.1f} s with the boot; kernel reports during the selftests: {len(findings) or 'none'}")
+    for f in findings:
+        print("  " + f.replace("\n", "\n  "))
+    return bad or bool(findings)
+
+
+def _report_vfio(results, findings, output, seconds, profile) -> bool:
+    """Each binary's totals, then pass/fail/skip per iommu mode; every failure and skip with the
+    harness's reason. Any failure, a binary that ended without its totals, or a kernel report fails."""
+    if output:
+        print(output)
+    bad = False
+    modes: dict[str, list[int]] = {m: [0, 0, 0] for m in selftests.VFIO_MODES}
+    for r in results:
+        whole = r.totals_line.startswith("skipped as a whole")
+        print(f"vm:{profile}: {r.name}: " + (r.totals_line if whole else _totals(r)))
+        bad |= r.exit_status is None or bool(r.failed) or (r.exit_status not in (0, 4) and not r.failed) or \
+            (r.exit_status == 4 and not whole and not r.skipped)
+        for i, cases in enumerate((r.passed, r.failed, r.skipped)):
+            for c in cases:
+                if (m := selftests.vfio_mode(c)) is not None:
+                    modes[m][i] += 1
+        for c in r.failed:
+            print(f"  FAIL {c}")
+        for c, why in r.skip_reasons.items():
+            print(f"  SKIP {c}: {why}")
+    print(f"vm:{profile}: per iommu mode (pass, fail, skip): " +
+          "; ".join(f"{m} {p}/{f}/{s}" for m, (p, f, s) in modes.items()))
+    print(f"vm:{profile}: {seconds:.1f} s with the boot; kernel reports: {len(findings) or 'none'}")
     for f in findings:
         print("  " + f.replace("\n", "\n  "))
     return bad or bool(findings)
