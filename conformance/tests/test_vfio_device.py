@@ -241,6 +241,28 @@ def test_hwpt_alloc_flags_follow_the_unit(iommufd, vfio_device):
     assert _hwpt_alloc(iommufd, dev_id, ioas) != 0
 
 
+def test_what_the_driver_does_not_offer_is_eopnotsupp(iommufd, vfio_device):
+    """Dirty tracking on a HWPT allocated without it (no domain->dirty_ops: iopt_set_dirty_tracking(),
+    iopt_read_and_clear_dirty_data()), and a vIOMMU of a type the unit's driver does not implement
+    (iommufd_viommu_alloc_ioctl(): no viommu_init, or a size of 0 for that type)."""
+    dev_id = _bound(iommufd, vfio_device)
+    ioas = ioas_alloc(iommufd)
+    hwpt = _hwpt_alloc(iommufd, dev_id, ioas)
+    dirty = B.iommu_hwpt_set_dirty_tracking(size=sz(B.iommu_hwpt_set_dirty_tracking), hwpt_id=hwpt,
+                                            flags=B.IOMMU_HWPT_DIRTY_TRACKING_ENABLE)
+    assert err(iommufd.ioctl, B.IOMMU_HWPT_SET_DIRTY_TRACKING, dirty) == errno.EOPNOTSUPP
+    bitmap = (ctypes.c_uint64 * 1)()
+    get = B.iommu_hwpt_get_dirty_bitmap(size=sz(B.iommu_hwpt_get_dirty_bitmap), hwpt_id=hwpt, iova=0,
+                                        length=64 * PAGE, page_size=PAGE, data=ctypes.addressof(bitmap))
+    assert err(iommufd.ioctl, B.IOMMU_HWPT_GET_DIRTY_BITMAP, get) == errno.EOPNOTSUPP
+    cmd, _ = _hw_info(iommufd, dev_id)
+    if cmd.out_data_type == B.IOMMU_HW_INFO_TYPE_ARM_SMMUV3:
+        return  # an SMMUv3 implements the SMMUV3 vIOMMU type
+    v = B.iommu_viommu_alloc(size=sz(B.iommu_viommu_alloc), type=B.IOMMU_VIOMMU_TYPE_ARM_SMMUV3, dev_id=dev_id,
+                             hwpt_id=hwpt)
+    assert err(iommufd.ioctl, B.IOMMU_VIOMMU_ALLOC, v) == errno.EOPNOTSUPP
+
+
 def test_pasid_attach_without_a_pasid_capable_device(iommufd, vfio_device):
     dev_id = _bound(iommufd, vfio_device)
     cmd, _ = _hw_info(iommufd, dev_id)
