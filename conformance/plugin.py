@@ -73,6 +73,10 @@ def _without_target(args) -> list[str]:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "vm_runner: boots QEMU (runs with --vm-runner-tests)")
+    if devices := config.getoption("--vfio-device"):  # where the suite's helpers look for them
+        from conformance.vfio_device import DEVICES_ENV
+
+        os.environ[DEVICES_ENV] = ",".join(devices)
     target = _target(config)
     if target.in_process and (why := target.unavailable()):
         raise pytest.UsageError(f"{OPTION} {target.name}: {why}")

@@ -2,8 +2,10 @@
 would otherwise succeed (conformance/tests/test_generated_cases.py).
 
 Each base builds, on a fresh file, objects the command needs and returns the command's bytes and
-the objects it names. The device-facing ioctls use a mock device (IOMMU_TEST_OP_MOCK_DOMAIN,
-CONFIG_IOMMUFD_TEST), the vIOMMU family a selftest vIOMMU on it. `unread` lists user
+the objects it names. HWPT_ALLOC and GET_HW_INFO use a VFIO device where the target has one
+(IOMMUFD_VFIO_DEVICES: a VM profile's, or --vfio-device), so they run on a production kernel,
+and a mock device (IOMMU_TEST_OP_MOCK_DOMAIN, CONFIG_IOMMUFD_TEST) where it has only that; dirty
+tracking, nesting and the vIOMMU family need what only the mock offers here (a selftest vIOMMU). `unread` lists user
 pointers the handler does not dereference for that command, with the kernel's reason.
 """
 from __future__ import annotations
@@ -112,6 +114,29 @@ def _mock_device(fd, flags: int = 0):
     return ioas, cmd.mock_domain.out_stdev_id, cmd.mock_domain.out_hwpt_id, cmd.mock_domain.out_idev_id
 
 
+OPEN_DEVICES: list = []  # VFIO devices a base opened: close_devices() after the case (one open at a time)
+
+
+def close_devices() -> None:
+    while OPEN_DEVICES:
+        OPEN_DEVICES.pop().close()
+
+
+def _device(fd) -> tuple[int, int]:
+    """(ioas, dev_id): the target's first VFIO device bound to `fd`, or a mock device attached to a
+    fresh IOAS where the target has no VFIO device."""
+    from conformance.vfio_device import VfioDevice, devices_from_env
+
+    bdfs = devices_from_env() if getattr(fd, "target", None) == "kernel" and hasattr(B, "vfio_device_bind_iommufd") \
+        else []
+    if not bdfs:
+        ioas, _, _, idev = _mock_device(fd)
+        return ioas, idev
+    dev = VfioDevice(bdfs[0])
+    OPEN_DEVICES.append(dev)
+    return ioas_alloc(fd), dev.bind(fd.fileno())
+
+
 def _hwpt_alloc(fd, idev, pt_id, flags=0) -> int:
     cmd = B.iommu_hwpt_alloc(size=ctypes.sizeof(B.iommu_hwpt_alloc), flags=flags, dev_id=idev, pt_id=pt_id)
     fd.ioctl(B.IOMMU_HWPT_ALLOC, cmd)
@@ -119,7 +144,7 @@ def _hwpt_alloc(fd, idev, pt_id, flags=0) -> int:
 
 
 def hwpt_alloc(fd):
-    ioas, _, _, idev = _mock_device(fd)
+    ioas, idev = _device(fd)
     return Base(_bytes(B.iommu_hwpt_alloc(size=ctypes.sizeof(B.iommu_hwpt_alloc), dev_id=idev, pt_id=ioas)),
                 unread={"fault_id": "read only with IOMMU_HWPT_FAULT_ID_VALID (iommufd_hwpt_alloc())",
                         "data_uptr": "read only by the driver, and only with a data_len"},
@@ -128,7 +153,7 @@ def hwpt_alloc(fd):
 
 
 def get_hw_info(fd):
-    _, _, _, idev = _mock_device(fd)
+    _, idev = _device(fd)
     out = (ctypes.c_uint8 * 64)()
     return Base(_bytes(B.iommu_hw_info(size=ctypes.sizeof(B.iommu_hw_info), dev_id=idev, data_len=64,
                                        data_uptr=ctypes.addressof(out))), keep=[out])

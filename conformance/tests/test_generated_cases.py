@@ -9,7 +9,7 @@ import errno
 import pytest
 
 from conformance.report import Errno
-from conformance.tests.bases import BASES
+from conformance.tests.bases import BASES, close_devices
 from conformance.tests.helpers import err
 from model.uapi import T as B
 
@@ -38,6 +38,12 @@ def _wrong_type_id(fd, case) -> int:
     if "HWPT" in types:
         pytest.skip(f"{case.ioctl}.{case.field} takes IOASes and HWPTs: another type needs a vIOMMU or access")
     return mock_domain(fd, ioas_alloc(fd))[1]
+
+
+@pytest.fixture(autouse=True)
+def _close_devices():
+    yield
+    close_devices()
 
 
 @pytest.mark.parametrize("case", B.CASES, ids=lambda c: f"{c.ioctl}-{c.kind}-{c.field}")
