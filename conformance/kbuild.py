@@ -185,6 +185,20 @@ def _patched_tree(tree: Path, version: str, patches: list[Path], log) -> tuple[P
     return out, info
 
 
+def _seed_from(sibling: Path, build: Path, log: Callable[[str], None]) -> None:
+    """Start a production build from a copy of the test kernel's finished build directory: the two
+    configurations differ in CONFIG_IOMMUFD_TEST alone, and kbuild's per-option dependencies
+    (fixdep) then rebuild only what that option reaches, instead of the whole kernel."""
+    if not (sibling / "arch" / "x86" / "boot" / "bzImage").is_file():
+        return
+    log(f"seeding the build directory from {sibling}")
+    tmp = build.with_name(f".{build.name}.seed-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(sibling, tmp, symlinks=True)
+    shutil.rmtree(build, ignore_errors=True)
+    tmp.rename(build)
+
+
 def build_kernel(source: Path | None = None, jobs: int | None = None, log: Callable[[str], None] = print,
                  refresh: bool = False, series: str = SERIES, patches: list[Path] | tuple = (),
                  production: bool = False) -> Path:
@@ -234,6 +248,8 @@ def build_kernel(source: Path | None = None, jobs: int | None = None, log: Calla
             return final / "bzImage"
         fragment_file = build.with_name(key + ".config-fragment")
         fragment_file.write_text(fragment)
+        if production and not (build / ".config").exists():
+            _seed_from(debian.cache_dir() / "build" / _key(source_id, fragment_for(series), gcc), build, log)
         build.mkdir(parents=True, exist_ok=True)
         logfile = build / "build.log"
         logfile.write_text(f"{source_id}\n")

@@ -79,3 +79,16 @@ def test_iommu_faults_are_reports_unless_expected():
     assert "fault addr 0x110000" in found[0] and "pte level: 4" in found[0] and "enabling device" not in found[0]
     assert "address=0x140000" in found[1]
     assert len(faults) == 2 and "0x120000" in faults[0] and "0x130000" in faults[1]
+
+
+def test_a_production_build_starts_from_the_test_kernels_build(tmp_path):
+    sibling, build = tmp_path / "test", tmp_path / "production"
+    kbuild._seed_from(sibling, build, log=lambda s: None)  # nothing finished there: nothing copied
+    assert not build.exists()
+    (sibling / "arch" / "x86" / "boot").mkdir(parents=True)
+    (sibling / "arch" / "x86" / "boot" / "bzImage").write_bytes(b"image")
+    (sibling / ".config").write_text("CONFIG_IOMMUFD_TEST=y\n")
+    (sibling / "vmlinux.o").symlink_to("elsewhere")
+    kbuild._seed_from(sibling, build, log=lambda s: None)
+    assert (build / ".config").read_text() == "CONFIG_IOMMUFD_TEST=y\n"
+    assert (build / "vmlinux.o").is_symlink() and (sibling / "arch" / "x86" / "boot" / "bzImage").exists()
