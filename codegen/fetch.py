@@ -26,6 +26,8 @@ HEADER_FILES = {
     "6.12": [
         ("include/uapi/linux/iommufd.h", "iommufd.h"),
         ("drivers/iommu/iommufd/iommufd_test.h", "iommufd_test.h"),
+        # The VFIO device cdev (BIND/ATTACH), regions and the type1 ioctls: device tests on 6.12.
+        ("include/uapi/linux/vfio.h", "vfio.h"),
     ],
 }
 MAIN_C = "drivers/iommu/iommufd/main.c"

@@ -42,7 +42,9 @@ def test_api_version_and_extensions(iommufd):
     assert iommufd.ioctl(B.VFIO_GET_API_VERSION, 0) == B.VFIO_API_VERSION
     for ext in (B.VFIO_TYPE1_IOMMU, B.VFIO_TYPE1v2_IOMMU, B.VFIO_UNMAP_ALL):
         assert iommufd.ioctl(B.VFIO_CHECK_EXTENSION, ext) == 1
-    for ext in (B.VFIO_NOIOMMU_IOMMU, B.VFIO_UPDATE_VADDR, getattr(B.bindings, "__VFIO_RESERVED_TYPE1_NESTING_IOMMU"), 1000):
+    # type 6: VFIO_TYPE1_NESTING_IOMMU until 6.13 removed it, __VFIO_RESERVED_TYPE1_NESTING_IOMMU since
+    nesting = getattr(B.bindings, "__VFIO_RESERVED_TYPE1_NESTING_IOMMU", None) or B.VFIO_TYPE1_NESTING_IOMMU
+    for ext in (B.VFIO_NOIOMMU_IOMMU, B.VFIO_UPDATE_VADDR, nesting, 1000):
         assert iommufd.ioctl(B.VFIO_CHECK_EXTENSION, ext) == 0
     # iommufd_vfio_cc_iommu() needs the compat IOAS.
     assert err(iommufd.ioctl, B.VFIO_CHECK_EXTENSION, B.VFIO_DMA_CC_IOMMU) == errno.ENODEV
