@@ -73,10 +73,11 @@ def _without_target(args) -> list[str]:
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "vm_runner: boots QEMU (runs with --vm-runner-tests)")
-    if devices := config.getoption("--vfio-device"):  # where the suite's helpers look for them
-        from conformance.vfio_device import DEVICES_ENV
+    from conformance import vfio_device
 
-        os.environ[DEVICES_ENV] = ",".join(devices)
+    if devices := config.getoption("--vfio-device"):  # where the suite's helpers look for them
+        os.environ[vfio_device.DEVICES_ENV] = ",".join(devices)
+    vfio_device.ON_IOCTL = _record_device_ioctl
     target = _target(config)
     if target.in_process and (why := target.unavailable()):
         raise pytest.UsageError(f"{OPTION} {target.name}: {why}")
@@ -186,13 +187,37 @@ def _probe(target: Target):
     return _PROBES[target.name]
 
 
+def _record_device_ioctl(request: int, errno_: int) -> None:
+    """A VFIO device's ioctl, counted in the running test's matrix row like the iommufd file's."""
+    if _CURRENT is not None:
+        from conformance.vfio_device import device_ioctl_name
+
+        _CURRENT.calls.append((device_ioctl_name(request), errno_))
+
+
+def _test_op(arg) -> int | None:
+    """The op of an IOMMU_TEST_CMD argument (struct iommu_test_cmd: size, op, ...)."""
+    try:
+        return int.from_bytes(bytes(memoryview(arg).cast("B")[4:8]), "little")
+    except (TypeError, ValueError):
+        return None
+
+
+def _mock_device_ops() -> set[int]:
+    from model.uapi import T
+
+    return {getattr(T, n) for n in ("IOMMU_TEST_OP_MOCK_DOMAIN", "IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS") if hasattr(T, n)}
+
+
 class _Fd:
     """The target's file: the model's 'not modelled yet', and an ioctl a kernel target does not
     have (the probe found ENOTTY), are skips that say so, not failures."""
 
     def __init__(self, target: Target):
         self.target = target.name
-        self._lacks = _probe(target).lacks if target.name == "kernel" else (lambda name: False)
+        probe = _probe(target) if target.name == "kernel" else None
+        self._lacks = probe.lacks if probe else (lambda name: False)
+        self._no_mock = probe.no_mock_device if probe else None
         self._f = target.open()
 
     def ioctl(self, request, arg=0, mutate_flag=True):
@@ -201,6 +226,9 @@ class _Fd:
         name = ioctl_name(request)
         if self._lacks(name):
             raise pytest.skip.Exception(f"target lacks {name} (ENOTTY; see `iommufd-conformance probe`)",
+                                        _use_item_location=True)
+        if self._no_mock and name == "IOMMU_TEST_CMD" and _test_op(arg) in _mock_device_ops():
+            raise pytest.skip.Exception(f"target has {self._no_mock} (see `iommufd-conformance probe`)",
                                         _use_item_location=True)
         try:
             rc = self._f.ioctl(request, arg, mutate_flag)

@@ -44,6 +44,11 @@ class Probe:
     def lacks(self, name: str) -> bool:
         return self.ioctls.get(name) is False
 
+    @property
+    def no_mock_device(self) -> str | None:
+        """Why IOMMU_TEST_CMD exists but adds no mock device, or None."""
+        return self.iommufd_test if self.iommufd_test.startswith("no mock device") else None
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -181,7 +186,10 @@ def _device_features(fd, p: Probe, ioas_id: int) -> None:
     e = _errno(fd, B.IOMMU_TEST_CMD, cmd)
     if e:
         why = "no IOMMUFD_TEST" if e == errno.ENOTTY else _name(e)
-        p.iommufd_test = "no" if e == errno.ENOTTY else f"no ({why})"
+        # IOMMUFD_TEST present, yet no mock device: 6.12 beside a real IOMMU driver, whose
+        # __iommu_probe_device() probes a device without a fwspec with the first fwnode-less
+        # IOMMU's ops (drivers/iommu/iommu.c:520-530 in 6.12), the real driver's, not the mock's
+        p.iommufd_test = "no" if e == errno.ENOTTY else f"no mock device (IOMMU_TEST_OP_MOCK_DOMAIN: {why})"
         p.hw_info = p.dirty_tracking = p.viommu_types = p.mmap = f"needs a device ({why})"
         return
     p.iommufd_test = "yes"

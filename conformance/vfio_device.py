@@ -34,6 +34,20 @@ PCI_COMMAND_MEMORY = 0x2
 PCI_COMMAND_MASTER = 0x4
 
 
+# Called with (request, errno or 0) after every device ioctl; the pytest plugin counts them in the
+# running test's ioctl matrix, beside the iommufd file's.
+ON_IOCTL = None
+
+
+def device_ioctl_name(request: int) -> str:
+    """The name of a device-fd ioctl: VFIO numbers repeat across the container and device
+    files (VFIO_BASE + N on each), so the device's are looked up among VFIO_DEVICE_* rows."""
+    for row in B.IOCTLS:
+        if row.number == request and row.name.startswith("VFIO_DEVICE_"):
+            return row.name
+    return f"{request:#x}"
+
+
 def devices_from_env() -> list[str]:
     return [d for d in os.environ.get(DEVICES_ENV, "").split(",") if d]
 
@@ -78,7 +92,15 @@ class VfioDevice:
     def ioctl(self, request: int, arg):
         if self.fd < 0:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-        return fcntl.ioctl(self.fd, request, arg)
+        try:
+            rc = fcntl.ioctl(self.fd, request, arg)
+        except OSError as e:
+            if ON_IOCTL:
+                ON_IOCTL(request, e.errno)
+            raise
+        if ON_IOCTL:
+            ON_IOCTL(request, 0)
+        return rc
 
     def bind(self, iommufd: int, flags: int = 0) -> int:
         """VFIO_DEVICE_BIND_IOMMUFD (vfio_df_ioctl_bind_iommufd()): the device's ID in that iommufd."""
