@@ -41,30 +41,37 @@ def _tree_and_key(kernel: Path, source: Path | None) -> tuple[Path, str]:
     return tree, info.get("key") or sha256(f"{tree} {makefile_version(tree)}")[:16]
 
 
-def build_selftests(kernel: Path, source: Path | None = None, log: Callable[[str], None] = print) -> Path:
-    """Build iommufd and iommufd_fail_nth from the kernel's tree (cached beside the kernel key)."""
-    debian.ensure_packages(BUILD_PACKAGES + SELFTEST_PACKAGES, why="to build the iommufd selftests")
+def _build_suite(kernel: Path, source: Path | None, suite: str, binaries: tuple[str, ...], cache: str,
+                 log: Callable[[str], None], extra: tuple[str, ...] = (), tag: str = "") -> Path:
+    """Build tools/testing/selftests/SUITE from the kernel's tree against its `make headers`, into
+    cache_dir()/CACHE/KEY[-TAG] (the kernel's key), unless every binary is there already."""
+    debian.ensure_packages(BUILD_PACKAGES + SELFTEST_PACKAGES, why=f"to build the {suite} selftests")
     tree, key = _tree_and_key(kernel, source)
-    out = debian.cache_dir() / "selftests" / key
-    if all((out / t).is_file() for t in SELFTESTS):
+    out = debian.cache_dir() / cache / (f"{key}-{tag}" if tag else key)
+    if all((out / t).is_file() for t in binaries):
         return out
     hdr = debian.cache_dir() / "build" / key
     with locked(hdr.with_name(key + ".lock")):
         hdr.mkdir(parents=True, exist_ok=True)
-        logfile = hdr / "selftests.log"
+        logfile = hdr / f"selftests-{suite}.log"
         logfile.write_text("")
         env = make_env()
-        log(f"building the iommufd selftests from {tree} (log {logfile})")
+        log(f"building the {suite} selftests from {tree} (log {logfile})")
         make(tree, [f"O={hdr}", "ARCH=x86_64", "headers"], logfile, env, "make headers")
-        tmp = out.with_name(f".{key}.tmp-{os.getpid()}")
+        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        make(tree / "tools" / "testing" / "selftests" / "iommu",
-              [f"OUTPUT={tmp}", f"KHDR_INCLUDES=-isystem {hdr / 'usr' / 'include'}", f"-j{make_jobs(None)}"],
-              logfile, env, "building the iommufd selftests")
+        tmp.mkdir(parents=True)  # the selftests' rules need OUTPUT to exist
+        make(tree / "tools" / "testing" / "selftests" / suite,
+             [f"OUTPUT={tmp}", f"KHDR_INCLUDES=-isystem {hdr / 'usr' / 'include'}", *extra, f"-j{make_jobs(None)}"],
+             logfile, env, f"building the {suite} selftests")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
     return out
+
+
+def build_selftests(kernel: Path, source: Path | None = None, log: Callable[[str], None] = print) -> Path:
+    """Build iommufd and iommufd_fail_nth from the kernel's tree (cached beside the kernel key)."""
+    return _build_suite(kernel, source, "iommu", SELFTESTS, "selftests", log)
 
 
 @dataclass
@@ -122,29 +129,8 @@ def vfio_mode(case: str) -> str | None:
 
 def build_vfio_selftests(kernel: Path, source: Path | None = None, log: Callable[[str], None] = print) -> Path:
     """Build tools/testing/selftests/vfio from the kernel's tree (cached by kernel key and shim)."""
-    debian.ensure_packages(BUILD_PACKAGES + SELFTEST_PACKAGES, why="to build the VFIO selftests")
-    tree, key = _tree_and_key(kernel, source)
-    out = debian.cache_dir() / "selftests-vfio" / f"{key}-{sha256(VFIO_SHIM.read_bytes())[:8]}"
-    if all((out / t).is_file() for t in VFIO_SELFTESTS):
-        return out
-    hdr = debian.cache_dir() / "build" / key
-    with locked(hdr.with_name(key + ".lock")):
-        hdr.mkdir(parents=True, exist_ok=True)
-        logfile = hdr / "vfio-selftests.log"
-        logfile.write_text("")
-        env = make_env()
-        log(f"building the VFIO selftests from {tree} (log {logfile})")
-        make(tree, [f"O={hdr}", "ARCH=x86_64", "headers"], logfile, env, "make headers")
-        tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)  # the selftests' rules need OUTPUT to exist
-        make(tree / "tools" / "testing" / "selftests" / "vfio",
-             [f"OUTPUT={tmp}", f"KHDR_INCLUDES=-isystem {hdr / 'usr' / 'include'}",
-              f"EXTRA_CFLAGS=-include {VFIO_SHIM}", f"-j{make_jobs(None)}"],
-             logfile, env, "building the VFIO selftests")
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-    return out
+    return _build_suite(kernel, source, "vfio", VFIO_SELFTESTS, "selftests-vfio", log,
+                        extra=(f"EXTRA_CFLAGS=-include {VFIO_SHIM}",), tag=sha256(VFIO_SHIM.read_bytes())[:8])
 
 
 def run_vfio_selftests(kernel: Path, profile: str = "vtd", source: Path | None = None, timeout: float = 900,

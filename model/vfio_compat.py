@@ -64,8 +64,11 @@ def iommufd_vfio_set_iommu(ictx, type: int) -> int:
 
 
 def iommufd_get_pagesizes(iopt) -> int:
-    pgsize_bitmap = ULONG_MAX  # no domains to narrow it
-    if pgsize_bitmap & (PAGE_SIZE - 1):
+    """vfio_compat.c iommufd_get_pagesizes(): the page sizes every domain of the IOAS maps."""
+    pgsize_bitmap = ULONG_MAX
+    for domain in iopt.domains:
+        pgsize_bitmap &= domain.pgsize_bitmap
+    if pgsize_bitmap & (PAGE_SIZE - 1):  # see vfio_update_pgsize_bitmap()
         pgsize_bitmap = (pgsize_bitmap & ~(PAGE_SIZE - 1) & ULONG_MAX) | PAGE_SIZE
     return max(pgsize_bitmap, iopt.iova_alignment)
 

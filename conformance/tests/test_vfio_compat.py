@@ -2,7 +2,7 @@
 import ctypes
 import errno
 
-from conformance.tests.helpers import destroy, err, ioas_alloc, mock_domain, require
+from conformance.tests.helpers import PAGE, destroy, err, ioas_alloc, mock_domain, require
 from model.limits import ULONG_MAX
 from model.uapi import T as B
 
@@ -118,3 +118,24 @@ def test_get_info_capability_chain(iommufd):
     first = B.vfio_iova_range.from_buffer(buf, caps[B.VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE]
                                           + ctypes.sizeof(B.vfio_iommu_type1_info_cap_iova_range))
     assert (first.start, first.end) == (0, ULONG_MAX)
+
+
+def test_get_info_page_sizes_follow_the_domains(iommufd):
+    """VFIO_IOMMU_GET_INFO's iova_pgsizes ANDs every domain's pgsize_bitmap of the compat IOAS
+    (iommufd_get_pagesizes(), vfio_compat.c:351): all sizes from PAGE_SIZE up with no domain,
+    the mock domain's sizes while one is attached, all again once it is gone."""
+    def pgsizes():
+        info = B.vfio_iommu_type1_info(argsz=ctypes.sizeof(B.vfio_iommu_type1_info))
+        iommufd.ioctl(B.VFIO_IOMMU_GET_INFO, info)
+        return info.iova_pgsizes
+
+    every = -PAGE & (2**64 - 1)
+    ioas = ioas_alloc(iommufd)
+    vfio_ioas(iommufd, SET, ioas)
+    assert pgsizes() == every
+    stdev, _ = mock_domain(iommufd, ioas)
+    with_domain = pgsizes()
+    assert with_domain & PAGE and with_domain & (PAGE - 1) == 0
+    assert with_domain & every == with_domain and with_domain != every, hex(with_domain)
+    destroy(iommufd, stdev)
+    assert pgsizes() == every
