@@ -5,6 +5,14 @@ arg is a mutable buffer (bytearray, ctypes structure) or an int, output fields a
 written back, failure raises OSError with the kernel's errno. The version it implements is
 model.uapi.SERIES.
 """
-from model.file import IommufdFile, open_iommufd
-
 __all__ = ["IommufdFile", "open_iommufd"]
+
+
+def __getattr__(name: str):
+    # Lazy (PEP 562): `import model.uapi` (the bindings, for the CLI and the kernel build) must not
+    # pull in the model itself and numba; the file and its context come with the first use.
+    if name in __all__:
+        from model import file
+
+        return getattr(file, name)
+    raise AttributeError(f"module 'model' has no attribute {name!r}")
