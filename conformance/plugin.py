@@ -19,7 +19,6 @@ from conformance.targets import ENV, Target, parse_target
 
 OPTION = "--iommufd-target"
 RUNNER_OPTION = "--vm-runner-tests"
-REPORT_OPTIONS = ("--iommufd-report", "--iommufd-ktap", "--iommufd-json")
 
 _RESULTS: list = []  # report.CaseResult per test, in run order
 _CURRENT = None  # the running test's CaseResult: the fixtures' files record their ioctls there

@@ -24,11 +24,6 @@ OBJECT_TYPES = ("DEVICE", "HWPT_PAGING", "HWPT_NESTED", "IOAS", "ACCESS", "FAULT
                 "VEVENTQ", "HW_QUEUE", "SELFTEST")
 
 
-def needs_devices(name: str, obj) -> NotModelled:
-    """Past a lookup: a case of `name` on `obj` the model does not implement yet."""
-    return NotModelled(f"{name} on a {obj.type} object")
-
-
 class IommufdObject:
     """struct iommufd_object: the common part; each family subclasses it with its own state."""
 

@@ -11,7 +11,6 @@ from numba import njit
 from model.pt.fmt import amdv1
 
 AMDV1 = 1
-FORMATS = {"amdv1": AMDV1}
 
 EMPTY, TABLE, OA = amdv1.EMPTY, amdv1.TABLE, amdv1.OA
 ITEMS_LG2 = 9  # every supported format: 512 eight-byte items in a 4 KiB table
