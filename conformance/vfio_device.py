@@ -24,6 +24,7 @@ import os
 import time
 from pathlib import Path
 
+from conformance.vm import EDU_DEVICE, EDU_VENDOR
 from model import libc
 from model.uapi import T as B
 
@@ -178,7 +179,7 @@ class VfioDevice:
 class Edu:
     """QEMU's edu device through its BAR0 mapping (hw/misc/edu.c)."""
 
-    VENDOR, DEVICE = 0x1234, 0x11E8
+    VENDOR, DEVICE = EDU_VENDOR, EDU_DEVICE
     REG_ID, REG_ALIVE = 0x00, 0x04
     REG_DMA_SRC, REG_DMA_DST, REG_DMA_CNT, REG_DMA_CMD = 0x80, 0x88, 0x90, 0x98
     DMA_RUN, DMA_TO_PCI = 0x1, 0x2  # EDU_DMA_RUN; EDU_DMA_DIR: 1 writes the bus address

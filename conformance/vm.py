@@ -165,14 +165,14 @@ EDU_VENDOR, EDU_DEVICE = 0x1234, 0x11E8
 PROFILES: dict[str, Profile] = {p.name: p for p in (
     Profile("mock", "i440fx, no IOMMU: the selftest's mock IOMMU (CONFIG_IOMMUFD_TEST) is the only one"),
     # intel-iommu: interrupt remapping (iommufd_device_bind() wants isolated MSI), scalable mode
-    # (the first-stage x86_64 format, PASID tables), 48-bit addresses, snooping.
+    # (PASID tables; QEMU 7.2's unit translates second-stage only), 48-bit addresses, snooping.
     Profile("vtd", "q35 with QEMU's intel-iommu (VT-d) and two edu devices bound to vfio-pci",
             machine=("-M", "q35"), iommu="intel-iommu",
             iommu_options=(("intremap", "on"), ("x-scalable-mode", "on"), ("x-pasid-mode", "on"),
                            ("aw-bits", "48"), ("snoop-control", "on")),
             cmdline=("intel_iommu=on,sm_on",), edu=2),
-    # amd-iommu: QEMU's AMD-Vi has no interrupt remapping a TCG guest can use, so the group's MSI
-    # is not isolated and iommufd_device_bind() needs the module's unsafe-interrupts switch.
+    # amd-iommu without interrupt remapping (not tried under TCG): the group's MSI is not isolated,
+    # so iommufd_device_bind() needs the module's unsafe-interrupts switch.
     Profile("amd", "q35 with QEMU's amd-iommu (AMD-Vi) and two edu devices bound to vfio-pci",
             machine=("-M", "q35"), iommu="amd-iommu",
             cmdline=("iommufd.allow_unsafe_interrupts=1",), edu=2,

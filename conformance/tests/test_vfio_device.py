@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import mmap
 import os
 from pathlib import Path
 
 import pytest
 
-from conformance.tests.helpers import B, PAGE, RW, R, Buf, destroy, err, ioas_alloc, iova_ranges, map_, map_file, \
+from conformance.tests.helpers import B, PAGE, R, Buf, destroy, err, ioas_alloc, iova_ranges, map_, map_file, \
     require, sz, unmap
 from conformance.vfio_device import Edu, iommu_group, pci_id
 
