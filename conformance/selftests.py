@@ -133,6 +133,22 @@ def build_vfio_selftests(kernel: Path, source: Path | None = None, log: Callable
                         extra=(f"EXTRA_CFLAGS=-include {VFIO_SHIM}",), tag=sha256(VFIO_SHIM.read_bytes())[:8])
 
 
+def _run_in_vm(kernel: Path, bindir: Path, runs: list[tuple[str, str]], timeout: float, **vm_kw):
+    """One boot for every (binary, shell arguments) of `runs`, markers splitting the output:
+    (a SelftestResult per binary with its exit status, each binary's output or None where it did
+    not finish, the VmResult)."""
+    script = "; ".join(f'echo "@@@ {b}"; ./{b} {args}; echo "@@@ {b} exit $?"' for b, args in runs)
+    res = vm.run_in_vm(kernel, ["sh", "-c", script], cwd=str(bindir), hugepages=64, timeout=timeout, **vm_kw)
+    results, outputs = [], []
+    for b, _ in runs:
+        m = re.search(rf"^@@@ {b}\n(.*?)^@@@ {b} exit (\d+)$", res.stdout, re.S | re.M)
+        r = parse_kselftest(b, m[1] if m else "")
+        r.exit_status = int(m[2]) if m else None
+        results.append(r)
+        outputs.append(m[1] if m else None)
+    return results, outputs, res
+
+
 def run_vfio_selftests(kernel: Path, profile: str = "vtd", source: Path | None = None, timeout: float = 900,
                        log: Callable[[str], None] = print) -> tuple[list[SelftestResult], list[str], str]:
     """Boot `kernel` on `profile` and run each VFIO selftest binary on its devices (the first one;
@@ -145,24 +161,17 @@ def run_vfio_selftests(kernel: Path, profile: str = "vtd", source: Path | None =
     bindir = build_vfio_selftests(kernel, source, log=log)
     first = '"${IOMMUFD_VFIO_DEVICES%%,*}"'
     every = '$(echo "$IOMMUFD_VFIO_DEVICES" | tr , " ")'
-    script = "; ".join(
-        f'echo "@@@ {t}"; ./{t} {every if t == "vfio_pci_device_init_perf_test" else first}; echo "@@@ {t} exit $?"'
-        for t in VFIO_SELFTESTS)
     log(f"running {len(VFIO_SELFTESTS)} VFIO selftests in a 4G guest (profile {prof.name}, 64 2M and two 1G huge pages)")
     # vfio_dma_mapping_test's anonymous_hugetlb_1gb variants map one 1 GiB page: reserved at boot
     # (runtime allocation of gigantic pages needs CONFIG_CONTIG_ALLOC, which the test kernel lacks)
-    res = vm.run_in_vm(kernel, ["sh", "-c", script], cwd=str(bindir), memory="4G", hugepages=64, timeout=timeout,
-                       profile=prof, cmdline=("hugepagesz=1G", "hugepages=2", "hugepagesz=2M"))
-    results = []
-    for t in VFIO_SELFTESTS:
-        m = re.search(rf"^@@@ {t}\n(.*?)^@@@ {t} exit (\d+)$", res.stdout, re.S | re.M)
-        r = parse_kselftest(t, m[1] if m else "")
-        r.exit_status = int(m[2]) if m else None
-        if m and r.exit_status == 4 and not (r.passed or r.failed or r.skipped):
-            lines = [ln.strip("# ") for ln in m[1].splitlines() if ln.strip()]
+    runs = [(t, every if t == "vfio_pci_device_init_perf_test" else first) for t in VFIO_SELFTESTS]
+    results, outputs, res = _run_in_vm(kernel, bindir, runs, timeout, memory="4G", profile=prof,
+                                       cmdline=("hugepagesz=1G", "hugepages=2", "hugepagesz=2M"))
+    for r, output in zip(results, outputs):
+        if output is not None and r.exit_status == 4 and not (r.passed or r.failed or r.skipped):
+            lines = [ln.strip("# ") for ln in output.splitlines() if ln.strip()]
             r.totals_line = "skipped as a whole: " + (next((ln for ln in lines if "SKIP" in ln), None)
                                                        or (lines[-1] if lines else "exit 4 (KSFT_SKIP)"))
-        results.append(r)
     return results, res.findings, res.stdout
 
 
@@ -171,17 +180,9 @@ def run_selftests(kernel: Path, source: Path | None = None, timeout: float = 900
                   ) -> tuple[list[SelftestResult], list[str], str]:
     """Boot `kernel` and run the iommufd selftests: (results per binary, kernel findings, output)."""
     bindir = build_selftests(kernel, source, log=log)
-    # One boot for both binaries; markers split the output.
-    script = "; ".join(f'echo "@@@ {t}"; ./{t}; echo "@@@ {t} exit $?"' for t in SELFTESTS)
     log(f"running {', '.join(SELFTESTS)} in a 2G guest with 64 huge pages")
-    res = vm.run_in_vm(kernel, ["sh", "-c", script], cwd=str(bindir), memory="2G", hugepages=64, timeout=timeout,
-                       profile=profile)
-    results = []
-    for t in SELFTESTS:
-        m = re.search(rf"^@@@ {t}\n(.*?)^@@@ {t} exit (\d+)$", res.stdout, re.S | re.M)
-        r = parse_kselftest(t, m[1] if m else "")
-        r.exit_status = int(m[2]) if m else None
-        results.append(r)
+    results, _, res = _run_in_vm(kernel, bindir, [(b, "") for b in SELFTESTS], timeout, memory="2G",
+                                 profile=profile)
     return results, res.findings, res.stdout
 
 

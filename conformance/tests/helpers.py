@@ -279,6 +279,19 @@ def access_replace_ioas(fd, access_fd, ioas) -> None:
     run_test_cmd(fd, B.IOMMU_TEST_OP_ACCESS_REPLACE_IOAS, access_fd, **{"access_replace_ioas.ioas_id": ioas})
 
 
+def hw_info(fd, dev_id, data_len=8, data=None, flags=0, in_type=0):
+    """IOMMU_GET_HW_INFO into `data` (default: a fresh buffer of data_len bytes): (the command as
+    the kernel wrote it back, the buffer's bytes)."""
+    if data is None:
+        data = (ctypes.c_ubyte * max(data_len, 1))()
+    cmd = B.iommu_hw_info(size=sz(B.iommu_hw_info), flags=flags, dev_id=dev_id, data_len=data_len,
+                          data_uptr=ctypes.addressof(data))
+    if in_type:
+        cmd.in_data_type = in_type
+    fd.ioctl(B.IOMMU_GET_HW_INFO, cmd)
+    return cmd, bytes(data)
+
+
 def hwpt_alloc(fd, dev_id, pt_id, flags=0, data_type=0, data=None, data_len=None, fault_id=0) -> int:
     """IOMMU_HWPT_ALLOC; `data` is a ctypes object (its address and size are passed unless
     `data_len` says otherwise). Returns out_hwpt_id."""

@@ -22,7 +22,7 @@ from model.libc import libc
 from model.uapi import T as B
 from conformance.tests.helpers import (  # noqa: I001
     require, touched,
-    PAGE, U64, check_iotlb, check_map, destroy, err, get_dirty_bitmap, hwpt_alloc, hwpt_invalidate, hwpt_selftest,
+    PAGE, U64, check_iotlb, check_map, destroy, err, get_dirty_bitmap, hw_info, hwpt_alloc, hwpt_invalidate, hwpt_selftest,
     ioas_alloc,
     iova_ranges, map_, mock_device, mock_dirty, mock_domain_replace, set_dirty_tracking, sz, unmap,
 )
@@ -209,19 +209,9 @@ def test_check_iotlb_errors(iommufd):
 
 # IOMMU_GET_HW_INFO
 
-def _hw_info(fd, dev_id, data_len=8, data=None, flags=0, in_type=0):
-    if data is None:
-        data = (ctypes.c_ubyte * max(data_len, 1))()
-    cmd = B.iommu_hw_info(size=sz(B.iommu_hw_info), flags=flags, dev_id=dev_id, data_len=data_len,
-                          data_uptr=ctypes.addressof(data))
-    cmd.in_data_type = in_type
-    fd.ioctl(B.IOMMU_GET_HW_INFO, cmd)
-    return cmd, bytes(data)
-
-
 def test_get_hw_info(iommufd):
     _, _, _, idev = _device(iommufd)
-    cmd, data = _hw_info(iommufd, idev)
+    cmd, data = hw_info(iommufd, idev)
     assert cmd.out_data_type == B.IOMMU_HW_INFO_TYPE_SELFTEST
     assert cmd.data_len == 8
     info = B.iommu_test_hw_info.from_buffer_copy(data)
@@ -234,7 +224,7 @@ def test_get_hw_info_lengths(iommufd):
     _, _, _, idev = _device(iommufd)
     # a short buffer gets the start; data_len answers what the kernel has
     buf = (ctypes.c_ubyte * 8)(*[0xAA] * 8)
-    cmd, data = _hw_info(iommufd, idev, 4, buf)
+    cmd, data = hw_info(iommufd, idev, 4, buf)
     assert cmd.data_len == 8
     assert data == b"\0\0\0\0" + b"\xaa" * 4
     # none at all: nothing written, even through a bad pointer
@@ -243,7 +233,7 @@ def test_get_hw_info_lengths(iommufd):
     assert (cmd.data_len, cmd.out_data_type) == (8, B.IOMMU_HW_INFO_TYPE_SELFTEST)
     # a longer one is zeroed past the data (clear_user())
     buf = (ctypes.c_ubyte * 16)(*[0xAA] * 16)
-    cmd, data = _hw_info(iommufd, idev, 16, buf)
+    cmd, data = hw_info(iommufd, idev, 16, buf)
     assert cmd.data_len == 8
     assert data[4:8] == B.IOMMU_HW_INFO_SELFTEST_REGVAL.to_bytes(4, "little")
     assert data[8:] == b"\0" * 8
@@ -269,9 +259,9 @@ def test_get_hw_info_clears_up_to_the_first_fault(iommufd):
 
 def test_get_hw_info_device_flags(iommufd):
     _, _, _, no_dirty = _device(iommufd, B.MOCK_FLAGS_DEVICE_NO_DIRTY)
-    assert _hw_info(iommufd, no_dirty)[0].out_capabilities == CAP_NO_ATS
+    assert hw_info(iommufd, no_dirty)[0].out_capabilities == CAP_NO_ATS
     _, _, _, pasid = _device(iommufd, B.MOCK_FLAGS_DEVICE_PASID)
-    cmd, _ = _hw_info(iommufd, pasid)
+    cmd, _ = hw_info(iommufd, pasid)
     assert cmd.out_max_pasid_log2 == B.MOCK_PASID_WIDTH
     assert cmd.out_capabilities == CAP_DIRTY | CAP_NO_ATS
 
@@ -279,15 +269,15 @@ def test_get_hw_info_device_flags(iommufd):
 def test_get_hw_info_input_type(iommufd):
     ioas, stdev, hwpt, idev = _device(iommufd)
     flag = B.IOMMU_HW_INFO_FLAG_INPUT_TYPE
-    cmd, _ = _hw_info(iommufd, idev, flags=flag, in_type=B.IOMMU_HW_INFO_TYPE_SELFTEST)
+    cmd, _ = hw_info(iommufd, idev, flags=flag, in_type=B.IOMMU_HW_INFO_TYPE_SELFTEST)
     assert cmd.out_data_type == B.IOMMU_HW_INFO_TYPE_SELFTEST
-    cmd, _ = _hw_info(iommufd, idev, flags=flag, in_type=B.IOMMU_HW_INFO_TYPE_DEFAULT)
+    cmd, _ = hw_info(iommufd, idev, flags=flag, in_type=B.IOMMU_HW_INFO_TYPE_DEFAULT)
     assert cmd.out_data_type == B.IOMMU_HW_INFO_TYPE_SELFTEST
     # mock_domain_hw_info(): any other type is EOPNOTSUPP; without the flag the type is ignored
-    assert err(_hw_info, iommufd, idev, flags=flag, in_type=1) == errno.EOPNOTSUPP
-    assert _hw_info(iommufd, idev, in_type=1)[0].out_data_type == B.IOMMU_HW_INFO_TYPE_SELFTEST
+    assert err(hw_info, iommufd, idev, flags=flag, in_type=1) == errno.EOPNOTSUPP
+    assert hw_info(iommufd, idev, in_type=1)[0].out_data_type == B.IOMMU_HW_INFO_TYPE_SELFTEST
     for wrong in (ioas, stdev, hwpt, 99):
-        assert err(_hw_info, iommufd, wrong) == errno.ENOENT
+        assert err(hw_info, iommufd, wrong) == errno.ENOENT
 
 
 # dirty tracking

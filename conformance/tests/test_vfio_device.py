@@ -17,28 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from conformance.tests.helpers import B, PAGE, R, Buf, destroy, err, ioas_alloc, iova_ranges, map_, map_file, \
-    require, sz, unmap
+from conformance.tests.helpers import B, PAGE, R, Buf, destroy, err, hw_info, hwpt_alloc, ioas_alloc, iova_ranges, \
+    map_, map_file, require, sz, unmap
 from conformance.vfio_device import Edu, iommu_group, pci_id
 
 require("VFIO_DEVICE_BIND_IOMMUFD", "vfio_device_bind_iommufd")
 
 MSI_WINDOW = (0xFEE00000, 0xFEEFFFFF)  # x86's interrupt address range (IOMMU_RESV_MSI)
 IOVA = 0x100000  # below edu's 28-bit dma_mask
-
-
-def _hw_info(fd, dev_id, data_len=64):
-    data = (ctypes.c_ubyte * data_len)()
-    cmd = B.iommu_hw_info(size=sz(B.iommu_hw_info), dev_id=dev_id, data_len=data_len,
-                          data_uptr=ctypes.addressof(data))
-    fd.ioctl(B.IOMMU_GET_HW_INFO, cmd)
-    return cmd, bytes(data)
-
-
-def _hwpt_alloc(fd, dev_id, pt_id, flags=0) -> int:
-    cmd = B.iommu_hwpt_alloc(size=sz(B.iommu_hwpt_alloc), flags=flags, dev_id=dev_id, pt_id=pt_id)
-    fd.ioctl(B.IOMMU_HWPT_ALLOC, cmd)
-    return cmd.out_hwpt_id
 
 
 def _bound(iommufd, dev) -> int:
@@ -71,7 +57,7 @@ def test_bind_answers_a_device_id_once(iommufd, vfio_device):
     dev_id = _bound(iommufd, vfio_device)
     assert dev_id != 0
     # the ID names a device object: GET_HW_INFO takes it, DESTROY does not (it is not user-destroyable)
-    _hw_info(iommufd, dev_id)
+    hw_info(iommufd, dev_id, 64)
     assert err(destroy, iommufd, dev_id) == errno.EBUSY
     # one device cannot be bound twice, to this context or another
     assert err(_bound, iommufd, vfio_device) == errno.EINVAL
@@ -111,7 +97,7 @@ def test_closing_the_device_unbinds_it(iommufd, vfio_device):
     vfio_device.close()
     # vfio_df_unbind_iommufd() on close: detached and unbound, the IOAS is free and the ID gone
     destroy(iommufd, ioas)
-    assert err(_hw_info, iommufd, dev_id) == errno.ENOENT
+    assert err(hw_info, iommufd, dev_id, 64) == errno.ENOENT
     with VfioDevice(vfio_device.bdf) as dev:  # and the device binds again
         assert _bound(iommufd, dev) != 0
 
@@ -128,7 +114,7 @@ def test_closing_the_iommufd_first(open_iommufd, vfio_device):
 
 def test_get_hw_info_describes_the_unit(iommufd, vfio_device):
     dev_id = _bound(iommufd, vfio_device)
-    cmd, data = _hw_info(iommufd, dev_id)
+    cmd, data = hw_info(iommufd, dev_id, 64)
     kinds = {getattr(B, f"IOMMU_HW_INFO_TYPE_{k}") for k in ("NONE", "INTEL_VTD", "ARM_SMMUV3", "AMD")
              if hasattr(B, f"IOMMU_HW_INFO_TYPE_{k}")}  # the types this uapi version has
     assert cmd.out_data_type in kinds
@@ -207,8 +193,8 @@ def test_attach_refuses_bad_arguments(iommufd, vfio_device):
 def test_hwpt_alloc_replace_and_detach(iommufd, vfio_device):
     dev_id = _bound(iommufd, vfio_device)
     ioas = ioas_alloc(iommufd)
-    hwpt1 = _hwpt_alloc(iommufd, dev_id, ioas)
-    hwpt2 = _hwpt_alloc(iommufd, dev_id, ioas)
+    hwpt1 = hwpt_alloc(iommufd, dev_id, ioas)
+    hwpt2 = hwpt_alloc(iommufd, dev_id, ioas)
     assert len({hwpt1, hwpt2, ioas, dev_id}) == 4
     assert vfio_device.attach(hwpt1) == hwpt1
     # a second attach replaces (vfio_iommufd_physical_attach_ioas(): iommufd_device_replace())
@@ -227,17 +213,17 @@ def test_hwpt_alloc_flags_follow_the_unit(iommufd, vfio_device):
     EOPNOTSUPP where it does not (the driver's domain_alloc_paging_flags())."""
     dev_id = _bound(iommufd, vfio_device)
     ioas = ioas_alloc(iommufd)
-    cmd, data = _hw_info(iommufd, dev_id)
+    cmd, data = hw_info(iommufd, dev_id, 64)
     dirty = bool(cmd.out_capabilities & B.IOMMU_HW_CAP_DIRTY_TRACKING)
-    e = err(_hwpt_alloc, iommufd, dev_id, ioas, B.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+    e = err(hwpt_alloc, iommufd, dev_id, ioas, B.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
     assert e == (0 if dirty else errno.EOPNOTSUPP)
     if cmd.out_data_type == B.IOMMU_HW_INFO_TYPE_INTEL_VTD:
         # intel_iommu_domain_alloc_paging_flags(): a nest parent needs ECAP.NEST (bit 26)
         nest = bool(B.iommu_hw_info_vtd.from_buffer_copy(data).ecap_reg >> 26 & 1)
-        assert err(_hwpt_alloc, iommufd, dev_id, ioas, B.IOMMU_HWPT_ALLOC_NEST_PARENT) == \
+        assert err(hwpt_alloc, iommufd, dev_id, ioas, B.IOMMU_HWPT_ALLOC_NEST_PARENT) == \
             (0 if nest else errno.EOPNOTSUPP)
-    assert err(_hwpt_alloc, iommufd, dev_id, ioas, 1 << 31) == errno.EOPNOTSUPP  # an unknown flag
-    assert _hwpt_alloc(iommufd, dev_id, ioas) != 0
+    assert err(hwpt_alloc, iommufd, dev_id, ioas, 1 << 31) == errno.EOPNOTSUPP  # an unknown flag
+    assert hwpt_alloc(iommufd, dev_id, ioas) != 0
 
 
 def test_what_the_driver_does_not_offer_is_eopnotsupp(iommufd, vfio_device):
@@ -246,7 +232,7 @@ def test_what_the_driver_does_not_offer_is_eopnotsupp(iommufd, vfio_device):
     (iommufd_viommu_alloc_ioctl(): no viommu_init, or a size of 0 for that type)."""
     dev_id = _bound(iommufd, vfio_device)
     ioas = ioas_alloc(iommufd)
-    hwpt = _hwpt_alloc(iommufd, dev_id, ioas)
+    hwpt = hwpt_alloc(iommufd, dev_id, ioas)
     dirty = B.iommu_hwpt_set_dirty_tracking(size=sz(B.iommu_hwpt_set_dirty_tracking), hwpt_id=hwpt,
                                             flags=B.IOMMU_HWPT_DIRTY_TRACKING_ENABLE)
     assert err(iommufd.ioctl, B.IOMMU_HWPT_SET_DIRTY_TRACKING, dirty) == errno.EOPNOTSUPP
@@ -254,7 +240,7 @@ def test_what_the_driver_does_not_offer_is_eopnotsupp(iommufd, vfio_device):
     get = B.iommu_hwpt_get_dirty_bitmap(size=sz(B.iommu_hwpt_get_dirty_bitmap), hwpt_id=hwpt, iova=0,
                                         length=64 * PAGE, page_size=PAGE, data=ctypes.addressof(bitmap))
     assert err(iommufd.ioctl, B.IOMMU_HWPT_GET_DIRTY_BITMAP, get) == errno.EOPNOTSUPP
-    cmd, _ = _hw_info(iommufd, dev_id)
+    cmd, _ = hw_info(iommufd, dev_id, 64)
     if cmd.out_data_type == getattr(B, "IOMMU_HW_INFO_TYPE_ARM_SMMUV3", None) or not hasattr(B, "iommu_viommu_alloc"):
         return  # an SMMUv3 implements the SMMUV3 vIOMMU type; 6.12's uapi has no vIOMMU
     v = B.iommu_viommu_alloc(size=sz(B.iommu_viommu_alloc), type=B.IOMMU_VIOMMU_TYPE_ARM_SMMUV3, dev_id=dev_id,
@@ -265,7 +251,7 @@ def test_what_the_driver_does_not_offer_is_eopnotsupp(iommufd, vfio_device):
 def test_pasid_attach_without_a_pasid_capable_device(iommufd, vfio_device):
     require("VFIO_DEVICE_ATTACH_PASID")
     dev_id = _bound(iommufd, vfio_device)
-    cmd, _ = _hw_info(iommufd, dev_id)
+    cmd, _ = hw_info(iommufd, dev_id, 64)
     if cmd.out_max_pasid_log2:
         pytest.skip(f"{vfio_device.bdf} has PASIDs (max_pasid_log2 {cmd.out_max_pasid_log2}): this test is about one "
                     "without")
@@ -401,9 +387,9 @@ def test_dma_follows_a_replace(iommufd, vfio_device):
     two.m[:PAGE] = b"\x02" * PAGE
     map_(iommufd, ioas1, one.addr, PAGE, iova=IOVA)
     map_(iommufd, ioas2, two.addr, PAGE, iova=IOVA)
-    vfio_device.attach(_hwpt_alloc(iommufd, dev_id, ioas1))
+    vfio_device.attach(hwpt_alloc(iommufd, dev_id, ioas1))
     edu.read_iova(IOVA, 16)
-    vfio_device.attach(_hwpt_alloc(iommufd, dev_id, ioas2))
+    vfio_device.attach(hwpt_alloc(iommufd, dev_id, ioas2))
     edu.read_iova(IOVA, 16, buf_off=16)
     vfio_device.attach(ioas1)
     edu.write_iova(IOVA + 100, 32)
