@@ -16,7 +16,9 @@ Expectations are errno names; "as_base" compares with the unmodified command.
 """
 from __future__ import annotations
 
-UNMAPPED = 0x10  # an address in the never-mapped first page
+# Never mapped (below vm.mmap_min_addr) and page aligned, so it passes the handlers' alignment
+# checks (iommufd_test_md_check_pa(), _check_refs()) and reaches the copy or the pin.
+UNMAPPED = 0x1000
 
 
 def size_below_min(row):

@@ -115,9 +115,12 @@ def _mock_device(fd, flags: int = 0):
 
 
 OPEN_DEVICES: list = []  # VFIO devices a base opened: close_devices() after the case (one open at a time)
+UNDO: list = []  # what a base set up that closing the file must not be left to (see _pasid_device())
 
 
 def close_devices() -> None:
+    while UNDO:
+        UNDO.pop()()
     while OPEN_DEVICES:
         OPEN_DEVICES.pop().close()
 
@@ -149,7 +152,9 @@ def hwpt_alloc(fd):
                 unread={"fault_id": "read only with IOMMU_HWPT_FAULT_ID_VALID (iommufd_hwpt_alloc())",
                         "data_uptr": "read only by the driver, and only with a data_len"},
                 answers={("id_missing", "pt_id"): ("EINVAL", "iommufd_hwpt_alloc(): any pt_id lookup failure "
-                                                             "is EINVAL, not the lookup's ENOENT")})
+                                                             "is EINVAL, not the lookup's ENOENT"),
+                         ("id_wrong_type", "pt_id"): ("EINVAL", "iommufd_hwpt_alloc(): pt_id is looked up as any "
+                                                                "type; one not IOAS, HWPT_PAGING or vIOMMU is EINVAL")})
 
 
 def get_hw_info(fd):
@@ -251,6 +256,223 @@ def hw_queue_alloc(fd):
     return Base(_bytes(B.iommu_hw_queue_alloc(size=ctypes.sizeof(B.iommu_hw_queue_alloc), viommu_id=viommu,
                                               type=B.IOMMU_HW_QUEUE_TYPE_SELFTEST, index=0,
                                               nesting_parent_iova=iova, length=PAGE)), keep=[m])
+
+
+# -- IOMMU_TEST_CMD: its fields are a union chosen by op, so it has one valid command per union
+# member the generated cases name (the member's name, or "" for the header fields id and size).
+
+def _test_cmd(op: int, id: int, **fields) -> bytearray:
+    from model.uapi import set_fields
+
+    return _bytes(set_fields(B.iommu_test_cmd(size=ctypes.sizeof(B.iommu_test_cmd), op=op, id=id), **fields))
+
+
+_NOT_AN_OBJECT = "an index into the mock's array, not an object ID: past its end is EINVAL"
+
+
+def cmd_mock_domain(fd):
+    return Base(_test_cmd(B.IOMMU_TEST_OP_MOCK_DOMAIN, ioas_alloc(fd)))
+
+
+def cmd_mock_domain_replace(fd):
+    _, stdev, _, _ = _mock_device(fd)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev, **{"mock_domain_replace.pt_id": ioas_alloc(fd)}))
+
+
+def _access(fd, npages: int = 4):
+    """(ioas, access fd, buffer, va, iova): an access on an IOAS with `npages` of a buffer mapped."""
+    from conformance.tests.helpers import create_access
+
+    m, va = _buffer(npages)
+    ioas = ioas_alloc(fd)
+    iova = map_(fd, ioas, va, npages * PAGE)
+    return ioas, create_access(fd, ioas, B.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES), m, va, iova
+
+
+def cmd_destroy_access_pages(fd):
+    from conformance.tests.helpers import access_pages
+
+    _, access, m, _, iova = _access(fd)
+    item = access_pages(fd, access, iova, PAGE)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_DESTROY_ACCESS_PAGES, access,
+                          **{"destroy_access_pages.access_pages_id": item}), keep=[m])
+
+
+def cmd_access_replace_ioas(fd):
+    _, access, m, _, _ = _access(fd)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_ACCESS_REPLACE_IOAS, access, **{"access_replace_ioas.ioas_id": ioas_alloc(fd)}),
+                keep=[m])
+
+
+def cmd_access_pages(fd):
+    _, access, m, va, iova = _access(fd)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_ACCESS_PAGES, access, **{"access_pages.iova": iova,
+                                                                  "access_pages.length": PAGE,
+                                                                  "access_pages.uptr": va}), keep=[m])
+
+
+def cmd_access_rw(fd):
+    _, access, m, va, iova = _access(fd)
+    out, out_va = _buffer(1)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_ACCESS_RW, access, **{"access_rw.iova": iova, "access_rw.length": 64,
+                                                               "access_rw.uptr": out_va}), keep=[m, out])
+
+
+def _mapped_mock_domain(fd):
+    """(hwpt, buffer, va, iova): a mock domain with 4 pages of a buffer mapped through its IOAS."""
+    ioas, _, hwpt, _ = _mock_device(fd)
+    m, va = _buffer()
+    return hwpt, m, va, map_(fd, ioas, va, 4 * PAGE)
+
+
+def cmd_check_map(fd):
+    hwpt, m, va, iova = _mapped_mock_domain(fd)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_MD_CHECK_MAP, hwpt, **{"check_map.iova": iova, "check_map.length": PAGE,
+                                                                "check_map.uptr": va}), keep=[m])
+
+
+def cmd_check_refs(fd):
+    _, m, va, _ = _mapped_mock_domain(fd)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_MD_CHECK_REFS, 0, **{"check_refs.uptr": va, "check_refs.length": PAGE,
+                                                              "check_refs.refs": 1}), keep=[m])
+
+
+def cmd_dirty(fd):
+    ioas, _, _, idev = _mock_device(fd)
+    hwpt = _hwpt_alloc(fd, idev, ioas, B.IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+    fd.ioctl(B.IOMMU_HWPT_SET_DIRTY_TRACKING, B.iommu_hwpt_set_dirty_tracking(
+        size=ctypes.sizeof(B.iommu_hwpt_set_dirty_tracking), flags=B.IOMMU_HWPT_DIRTY_TRACKING_ENABLE, hwpt_id=hwpt))
+    m, va = _buffer()
+    iova = map_(fd, ioas, va, 4 * PAGE, iova=1 << 24)
+    bitmap = (ctypes.c_uint64 * 1)(0b1)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_DIRTY, hwpt, **{"dirty.iova": iova, "dirty.length": 4 * PAGE,
+                                                         "dirty.page_size": PAGE,
+                                                         "dirty.uptr": ctypes.addressof(bitmap)}), keep=[m, bitmap])
+
+
+def _nested(fd):
+    """(idev, nested hwpt): a selftest nested HWPT (all IOTLB entries 0xBADBEEF) over a NEST_PARENT."""
+    ioas, _, _, idev = _mock_device(fd)
+    parent = _hwpt_alloc(fd, idev, ioas, B.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    data = (ctypes.c_uint32 * 2)(0xBADBEEF, 0)  # struct iommu_hwpt_selftest: iotlb, pagetable_type
+    cmd = B.iommu_hwpt_alloc(size=ctypes.sizeof(B.iommu_hwpt_alloc), dev_id=idev, pt_id=parent,
+                             data_type=B.IOMMU_HWPT_DATA_SELFTEST, data_len=8, data_uptr=ctypes.addressof(data))
+    fd.ioctl(B.IOMMU_HWPT_ALLOC, cmd)
+    return idev, cmd.out_hwpt_id
+
+
+def cmd_check_iotlb(fd):
+    _, nested = _nested(fd)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_MD_CHECK_IOTLB, nested, **{"check_iotlb.id": 0,
+                                                                    "check_iotlb.iotlb": 0xBADBEEF}),
+                answers={("id_missing", "check_iotlb.id"): ("EINVAL", "iommufd_test_md_check_iotlb(): " + _NOT_AN_OBJECT)})
+
+
+def cmd_check_dev_cache(fd):
+    _, _, _, idev = _mock_device(fd)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_DEV_CHECK_CACHE, idev, **{"check_dev_cache.id": 0,
+                                                                   "check_dev_cache.cache": B.IOMMU_TEST_DEV_CACHE_DEFAULT}),
+                answers={("id_missing", "check_dev_cache.id"): ("EINVAL", "iommufd_test_dev_check_cache(): "
+                                                                          + _NOT_AN_OBJECT)})
+
+
+def cmd_trigger_iopf(fd):
+    _, _, _, idev = _mock_device(fd)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_TRIGGER_IOPF, 0, **{"trigger_iopf.dev_id": idev, "trigger_iopf.addr": PAGE}))
+
+
+def cmd_trigger_vevent(fd):
+    """A vDEVICE's device attached to a nested HWPT of its vIOMMU, with a SELFTEST vEVENTQ: the
+    mock reports an event only then (mock_domain_nop_attach() records the vIOMMU and virt_id)."""
+    _needs_selftest_viommu()
+    ioas, stdev, _, idev = _mock_device(fd)
+    parent = _hwpt_alloc(fd, idev, ioas, B.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    v = B.iommu_viommu_alloc(size=ctypes.sizeof(B.iommu_viommu_alloc), type=B.IOMMU_VIOMMU_TYPE_SELFTEST,
+                             dev_id=idev, hwpt_id=parent)
+    fd.ioctl(B.IOMMU_VIOMMU_ALLOC, v)
+    fd.ioctl(B.IOMMU_VDEVICE_ALLOC, B.iommu_vdevice_alloc(size=ctypes.sizeof(B.iommu_vdevice_alloc),
+                                                          viommu_id=v.out_viommu_id, dev_id=idev, virt_id=0x42))
+    data = (ctypes.c_uint32 * 2)(0xBADBEEF, 0)  # struct iommu_hwpt_selftest
+    nested = B.iommu_hwpt_alloc(size=ctypes.sizeof(B.iommu_hwpt_alloc), dev_id=idev, pt_id=v.out_viommu_id,
+                                data_type=B.IOMMU_HWPT_DATA_SELFTEST, data_len=8, data_uptr=ctypes.addressof(data))
+    fd.ioctl(B.IOMMU_HWPT_ALLOC, nested)
+    fd.ioctl(B.IOMMU_TEST_CMD, _test_cmd(B.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev,
+                                         **{"mock_domain_replace.pt_id": nested.out_hwpt_id}))
+    q = B.iommu_veventq_alloc(size=ctypes.sizeof(B.iommu_veventq_alloc), viommu_id=v.out_viommu_id,
+                              type=B.IOMMU_VEVENTQ_TYPE_SELFTEST, veventq_depth=4)
+    fd.ioctl(B.IOMMU_VEVENTQ_ALLOC, q)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_TRIGGER_VEVENT, 0, **{"trigger_vevent.dev_id": idev}), keep=[q])
+
+
+PASID = 100  # not 1024: the mock fails every second set of PASID 1024 (mock_domain_set_dev_pasid_nop())
+
+
+def _pasid_device(fd):
+    """(stdev, hwpt, hwpt2): a PASID-capable mock device whose RID is attached to a PASID-compatible
+    HWPT (a PASID attach is EINVAL otherwise: iommufd_hwpt_pasid_compat()), and two such HWPTs."""
+    ioas, stdev, _, idev = _mock_device(fd, B.MOCK_FLAGS_DEVICE_PASID)
+    hwpt, hwpt2 = (_hwpt_alloc(fd, idev, ioas, B.IOMMU_HWPT_ALLOC_PASID) for _ in range(2))
+    fd.ioctl(B.IOMMU_TEST_CMD, _test_cmd(B.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev,
+                                         **{"mock_domain_replace.pt_id": hwpt}))
+    # The mock's destroy detaches only the RID (selftest.c iommufd_selftest_destroy()): a PASID
+    # left attached at close makes the kernel WARN and leak the device, so detach it first.
+    UNDO.append(lambda: fd.ioctl(B.IOMMU_TEST_CMD, _test_cmd(B.IOMMU_TEST_OP_PASID_DETACH, stdev,
+                                                             **{"pasid_detach.pasid": PASID})))
+    return stdev, hwpt, hwpt2
+
+
+def cmd_pasid_attach(fd):
+    stdev, hwpt, _ = _pasid_device(fd)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_PASID_ATTACH, stdev, **{"pasid_attach.pasid": PASID,
+                                                                 "pasid_attach.pt_id": hwpt}))
+
+
+def _pasid_attached(fd):
+    stdev, hwpt, hwpt2 = _pasid_device(fd)
+    fd.ioctl(B.IOMMU_TEST_CMD, _test_cmd(B.IOMMU_TEST_OP_PASID_ATTACH, stdev, **{"pasid_attach.pasid": PASID,
+                                                                                "pasid_attach.pt_id": hwpt}))
+    return stdev, hwpt, hwpt2
+
+
+def cmd_pasid_replace(fd):
+    stdev, _, hwpt2 = _pasid_attached(fd)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_PASID_REPLACE, stdev, **{"pasid_replace.pasid": PASID,
+                                                                  "pasid_replace.pt_id": hwpt2}))
+
+
+def cmd_pasid_check(fd):
+    stdev, hwpt, _ = _pasid_attached(fd)
+    return Base(_test_cmd(B.IOMMU_TEST_OP_PASID_CHECK_HWPT, stdev, **{"pasid_check.pasid": PASID,
+                                                                     "pasid_check.hwpt_id": hwpt}),
+                answers={("id_wrong_type", "pasid_check.hwpt_id"): (
+                    "EINVAL", "iommufd_test_pasid_check_hwpt(): iommufd_get_hwpt() looks the ID up as any type "
+                              "and answers EINVAL for one that is not a HWPT")})
+
+
+# union member -> its valid command; "" serves the header's own fields (id, size)
+TEST_CMD_BASES = {
+    "": cmd_mock_domain,
+    "mock_domain_replace": cmd_mock_domain_replace,
+    "destroy_access_pages": cmd_destroy_access_pages,
+    "access_replace_ioas": cmd_access_replace_ioas,
+    "access_pages": cmd_access_pages,
+    "access_rw": cmd_access_rw,
+    "check_map": cmd_check_map,
+    "check_refs": cmd_check_refs,
+    "dirty": cmd_dirty,
+    "check_iotlb": cmd_check_iotlb,
+    "check_dev_cache": cmd_check_dev_cache,
+    "trigger_iopf": cmd_trigger_iopf,
+    "trigger_vevent": cmd_trigger_vevent,
+    "pasid_attach": cmd_pasid_attach,
+    "pasid_replace": cmd_pasid_replace,
+    "pasid_check": cmd_pasid_check,
+}
+
+
+def iommu_test_cmd(fd, field: str):
+    """The valid IOMMU_TEST_CMD for a generated case on `field` (`member.name` or a header field)."""
+    return TEST_CMD_BASES[field.split(".")[0] if "." in field else ""](fd)
 
 
 BASES = {

@@ -1,15 +1,15 @@
 """The generated cases (generated/linux_X_Y/cases.py, from codegen/cases.py), one test each.
 
 Generic kinds run on the all-zero command and also hold the generated validator to the same
-answer; kinds that need a valid command take it from conformance/tests/bases.py (device-facing
-ones on a mock device) and skip, saying why, where there is none (the vIOMMU family).
+answer; kinds that need a valid command take it from conformance/tests/bases.py: one per ioctl,
+and for IOMMU_TEST_CMD one per union member (its fields mean something only under their op).
 """
 import errno
 
 import pytest
 
 from conformance.report import Errno
-from conformance.tests.bases import BASES, close_devices
+from conformance.tests.bases import BASES, TEST_CMD_BASES, close_devices, iommu_test_cmd
 from conformance.tests.helpers import err
 from model.uapi import T as B
 
@@ -28,21 +28,20 @@ def _expect(case) -> int:
 
 def _wrong_type_id(fd, case) -> int:
     """An existing object of a type the field does not take: an IOAS, or for a field that takes
-    IOASes the HWPT of a mock device (IOMMU_TEST_CMD)."""
-    from conformance.tests.helpers import ioas_alloc, mock_domain
+    IOASes a mock device's object (its device ID where HWPTs are taken too, else its HWPT)."""
+    from conformance.tests.helpers import ioas_alloc, mock_device
 
     row = B.BY_NAME[case.ioctl]
     types = next(s.object_types for s in row.ids if s.name == case.field)
     if "IOAS" not in types:
         return ioas_alloc(fd)
-    if "HWPT" in types:
-        pytest.skip(f"{case.ioctl}.{case.field} takes IOASes and HWPTs: another type needs a vIOMMU or access")
-    return mock_domain(fd, ioas_alloc(fd))[1]
+    _, hwpt, idev = mock_device(fd, ioas_alloc(fd))
+    return idev if "HWPT" in types else hwpt
 
 
 @pytest.fixture(autouse=True)
-def _close_devices():
-    yield
+def _close_devices(iommufd):
+    yield  # torn down before iommufd is closed
     close_devices()
 
 
@@ -65,14 +64,7 @@ def test_generated_case(iommufd, case):
             assert got == _expect(case)
             assert B.validate(row.number, buf) == _expect(case)
         return
-    make = BASES.get(case.ioctl)
-    if case.ioctl == "IOMMU_TEST_CMD":
-        pytest.skip("IOMMU_TEST_CMD's fields are a union chosen by op: one valid command cannot serve them "
-                    "(the mock ops are covered by test_mock_domain.py, test_access.py, test_hwpt.py)")
-    if make is None:
-        pytest.skip(f"conformance/tests/bases.py has no valid {case.ioctl} command yet: it needs a vIOMMU "
-                    "(the vIOMMU family comes with its own work)")
-    base = make(iommufd)
+    base = iommu_test_cmd(iommufd, case.field) if case.ioctl == "IOMMU_TEST_CMD" else BASES[case.ioctl](iommufd)
     buf = bytearray(base.cmd)
     if case.kind == "outputs_in_size":
         size = case.value  # min_size: the bytes after it are not the user's struct
@@ -93,3 +85,16 @@ def test_generated_case(iommufd, case):
         assert got == Errno(getattr(errno, name)), why
     else:
         assert got == Errno(_expect(case))
+
+
+def _base_ids():
+    present = {(c.ioctl, c.field.split(".")[0] if "." in c.field and c.ioctl == "IOMMU_TEST_CMD" else "")
+               for c in B.CASES if c.needs_base}
+    return sorted(present)
+
+
+@pytest.mark.parametrize("ioctl,member", _base_ids(), ids=lambda v: v or "-")
+def test_base_command_succeeds_unchanged(iommufd, ioctl, member):
+    """Each case above changes one field of a command that would succeed: the base must."""
+    base = TEST_CMD_BASES[member](iommufd) if ioctl == "IOMMU_TEST_CMD" else BASES[ioctl](iommufd)
+    assert _answer(iommufd, B.BY_NAME[ioctl].number, bytearray(base.cmd)) == 0
