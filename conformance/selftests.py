@@ -189,27 +189,47 @@ def run_selftests(kernel: Path, source: Path | None = None, timeout: float = 900
 # Selftests the model is known to fail, with the reason (fnmatch patterns over the TAP name).
 # Each is a difference the README lists; anything else that passes on the kernel and fails on
 # the model fails `kernel selftest --target model`.
-MODEL_FAILURES: dict[str, str] = {
-    "iommufd.global_options": "IOMMU_OPTION_RLIMIT_MODE needs CAP_SYS_RESOURCE (capable()); the model checks "
-                              "the calling process's real capabilities, and root here lacks it",
-    "change_process.account_user.basic": "its set-up sets IOMMU_OPTION_RLIMIT_MODE, which needs CAP_SYS_RESOURCE "
-                                         "(capable()); root here lacks it",
-    "change_process.account_mm.basic": "its set-up sets IOMMU_OPTION_RLIMIT_MODE, which needs CAP_SYS_RESOURCE "
-                                       "(capable()); root here lacks it",
-    "*.dmabuf_simple": "IOMMU_TEST_OP_DMABUF_GET is not modelled (ENOSYS)",
-    "*.dmabuf_revoke": "IOMMU_TEST_OP_DMABUF_GET is not modelled (ENOSYS)",
-    "iommufd_ioas.*.fork_gone": "pages pinned by a process that has exited: the model reads page contents from "
-                                "the process (it does not own the memory), so ACCESS_RW cannot read them",
-}
+@dataclass(frozen=True)
+class Host:
+    """What this machine grants the selftests on the model, read at run time."""
+    hugepages: int  # huge pages reserved for the run (host_hugepages())
+    sys_resource: bool  # CAP_SYS_RESOURCE in this process's effective set (capget)
+
+    @classmethod
+    def now(cls, hugepages: int) -> "Host":
+        from model.limits import CAP_SYS_RESOURCE
+        from model.libc import effective_caps
+        return cls(hugepages, bool(effective_caps(os.getpid()) >> CAP_SYS_RESOURCE & 1))
+
+
+@dataclass(frozen=True)
+class Excuse:
+    """A selftest case the model may fail or skip, only while `holds` is true of this host."""
+    pattern: str  # fnmatch over "fixture.variant.test"
+    holds: Callable[[Host], bool]
+    reason: str
+
+
+_NO_SYS_RESOURCE = "needs CAP_SYS_RESOURCE (capable()), which this process lacks (capget)"
 HUGEPAGES = 64  # as the VM reserves: the selftests' *_hugepage and *_huge variants need them
 
+MODEL_EXCUSES: tuple[Excuse, ...] = (
+    Excuse("iommufd.global_options", lambda h: not h.sys_resource,
+           "IOMMU_OPTION_RLIMIT_MODE " + _NO_SYS_RESOURCE),
+    Excuse("change_process.account_user.basic", lambda h: not h.sys_resource,
+           "its set-up sets IOMMU_OPTION_RLIMIT_MODE, which " + _NO_SYS_RESOURCE),
+    Excuse("change_process.account_mm.basic", lambda h: not h.sys_resource,
+           "its set-up sets IOMMU_OPTION_RLIMIT_MODE, which " + _NO_SYS_RESOURCE),
+    Excuse("*huge*", lambda h: h.hugepages < HUGEPAGES,
+           f"MAP_HUGETLB needs huge pages on this host (the tests use up to {HUGEPAGES}, fewer were reserved)"),
+)
 
-def model_failure_reason(case: str, hugepages: int) -> str | None:
-    for pattern, reason in MODEL_FAILURES.items():
-        if fnmatch.fnmatchcase(case, pattern):
-            return reason
-    if hugepages < HUGEPAGES and ("huge" in case):
-        return f"MAP_HUGETLB needs huge pages on this host ({hugepages} reserved, the tests use up to {HUGEPAGES})"
+
+def model_failure_reason(case: str, host: Host) -> str | None:
+    """Why the model may fail (or skip) `case` on this host, or None: no excuse holds."""
+    for e in MODEL_EXCUSES:
+        if fnmatch.fnmatchcase(case, e.pattern) and e.holds(host):
+            return e.reason
     return None
 
 
@@ -242,9 +262,10 @@ def host_hugepages(n: int, log: Callable[[str], None] = print):
 
 
 def run_selftests_model(kernel: Path, source: Path | None = None, timeout: float = 1800,
-                        log: Callable[[str], None] = print) -> tuple[list[SelftestResult], int, str, float]:
+                        log: Callable[[str], None] = print) -> tuple[list[SelftestResult], Host, str, float]:
     """The same selftest binaries against the model, through the preload library and server
-    (`iommufd-conformance exec`): (results per binary, huge pages reserved, output, seconds)."""
+    (`iommufd-conformance exec`): (results per binary, what this host granted them, output,
+    seconds)."""
     from conformance.server import build_preload
 
     bindir = build_selftests(kernel, source, log=log)
@@ -265,4 +286,4 @@ def run_selftests_model(kernel: Path, source: Path | None = None, timeout: float
             r.exit_status = status
             results.append(r)
             outputs.append(f"@@@ {t}\n{out}")
-    return results, hugepages, "\n".join(outputs), time.monotonic() - start
+    return results, Host.now(hugepages), "\n".join(outputs), time.monotonic() - start

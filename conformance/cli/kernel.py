@@ -97,8 +97,8 @@ def _cmd_selftest(args) -> int:
                 bad |= _report_vm(results, findings, output if args.verbose else None,
                                   time.monotonic() - start)
             else:
-                results, hugepages, output, seconds = selftests.run_selftests_model(kernel, args.source, log=_err)
-                bad |= _report_model(results, hugepages, output if args.verbose else None, seconds,
+                results, host, output, seconds = selftests.run_selftests_model(kernel, args.source, log=_err)
+                bad |= _report_model(results, host, output if args.verbose else None, seconds,
                                      runs.get("vm"))
             runs[target] = results
     except (kbuild.KernelBuildError, debian.DependencyError, debian.FetchError, vm.VmError) as e:
@@ -159,12 +159,14 @@ def _report_vfio(results, findings, output, seconds, profile) -> bool:
     return bad or bool(findings)
 
 
-def _report_model(results, hugepages, output, seconds, vm_results) -> bool:
-    """Each binary's totals on the model; every failure with its reason (MODEL_FAILURES), and
-    beside the VM's results when both ran. A failure without a reason fails the command, as
-    does a test that passes on the kernel and fails on the model without one."""
+def _report_model(results, host, output, seconds, vm_results) -> bool:
+    """Each binary's totals on the model, beside the kernel's when both ran. A failure fails the
+    command unless an excuse holds on this host (selftests.MODEL_EXCUSES, checked at run time);
+    so does a case the kernel passes that the model skips or does not run."""
     if output:
         print(output)
+    print(f"model: this host: {host.hugepages} huge pages reserved, CAP_SYS_RESOURCE "
+          f"{'held' if host.sys_resource else 'not held'}")
     bad = False
     vm_by_name = {r.name: r for r in vm_results or []}
     for r in results:
@@ -173,13 +175,15 @@ def _report_model(results, hugepages, output, seconds, vm_results) -> bool:
                                                    f"{len(v.skipped)} skip" if v else ""))
         bad |= r.exit_status is None or (r.exit_status != 0 and not r.failed)
         for c in r.failed:
-            reason = selftests.model_failure_reason(c, hugepages)
+            reason = selftests.model_failure_reason(c, host)
             on_vm = "" if v is None else " (passes on the kernel)" if c in v.passed else " (fails on the kernel too)"
             print(f"  FAIL {c}{on_vm}: {reason or 'NO KNOWN REASON'}")
             bad |= reason is None
         if v is not None:
-            for c in sorted(set(r.skipped) - set(v.skipped)):
-                print(f"  SKIP {c} on the model only")
+            for c in sorted(set(r.skipped) & set(v.passed)):
+                reason = selftests.model_failure_reason(c, host)
+                print(f"  SKIP {c} on the model, passes on the kernel: {reason or 'NO KNOWN REASON'}")
+                bad |= reason is None
             for c in sorted(set(v.passed) - set(r.passed) - set(r.failed) - set(r.skipped)):
                 print(f"  MISSING {c}: passed on the kernel, not run on the model")
                 bad = True
