@@ -106,7 +106,11 @@ class MockDev:
         self.flags = flags
         self.ops = ops
         self.group = object()
-        self.max_pasids = (1 << MOCK_PASID_WIDTH) if flags & B.MOCK_FLAGS_DEVICE_PASID else 0
+        # mock_dev_create() gives every device the "pasid-num-bits" property: MOCK_PASID_WIDTH
+        # with MOCK_FLAGS_DEVICE_PASID, else 0 (selftest.c:986), and dev_iommu_get_max_pasids()
+        # makes that 1 << bits (iommu.c:448): a device without PASIDs has max_pasids 1, so a
+        # PASID attach is EINVAL (pasid >= max_pasids, iommu_attach_device_pasid()), not skipped.
+        self.max_pasids = 1 << (MOCK_PASID_WIDTH if flags & B.MOCK_FLAGS_DEVICE_PASID else 0)
         self.cache = [IOMMU_TEST_DEV_CACHE_DEFAULT] * MOCK_DEV_CACHE_NUM
         self.viommu = None
         self.vdev_id = 0
