@@ -1,7 +1,9 @@
 """VFIO type1 compatibility on /dev/iommu (drivers/iommu/iommufd/vfio_compat.c).
 
-Modelled as the project's test kernel is configured: CONFIG_VFIO_NOIOMMU=n, no devices
-(so no domains: iommufd_get_pagesizes() is PAGE_SIZE | larger, cache coherency holds).
+Modelled as the project's test kernel is configured (CONFIG_VFIO_NOIOMMU=n): the compat IOAS's
+page sizes follow the domains attached to it (iommufd_get_pagesizes() ANDs each domain's
+pgsize_bitmap into PAGE_SIZE and larger), and VFIO_DMA_CC_IOMMU is 1 only while every paging
+HWPT on it enforces cache coherency (the mock's never do).
 """
 from __future__ import annotations
 

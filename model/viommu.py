@@ -1,6 +1,6 @@
 """vIOMMU, vDEVICE and HW queue objects (drivers/iommu/iommufd/viommu.c).
 
-A vIOMMU is allocated in two phases, as Linux 7.2 does it (seed 004): the core asks the
+A vIOMMU is allocated in two phases, as Linux 7.2 does it (iommufd_viommu_alloc_ioctl()): the core asks the
 device's driver for the size of its structure for the type (get_viommu_size: here the driver's
 subclass of IommufdViommu, None for a type it does not know), allocates it and fills the core
 part (ictx, type, the nesting parent HWPT and a user of it, iommu_dev), and only then calls the

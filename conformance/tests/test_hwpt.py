@@ -10,7 +10,6 @@ iommufd_hwpt_alloc() (hw_pagetable.c:334) checks data_type against data_len befo
 the device, then the device, then pt_id (any lookup failure there is EINVAL, not ENOENT), then
 the flags in iommufd_hwpt_paging_alloc() (hw_pagetable.c:107) or iommufd_hwpt_nested_alloc()
 (:226). A paging HWPT joins its IOAS at allocation (iopt_table_add_domain()), attached or not.
-On the model these tests skip while the mock IOMMU is not modelled.
 """
 import ctypes
 import mmap

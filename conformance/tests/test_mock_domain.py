@@ -9,7 +9,6 @@ the mock device (iommufd_device_bind(): the idev object) and attaches it
 granule (MOCK_PAGE_SIZE) and the aperture MOCK_APERTURE_START..MOCK_APERTURE_LAST
 (mock_domain_alloc_pgtable(), selftest.c:427); iopt_table_add_domain() (io_pagetable.c:1141)
 reserves everything outside the aperture and raises the IOAS's IOVA alignment to the granule.
-On the model these tests skip while IOMMU_TEST_CMD is not modelled.
 """
 import ctypes
 import errno

@@ -3,9 +3,8 @@
 Pages are pinned only when an area is filled into an iommu_domain (iopt_area_fill_domains()
 returns 0 while iopt->domains is empty), charged by iopt_pages_update_pinned(): mm->pinned_vm
 always (VmPin in /proc/self/status), and RLIMIT_MEMLOCK against user->locked_vm in
-IOPT_PAGES_ACCOUNT_USER (without CAP_IPC_LOCK). A domain without real devices needs the mock
-device of IOMMU_TEST_OP_MOCK_DOMAIN (CONFIG_IOMMUFD_TEST), not modelled yet: those tests skip
-on the model.
+IOPT_PAGES_ACCOUNT_USER (without CAP_IPC_LOCK). A domain without real devices comes from the
+mock device of IOMMU_TEST_OP_MOCK_DOMAIN (CONFIG_IOMMUFD_TEST).
 """
 import ctypes
 import errno
