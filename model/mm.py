@@ -7,7 +7,13 @@ Modelled (Debian linux-source-7.2, x86-64, the test kernel's config in conforman
   and the per-action steps in mm/memory.c (remap, I/O remap, simple I/O remap, kernel pages);
 - remap_pfn_range(), io_remap_pfn_range(), vm_iomap_memory() for drivers' legacy .mmap hooks;
 - the compatibility layer (compat_vma_mmap(), mm/util.c:1180-1282);
-- do_mmap()'s checks and vm_flags (mm/mmap.c:336), __mmap_region() (mm/vma.c:2757), do_munmap().
+- do_mmap()'s checks and vm_flags (mm/mmap.c:336), __mmap_region() (mm/vma.c:2757), do_munmap();
+- mremap(2) (do_mremap(), mm/mremap.c:2012): resize in place, expand, move (MREMAP_MAYMOVE,
+  MREMAP_FIXED, MREMAP_DONTUNMAP, several VMAs at once), with VM_PFNMAP / VM_DONTEXPAND's rules;
+- what a process sees: loads through a mapping (access_vm(), MMIO pages in Mm.iomem), the
+  permissions of /proc/PID/maps and the VmFlags of smaps (fs/proc/task_mmu.c);
+- /dev/hpet (drivers/char/hpet.c): hpet_open() and hpet_mmap_prepare(), the simple I/O remap's
+  user in 7.2, over an HPET block whose register image the caller gives (Hpet).
 
 Arithmetic is C's on a 64-bit kernel: unsigned long, phys_addr_t and pgoff_t wrap modulo 2^64
 (_ul()); every integer argument is reduced that way on entry, so no integer raises. Functions
@@ -153,6 +159,7 @@ class VmOps:
     close: object = None
     mapped: object = None
     may_split: object = None
+    mremap: object = None  # mremap(new_vma) -> int, after mremap() moved the page tables
 
 
 VMA_DUMMY_VM_OPS = VmOps()  # vma_dummy_vm_ops (mm/init-mm.c:20): no hooks, but not NULL
@@ -177,11 +184,14 @@ class File:
 
 
 class Mm:
-    """struct mm_struct: the VMAs (sorted, disjoint) and what the kernel log would show."""
+    """struct mm_struct: the VMAs (sorted, disjoint) and what the kernel log would show.
+    iomem: the machine's MMIO pages a remap may reach, {pfn: bytes of PAGE_SIZE} (physical
+    memory is the machine's, not the mm's; the model hands it to each mm), for access_vm()."""
 
     def __init__(self, debug_vm: bool = CONFIG_DEBUG_VM, task_size: int = TASK_SIZE,
-                 mmap_base: int = MMAP_BASE):
+                 mmap_base: int = MMAP_BASE, iomem: dict | None = None):
         self.vmas: list[Vma] = []
+        self.iomem: dict = {} if iomem is None else iomem
         self.warnings: list[str] = []  # WARN_ON_ONCE / WARN_ON / (debug_vm) VM_WARN_ON_ONCE
         self.bugs: list[str] = []  # BUG_ON and reads past an array: the kernel would oops
         self.debug_vm = debug_vm
@@ -1108,3 +1118,446 @@ def do_mmap(mm: Mm, file, addr: int, length: int, prot: int, flags: int, offset:
         return r[0]
     vm_flags, addr, length, pgoff, file = r
     return mmap_region(mm, file, addr, length, vm_flags, pgoff)
+
+
+def vma_lookup(mm: Mm, addr: int) -> Vma | None:
+    """vma_lookup() (include/linux/mm.h:3216): the VMA holding addr, or None."""
+    return next((v for v in mm.vmas if v.start <= addr < v.end), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# mm/mremap.c: mremap(2), as far as the model's VMAs go
+
+MREMAP_MAYMOVE, MREMAP_FIXED, MREMAP_DONTUNMAP = 1, 2, 4  # include/uapi/linux/mman.h:9-11
+# enum mremap_type (mm/mremap.c:36)
+MREMAP_INVALID, MREMAP_NO_RESIZE, MREMAP_SHRINK, MREMAP_EXPAND = range(4)
+
+
+@dataclass(eq=False)
+class _VmaRemap:
+    """struct vma_remap_struct (mm/mremap.c:50): the user's arguments and the state the steps pass on."""
+
+    addr: int
+    old_len: int
+    new_len: int
+    flags: int
+    new_addr: int
+    vma: Vma | None = None
+    delta: int = 0
+    remap_type: int = MREMAP_INVALID
+
+
+def _vrm_implies_new_addr(vrm: _VmaRemap) -> bool:
+    """vrm_implies_new_addr() (mm/mremap.c:931)."""
+    return bool(vrm.flags & (MREMAP_FIXED | MREMAP_DONTUNMAP))
+
+
+def _check_mremap_params(mm: Mm, vrm: _VmaRemap) -> int:
+    """check_mremap_params() (mm/mremap.c:1870), in the kernel's order: unknown flags, an
+    unaligned addr, new_len 0 or above TASK_SIZE; with a new address (FIXED or DONTUNMAP): past
+    TASK_SIZE, unaligned, without MAYMOVE, DONTUNMAP resizing, overlapping the source
+    (vrm_overlaps(), :903). All -EINVAL."""
+    if vrm.flags & ~(MREMAP_FIXED | MREMAP_MAYMOVE | MREMAP_DONTUNMAP):
+        return -errno.EINVAL
+    if offset_in_page(vrm.addr):
+        return -errno.EINVAL
+    if not vrm.new_len or vrm.new_len > mm.task_size:
+        return -errno.EINVAL
+    if not _vrm_implies_new_addr(vrm):
+        return 0
+    if vrm.new_addr > mm.task_size - vrm.new_len:
+        return -errno.EINVAL
+    if offset_in_page(vrm.new_addr):
+        return -errno.EINVAL
+    if not vrm.flags & MREMAP_MAYMOVE:
+        return -errno.EINVAL
+    if vrm.flags & MREMAP_DONTUNMAP and vrm.old_len != vrm.new_len:
+        return -errno.EINVAL
+    end_old, end_new = _ul(vrm.addr + vrm.old_len), _ul(vrm.new_addr + vrm.new_len)
+    if end_old > vrm.new_addr and end_new > vrm.addr:
+        return -errno.EINVAL
+    return 0
+
+
+def _check_prep_vma(mm: Mm, vrm: _VmaRemap) -> int:
+    """check_prep_vma() (mm/mremap.c:1769): no VMA at addr -EFAULT; the remap type; for a
+    remap that maps anew (expands, or FIXED / DONTUNMAP): duplicating (old_len 0) a private
+    mapping -EINVAL (:1808, with a pr_warn_once, not a WARN); DONTUNMAP of a VM_DONTEXPAND or
+    VM_PFNMAP VMA -EINVAL (:1814); [addr, addr + old_len) (new_len when shrinking) past the VMA's
+    end -EFAULT (:1838); a growing pgoff that wraps -EINVAL (:1851); growing a VM_DONTEXPAND or
+    VM_PFNMAP VMA -EFAULT (:1854). Not modelled: mseal (-EPERM), hugetlb alignment, mlock
+    limits (-EAGAIN), may_expand_vm() (-ENOMEM), populating a VM_LOCKED expansion."""
+    vma = vrm.vma
+    if vma is None:
+        return -errno.EFAULT
+    vrm.delta = abs(vrm.old_len - vrm.new_len)  # vrm_set_delta()
+    vrm.remap_type = (MREMAP_NO_RESIZE if vrm.delta == 0 else  # vrm_remap_type()
+                      MREMAP_SHRINK if vrm.old_len > vrm.new_len else MREMAP_EXPAND)
+    if not _vrm_implies_new_addr(vrm):
+        vrm.new_addr = vrm.addr
+    if vrm.remap_type != MREMAP_EXPAND and not _vrm_implies_new_addr(vrm):  # !vrm_will_map_new()
+        return 0
+    old_len, new_len = vrm.old_len, vrm.new_len
+    if not old_len and not vma.flags & (VM_SHARED | VM_MAYSHARE):
+        return -errno.EINVAL
+    if vrm.flags & MREMAP_DONTUNMAP and vma.flags & (VM_DONTEXPAND | VM_PFNMAP):
+        return -errno.EINVAL
+    if vrm.remap_type == MREMAP_SHRINK:
+        old_len = new_len
+    if old_len > vma.end - vrm.addr:
+        return -errno.EFAULT
+    if new_len == old_len:
+        return 0
+    pgoff = _ul(((vrm.addr - vma.start) >> PAGE_SHIFT) + vma.pgoff)
+    if _ul(pgoff + (new_len >> PAGE_SHIFT)) < pgoff:
+        return -errno.EINVAL
+    if vma.flags & (VM_DONTEXPAND | VM_PFNMAP):
+        return -errno.EFAULT
+    return 0
+
+
+def _vrm_set_new_addr(mm: Mm, vrm: _VmaRemap) -> int:
+    """vrm_set_new_addr() (mm/mremap.c:946): get_unmapped_area() at new_addr (MAP_FIXED with
+    MREMAP_FIXED; a hint with DONTUNMAP alone; anywhere otherwise)."""
+    new_addr = vrm.new_addr if _vrm_implies_new_addr(vrm) else 0
+    res = _get_unmapped_area(mm, new_addr, vrm.new_len, MAP_FIXED if vrm.flags & MREMAP_FIXED else 0)
+    if res < 0:
+        return res
+    vrm.new_addr = res
+    return 0
+
+
+def _copy_vma_and_data(mm: Mm, vrm: _VmaRemap) -> tuple[int, Vma | None]:
+    """copy_vma_and_data() (mm/mremap.c:1285): copy_vma() (mm/vma.c:1864: a new VMA at
+    new_addr sharing file, vm_ops, private data and PAT reservation, whose vm_ops->open runs;
+    never merged in the model), move_page_tables() (the PFN ranges and pages of [addr, addr +
+    old_len) move by new_addr - addr), then vm_ops->mremap(new_vma); if that fails the entries
+    move back and the new VMA becomes the one to unmap."""
+    vma = vrm.vma
+    new_pgoff = _ul(vma.pgoff + ((vrm.addr - vma.start) >> PAGE_SHIFT))
+    if vma_is_anonymous(vma) and not vma.remaps and not vma.pages:  # no anon_vma yet
+        new_pgoff = vrm.new_addr >> PAGE_SHIFT
+    if mm.find_vma_intersection(vrm.new_addr, vrm.new_addr + vrm.new_len) is not None:
+        return -errno.ENOMEM, None  # copy_vma(): "should never get here"
+    new = Vma(mm, vrm.new_addr, vrm.new_addr + vrm.new_len, new_pgoff, vma.flags, vma.page_prot, vma.vm_ops,
+              vma.private_data, vma.file, vma.pfnmap_track_ctx)
+    mm.insert(new)
+    open_ = _hook(new.vm_ops, "open")
+    if open_ is not None:
+        open_(new)
+    shift = vrm.new_addr - vrm.addr
+    remaps, pages = _take_ptes(vma, vrm.addr, vrm.addr + vrm.old_len)
+    new.remaps = [(a + shift, pfn, s, prot) for a, pfn, s, prot in remaps]
+    new.pages = {a + shift: p for a, p in pages.items()}
+    err = 0
+    mremap = _hook(vma.vm_ops, "mremap")
+    if mremap is not None:
+        err = mremap(new)
+    if err:
+        remaps, pages = _take_ptes(new, new.start, new.end)
+        vma.remaps += [(a - shift, pfn, s, prot) for a, pfn, s, prot in remaps]
+        vma.pages.update({a - shift: p for a, p in pages.items()})
+        vrm.vma, vrm.old_len, vrm.addr = new, vrm.new_len, vrm.new_addr
+    return err, new
+
+
+def _move_vma(mm: Mm, vrm: _VmaRemap) -> int:
+    """move_vma() (mm/mremap.c:1383): prep_move_vma() (:1121: vm_ops->may_split at each edge
+    that will be cut; a DONTUNMAP of a VM_LOCKED VMA splits first), copy and move the entries,
+    then unmap the source range (unmap_source_vma(), :1182, whose failure is ignored) unless
+    DONTUNMAP succeeded (dontunmap_complete(), :1350: the old VMA loses VM_LOCKED, and an
+    anonymous one moved whole gets pgoff = start >> PAGE_SHIFT). The new address, or -errno.
+    Not modelled: map_count headroom, KSM, memory accounting (VM_ACCOUNT)."""
+    vma, addr, old_len = vrm.vma, vrm.addr, vrm.old_len
+    split_before, split_after = vma.start != addr, vma.end != _ul(addr + old_len)
+    may_split = _hook(vma.vm_ops, "may_split")
+    if may_split is not None:
+        err = may_split(vma, addr) if split_before else 0
+        if not err and split_after:
+            err = may_split(vma, addr + old_len)
+        if err:
+            return err
+    dontunmap = bool(vrm.flags & MREMAP_DONTUNMAP)
+    if dontunmap and vma.flags & VM_LOCKED:  # needs_pre_split()
+        err = __split_vma(vma, addr, True) if split_before else 0
+        if not err and split_after:
+            err = __split_vma(vma_lookup(mm, addr), addr + old_len, False)
+        if err:
+            return err
+        vrm.vma = vma_lookup(mm, addr)
+    err, new = _copy_vma_and_data(mm, vrm)
+    if err and new is None:
+        return err
+    if dontunmap and not err:
+        old = vrm.vma
+        old.flags &= ~(VM_LOCKED | VM_LOCKONFAULT)
+        if vrm.addr == old.start and vrm.addr + vrm.old_len == old.end and vma_is_anonymous(old) and old.file is None:
+            old.pgoff = old.start >> PAGE_SHIFT
+    if not dontunmap or err:
+        do_munmap(mm, vrm.addr, vrm.old_len)
+    return err if err else vrm.new_addr
+
+
+def _shrink_vma(mm: Mm, vrm: _VmaRemap, drop_lock: bool) -> int:
+    """shrink_vma() (mm/mremap.c:1444): unmap [addr + new_len, addr + old_len); when the lock is
+    kept the VMA at addr is looked up again (-EFAULT if gone)."""
+    res = do_munmap(mm, _ul(vrm.addr + vrm.new_len), vrm.delta)
+    vrm.vma = None
+    if res:
+        return res
+    if not drop_lock:
+        vrm.vma = vma_lookup(mm, vrm.addr)
+        if vrm.vma is None:
+            return -errno.EFAULT
+    return 0
+
+
+def _mremap_to(mm: Mm, vrm: _VmaRemap) -> int:
+    """mremap_to() (mm/mremap.c:1481): MREMAP_FIXED unmaps the destination first (and the VMA at
+    addr must still be there, -EFAULT); a shrink is done in place; then the move."""
+    if vrm.flags & MREMAP_FIXED:
+        err = do_munmap(mm, vrm.new_addr, vrm.new_len)
+        vrm.vma = None
+        if err:
+            return err
+        vrm.vma = vma_lookup(mm, vrm.addr)
+        if vrm.vma is None:
+            return -errno.EFAULT
+    if vrm.remap_type == MREMAP_SHRINK:
+        err = _shrink_vma(mm, vrm, False)
+        if err:
+            return err
+        vrm.old_len = vrm.new_len
+    err = _vrm_set_new_addr(mm, vrm)
+    if err:
+        return err
+    return _move_vma(mm, vrm)
+
+
+def _vma_expandable(mm: Mm, vma: Vma, delta: int) -> bool:
+    """vma_expandable() (mm/mremap.c:1533): nothing in [vm_end, vm_end + delta), and the grown
+    range is an address get_unmapped_area(MAP_FIXED) accepts."""
+    end = _ul(vma.end + delta)
+    if end < vma.end:
+        return False
+    if mm.find_vma_intersection(vma.end, end) is not None:
+        return False
+    return _get_unmapped_area(mm, vma.start, end - vma.start, MAP_FIXED) >= 0
+
+
+def _expand_vma(mm: Mm, vrm: _VmaRemap) -> int:
+    """expand_vma() (mm/mremap.c:1630): in place when [addr, addr + old_len) ends the VMA and the
+    space after it is free (vrm_can_expand_in_place(), :1548; vma_merge_extend() grows the VMA,
+    no merge with the next one modelled), else a move with MREMAP_MAYMOVE, else -ENOMEM."""
+    vma = vrm.vma
+    if vma.end - vrm.addr == vrm.old_len and _vma_expandable(mm, vma, vrm.delta):
+        vma.end = _ul(vma.end + vrm.delta)
+        return vrm.addr
+    if not vrm.flags & MREMAP_MAYMOVE:
+        return -errno.ENOMEM
+    err = _vrm_set_new_addr(mm, vrm)
+    if err:
+        return err
+    return _move_vma(mm, vrm)
+
+
+def _mremap_at(mm: Mm, vrm: _VmaRemap) -> int:
+    """mremap_at() (mm/mremap.c:1668): same size is a no-op, a shrink unmaps the tail, an
+    expansion is expand_vma()."""
+    if vrm.remap_type == MREMAP_NO_RESIZE:
+        return vrm.addr
+    if vrm.remap_type == MREMAP_SHRINK:
+        res = _shrink_vma(mm, vrm, True)
+        return res if res else vrm.addr
+    if vrm.remap_type == MREMAP_EXPAND:
+        return _expand_vma(mm, vrm)
+    mm.warn("mremap_at", "1")
+    return -errno.EINVAL
+
+
+def _remap_move(mm: Mm, vrm: _VmaRemap) -> int:
+    """remap_move() (mm/mremap.c:1923): a pure move (MREMAP_FIXED, old_len == new_len) of every
+    VMA in [addr, addr + old_len), keeping the gaps between them; a gap at the start, or no VMA
+    at all, is -EFAULT. Every model file may be moved with others (vma_multi_allowed(), :1741:
+    no get_unmapped_area hook, no userfaultfd)."""
+    start, end = vrm.addr, _ul(vrm.addr + vrm.old_len)
+    target, res, seen, last_end, cursor = vrm.new_addr, -errno.EFAULT, False, 0, start
+    while True:
+        vma = next((v for v in mm.vmas if v.end > cursor and v.start < end), None)
+        if vma is None:
+            return res
+        addr = max(vma.start, start)
+        length = min(end, vma.end) - addr
+        if not seen and start < vma.start:
+            return -errno.EFAULT
+        offset = vma.start - last_end if seen else 0
+        last_end = cursor = vma.end
+        vrm.vma, vrm.addr, vrm.new_addr = vma, addr, _ul(target + offset)
+        vrm.old_len = vrm.new_len = length
+        res_vma = _check_prep_vma(mm, vrm) or _mremap_to(mm, vrm)
+        if res_vma < 0:
+            return res_vma
+        if not seen:
+            res = res_vma
+        seen = True
+        target = _ul(res_vma + vrm.new_len)
+
+
+def do_mremap(mm: Mm, addr: int, old_len: int, new_len: int, flags: int, new_addr: int = 0) -> int:
+    """mremap(2) (SYSCALL_DEFINE5(mremap), mm/mremap.c:2067 -> do_mremap(), :2012): the new
+    address or -errno. Lengths are page-aligned up; check_mremap_params(); a pure move
+    (MREMAP_FIXED, same length) is remap_move(); otherwise the VMA holding addr is checked
+    (check_prep_vma()) and mremap_to() (FIXED / DONTUNMAP) or mremap_at() runs.
+
+    For a VM_IO | VM_PFNMAP | VM_DONTEXPAND mapping (remap_pfn_range(), a simple I/O remap)
+    this gives: a same-size or shrinking mremap works in place; growing is -EFAULT, with or
+    without MREMAP_MAYMOVE or MREMAP_FIXED (check_prep_vma(), :1854); a move to a free or
+    MREMAP_FIXED address works and carries the PFNs along; MREMAP_DONTUNMAP is -EINVAL (:1814).
+    Not modelled: VMA merging, map_count limits, mseal, hugetlb, mlock / memory accounting,
+    userfaultfd."""
+    addr, old_len, new_len, flags, new_addr = _ul(addr), _ul(old_len), _ul(new_len), _ul(flags), _ul(new_addr)
+    vrm = _VmaRemap(addr, PAGE_ALIGN(old_len), PAGE_ALIGN(new_len), flags, new_addr)
+    err = _check_mremap_params(mm, vrm)
+    if err:
+        return err
+    if vrm.flags & MREMAP_FIXED and vrm.old_len == vrm.new_len:  # vrm_move_only()
+        return _remap_move(mm, vrm)
+    vrm.vma = vma_lookup(mm, vrm.addr)
+    err = _check_prep_vma(mm, vrm)
+    if err:
+        return err
+    return _mremap_to(mm, vrm) if _vrm_implies_new_addr(vrm) else _mremap_at(mm, vrm)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a process sees of its mappings: /proc/PID/maps, smaps' VmFlags, reads through a mapping
+
+
+def show_map_perms(vma: Vma) -> str:
+    """The permissions column of /proc/PID/maps (show_vma_header_prefix(),
+    fs/proc/task_mmu.c:475): r, w, x, then s for VM_MAYSHARE, else p."""
+    f = vma.flags
+    return ("r" if f & VM_READ else "-") + ("w" if f & VM_WRITE else "-") + ("x" if f & VM_EXEC else "-") + (
+        "s" if f & VM_MAYSHARE else "p")
+
+
+# show_smap_vma_flags() (fs/proc/task_mmu.c:1166): the mnemonics of the flags the model has.
+VM_FLAG_MNEMONICS = {VM_READ: "rd", VM_WRITE: "wr", VM_EXEC: "ex", VM_SHARED: "sh", VM_MAYREAD: "mr",
+                     VM_MAYWRITE: "mw", VM_MAYEXEC: "me", VM_MAYSHARE: "ms", VM_GROWSDOWN: "gd", VM_PFNMAP: "pf",
+                     VM_LOCKED: "lo", VM_IO: "io", VM_DONTEXPAND: "de", VM_LOCKONFAULT: "lf", VM_ACCOUNT: "ac",
+                     VM_NORESERVE: "nr", VM_HUGETLB: "ht", VM_SYNC: "sf", VM_WIPEONFORK: "wf", VM_DONTDUMP: "dd",
+                     VM_MIXEDMAP: "mm", VM_NOHUGEPAGE: "nh"}
+
+
+def smaps_vm_flags(vma: Vma) -> set[str]:
+    """The VmFlags line of /proc/PID/smaps for the flags the model keeps (no VM_SOFTDIRTY,
+    VM_MERGEABLE, pkeys ...: compare only these mnemonics with a kernel's)."""
+    return {m for bit, m in VM_FLAG_MNEMONICS.items() if vma.flags & bit}
+
+
+def access_vm(mm: Mm, addr: int, n: int) -> bytes | int:
+    """A load of n bytes at addr by the process, through the page tables: the bytes, or -EFAULT
+    where the process would take SIGSEGV (no VMA, no VM_READ, no entry). A PFN range reads the
+    machine's MMIO page from mm.iomem; a PFN the model has no page for, or a kernel page
+    (content not modelled), is -EIO (not modelled)."""
+    addr, out = _ul(addr), bytearray()
+    for a in range(addr, addr + n):
+        vma = vma_lookup(mm, a)
+        if vma is None or not vma.flags & VM_READ:
+            return -errno.EFAULT
+        hit = next(((pfn, a - ra) for ra, pfn, s, _ in vma.remaps if ra <= a < ra + s), None)
+        if hit is None:
+            return -errno.EIO if (a & PAGE_MASK) in vma.pages else -errno.EFAULT
+        pfn, off = hit
+        page = mm.iomem.get(_ul(pfn + (off >> PAGE_SHIFT)))
+        if page is None:
+            return -errno.EIO
+        out.append(page[offset_in_page(off)])
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# drivers/char/hpet.c: /dev/hpet, a user of the simple I/O remap
+
+
+HPET_OPEN = 0x0001  # drivers/char/hpet.c:100
+
+
+@dataclass(eq=False)
+class Hpet:
+    """struct hpets (drivers/char/hpet.c:87) for one HPET block: its physical address
+    (hp_hpet_phys), the image of its MMIO registers (the caller's bytes, from the block's start;
+    the rest of the page reads 0), one hpet_dev per timer (hd_flags, HPET_OPEN for the ones
+    platform code reserved, hpet.c:904), and the build and boot options of hpet_mmap_prepare():
+    CONFIG_HPET_MMAP (else -ENOSYS, hpet.c:378) and hpet_mmap_enabled (CONFIG_HPET_MMAP_DEFAULT
+    or hpet_mmap= on the command line, hpet.c:343-356)."""
+
+    hp_hpet_phys: int
+    registers: bytes
+    ntimer: int = 3
+    reserved: int = 0  # bit i: timer i reserved by platform code
+    config_hpet_mmap: bool = True
+    mmap_enabled: bool = True
+    hd_flags: list = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.hd_flags:
+            self.hd_flags = [HPET_OPEN if self.reserved & (1 << i) else 0 for i in range(self.ntimer)]
+
+    @property
+    def iomem(self) -> dict:
+        """The page(s) the block's registers occupy, {pfn: bytes}, for Mm(iomem=...)."""
+        first = offset_in_page(self.hp_hpet_phys)
+        image = bytes(first) + bytes(self.registers)
+        image += bytes(-len(image) % PAGE_SIZE)
+        base = self.hp_hpet_phys >> PAGE_SHIFT
+        return {base + i: image[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] for i in range(len(image) // PAGE_SIZE)}
+
+
+@dataclass(eq=False)
+class HpetDev:
+    """struct hpet_dev (drivers/char/hpet.c:73): the timer an open file holds."""
+
+    hd_hpets: Hpet
+    index: int
+
+
+def hpet_mmap_prepare(desc: VmAreaDesc) -> int:
+    """hpet_mmap_prepare() (drivers/char/hpet.c:358-375): -EACCES unless hpet_mmap_enabled;
+    -ENOSYS for a block not page-aligned; the page uncached; a simple I/O remap of one page at
+    the block's address (so only a one-page mapping at offset 0 can pass
+    simple_ioremap_prepare(): more, or a nonzero offset, is -EINVAL there). Without
+    CONFIG_HPET_MMAP the hook is -ENOSYS (hpet.c:378)."""
+    hpets = desc.file.private_data.hd_hpets
+    if not hpets.config_hpet_mmap:
+        return -errno.ENOSYS
+    if not hpets.mmap_enabled:
+        return -errno.EACCES
+    addr = _ul(hpets.hp_hpet_phys)
+    if addr & (PAGE_SIZE - 1):
+        return -errno.ENOSYS
+    desc.page_prot = pgprot_noncached(desc.page_prot)
+    mmap_action_simple_ioremap(desc, addr, PAGE_SIZE)
+    return 0
+
+
+HPET_FOPS = FileOperations(mmap_prepare=hpet_mmap_prepare)  # hpet_fops (hpet.c:705), the mmap part
+
+
+def hpet_open(hpets: Hpet, f_mode: int) -> File | int:
+    """open("/dev/hpet") -> hpet_open() (drivers/char/hpet.c:224): a file opened for writing is
+    -EINVAL (:230); the first timer not HPET_OPEN is taken, none left is -EBUSY (:236-248)."""
+    if f_mode & FMODE_WRITE:
+        return -errno.EINVAL
+    for i, flags in enumerate(hpets.hd_flags):
+        if not flags & HPET_OPEN:
+            hpets.hd_flags[i] |= HPET_OPEN
+            return File(HPET_FOPS, f_mode, HpetDev(hpets, i))
+    return -errno.EBUSY
+
+
+def hpet_release(file: File) -> None:
+    """The last close: hpet_release() (drivers/char/hpet.c:396) frees the timer (:424). (The
+    kernel's mappings hold the file; the model's caller closes it when they are gone.)"""
+    dev = file.private_data
+    dev.hd_hpets.hd_flags[dev.index] &= ~HPET_OPEN
