@@ -1,5 +1,5 @@
 """Files the model hands out (anon_inode_getfile() + fd_install()): out_access_fd,
-out_fault_fd, later out_veventq_fd.
+out_fault_fd, out_veventq_fd, and the mock exporter's dma-bufs (model/dma_buf.py).
 
 Each is one end of a Unix socket pair: the caller gets the other end as a real file descriptor
 of its process, so it can read, write, dup, pass it (SCM_RIGHTS) or close it, and the model
@@ -45,15 +45,15 @@ class AnonFile:
     def release(self) -> None:
         """f_op->release: the subclass's, then the model's end closes."""
 
-    def install(self, task) -> int:
+    def install(self, task, cloexec: bool = True) -> int:
         """fd_install() into the caller's table: the descriptor number (O_CLOEXEC, as
-        get_unused_fd_flags(O_CLOEXEC)). Another process's table is reached through
-        task.files (the server passes the end over its socket, SCM_RIGHTS)."""
+        get_unused_fd_flags(O_CLOEXEC), unless `cloexec` is False). Another process's table is
+        reached through task.files (the server passes the end over its socket, SCM_RIGHTS)."""
         if task.pid == os.getpid():
             fd = self._peer.detach()
-            os.set_inheritable(fd, False)
+            os.set_inheritable(fd, not cloexec)
         elif task.files is not None:
-            fd = task.files.install(self._peer.fileno(), cloexec=True, kind=self.kind)
+            fd = task.files.install(self._peer.fileno(), cloexec=cloexec, kind=self.kind)
             self._peer.close()
         else:
             raise NotModelled("handing a file descriptor to another process without a server")

@@ -19,6 +19,7 @@ from model.objects import IommufdError
 IOMMU_READ = 1 << 0
 IOMMU_WRITE = 1 << 1
 IOMMU_CACHE = 1 << 2
+IOMMU_MMIO = 1 << 4  # e.g. a dma-buf of MMIO (pages.c batch_to_domain(), BATCH_MMIO)
 
 # enum iommu_cap (include/linux/iommu.h): what device_iommu_capable() asks a driver
 IOMMU_CAP_CACHE_COHERENCY = "CACHE_COHERENCY"

@@ -94,6 +94,13 @@ def should_fail(site: str) -> bool:
         return True
 
 
+def active() -> bool:
+    """Whether a fault point of the current task can fire or is being traced now: only then does
+    the order of a fault point against a check with no fault point of its own show."""
+    state = getattr(_current, "state", None)
+    return state is not None and (state[1] is not None or bool(_fail_nth))
+
+
 def kmalloc(site: str) -> None:
     """An allocation of the kernel's (kmalloc/kzalloc/xa_alloc node/page...): ENOMEM when
     fault injection picks it."""

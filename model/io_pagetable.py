@@ -22,10 +22,13 @@ import bisect
 import errno
 
 from model import fault_inject
-from model.domain import IOMMU_WRITE, IommuDomain
+from model.domain import IOMMU_CACHE, IOMMU_MMIO, IOMMU_WRITE, IommuDomain
 from model.limits import CONFIG_TRANSPARENT_HUGEPAGE, HPAGE_SIZE, PAGE_SIZE, U64_MAX, ULONG_MAX
 from model.objects import IommufdError
-from model.pages import IOPT_ADDRESS_USER, temp_kmalloc
+from model.pages import (
+    IOPT_ADDRESS_DMABUF, IOPT_ADDRESS_USER, iopt_dmabuf_track_all_domains, iopt_dmabuf_track_domain,
+    iopt_dmabuf_untrack_all_domains, iopt_dmabuf_untrack_domain, iopt_put_pages, temp_kmalloc,
+)
 
 _B = 64
 
@@ -395,8 +398,16 @@ class IoPagetable:
         assert self._holes.firsts == [b.starts[0] for b in self._holes.blks]
         assert self.reserved == _spans(self._reserved_nodes) and self._allowed_spans == _spans(self.allowed)
         for p in {id(a.pages): a.pages for a in areas}.values():
+            if p.type == IOPT_ADDRESS_DMABUF:  # nothing pinned; every filled area tracked per domain
+                assert not p.pfns and not p.npinned and not p.access_users, "a dma-buf with pins"
+                continue
             assert set(p.pfns) == p.held_indexes() and p.npinned == len(p.pfns), \
                 "the pinned pages are not what the filled areas and accesses hold"
+        for a in areas:
+            if a.pages.type == IOPT_ADDRESS_DMABUF:
+                tracked = [d for t, d in a.pages.dmabuf.tracker if t is a]
+                assert len(tracked) == len(self.domains) and all(any(d is t for t in tracked) for d in self.domains), \
+                    f"area {a.start:#x}: its dma-buf tracker is not the table's domains"
 
     def allowed_holes(self, start: int, last: int):
         """interval_tree_for_each_span over reserved_itree: the holes in [start, last]."""
@@ -529,7 +540,7 @@ class IoPagetable:
     def _release(self, area: IopArea) -> None:
         if area.filled:
             self.area_unfill_domains(area)
-        area.pages.refs -= 1  # iopt_put_pages()
+        iopt_put_pages(area.pages)
 
     # -- domains ---------------------------------------------------------------------------------
 
@@ -538,6 +549,9 @@ class IoPagetable:
         of consecutive frames; the first from area.page_offset, the last up to area.last."""
         iova, k, n = area.start, 0, len(pfns)
         page_offset = area.page_offset
+        prot = area.iommu_prot
+        if area.pages.type == IOPT_ADDRESS_DMABUF:  # BATCH_MMIO (pages.c:520)
+            prot = (prot & ~IOMMU_CACHE) | IOMMU_MMIO
         while k < n:
             j = k + 1
             while j < n and pfns[j] == pfns[j - 1] + 1:
@@ -545,9 +559,9 @@ class IoPagetable:
             next_iova = min(area.last + 1, iova + (j - k) * PAGE_SIZE - page_offset)
             paddr = pfns[k] * PAGE_SIZE + page_offset
             if self.disable_large_pages:
-                self._map_small(domain, iova, paddr, next_iova - iova, area.iommu_prot)
+                self._map_small(domain, iova, paddr, next_iova - iova, prot)
             else:
-                domain.map(iova, paddr, next_iova - iova, area.iommu_prot)
+                domain.map(iova, paddr, next_iova - iova, prot)
             iova, k, page_offset = next_iova, j, 0
 
     @staticmethod
@@ -566,22 +580,37 @@ class IoPagetable:
 
     @staticmethod
     def _area_unmap(domain: IommuDomain, area: IopArea) -> None:
-        """iopt_area_unmap_domain(): iommu_unmap_nofail() of the area's whole IOVA range."""
+        """iopt_area_unmap_domain(): iommu_unmap_nofail() of the area's whole IOVA range; never
+        for a revoked dma-buf, which iopt_revoke_notify() unmapped (every caller checks
+        iopt_dmabuf_revoked(): io_pagetable.c:1012, pages.c:1858, 2017)."""
+        if area.pages.revoked:
+            return
         domain.unmap(area.start, area.last - area.start + 1)
 
     def area_fill_domains(self, mm, area: IopArea) -> None:
         """iopt_area_fill_domains(): pin the area's pages, then map them into every domain; on a
-        failure the domains already filled are unmapped and the pin is dropped."""
-        pfns = area.pages.fill(mm, area.index, area.last_index)
+        failure the domains already filled are unmapped and the pin is dropped. A dma-buf's
+        area is tracked in every domain first, and a revoked one maps nothing (pages.c:1920)."""
+        pages = area.pages
+        if pages.type == IOPT_ADDRESS_DMABUF:
+            iopt_dmabuf_track_all_domains(area, pages, self.domains)
+        try:
+            pfns = pages.fill(mm, area.index, area.last_index)
+        except BaseException:
+            if pages.type == IOPT_ADDRESS_DMABUF:
+                iopt_dmabuf_untrack_all_domains(area, pages)
+            raise
         done = []
         try:
-            for domain in self.domains:
+            for domain in self.domains if pfns is not None else ():
                 self._area_map(domain, area, pfns)
                 done.append(domain)
         except BaseException:
             for domain in done:
                 self._area_unmap(domain, area)
-            area.pages.unfill(area.index, area.last_index)
+            pages.unfill(area.index, area.last_index)
+            if pages.type == IOPT_ADDRESS_DMABUF:
+                iopt_dmabuf_untrack_all_domains(area, pages)
             raise
         area.filled = True
 
@@ -590,6 +619,8 @@ class IoPagetable:
         for domain in self.domains:
             self._area_unmap(domain, area)
         area.pages.unfill(area.index, area.last_index)
+        if area.pages.type == IOPT_ADDRESS_DMABUF:
+            iopt_dmabuf_untrack_all_domains(area, area.pages)
         area.filled = False
 
     def table_add_domain(self, mm, domain: IommuDomain) -> None:
@@ -616,26 +647,41 @@ class IoPagetable:
         self.iova_alignment = new_alignment
 
     def _fill_domain(self, mm, domain: IommuDomain) -> None:
-        """iopt_fill_domain(): each area through a pfn_reader (its batch first)."""
+        """iopt_fill_domain(): each area through a pfn_reader (its batch first); a dma-buf's area
+        is tracked in the domain first (io_pagetable.c:1068) and, revoked, maps nothing."""
         done = []
         try:
             for area in self._areas:
-                if area.filled:
-                    temp_kmalloc("__batch_init")  # iopt_area_fill_domain() -> pfn_reader_first()
-                    self._area_map(domain, area, [area.pages.pfns[i] for i in range(area.index, area.last_index + 1)])
-                else:
-                    pfns = area.pages.fill(mm, area.index, area.last_index)
-                    try:
-                        self._area_map(domain, area, pfns)
-                    except BaseException:
-                        area.pages.unfill(area.index, area.last_index)
-                        raise
+                pages = area.pages
+                dmabuf = pages.type == IOPT_ADDRESS_DMABUF
+                if dmabuf:
+                    iopt_dmabuf_track_domain(pages, area, domain)
+                try:
+                    if area.filled:
+                        pfns = pages.domain_pfns(area.index, area.last_index)
+                        if pfns is not None:
+                            temp_kmalloc("__batch_init")  # iopt_area_fill_domain() -> pfn_reader_first()
+                            self._area_map(domain, area, pfns)
+                    else:
+                        pfns = pages.fill(mm, area.index, area.last_index)
+                        try:
+                            if pfns is not None:
+                                self._area_map(domain, area, pfns)
+                        except BaseException:
+                            pages.unfill(area.index, area.last_index)
+                            raise
+                except BaseException:
+                    if dmabuf:
+                        iopt_dmabuf_untrack_domain(pages, area, domain)
+                    raise
                 done.append(area)
         except BaseException:
             for area in done:
                 self._area_unmap(domain, area)
                 if not area.filled:
                     area.pages.unfill(area.index, area.last_index)
+                if area.pages.type == IOPT_ADDRESS_DMABUF:
+                    iopt_dmabuf_untrack_domain(area.pages, area, domain)
             raise
         for area in done:
             area.filled = True
@@ -646,6 +692,8 @@ class IoPagetable:
         self.domains.remove(domain)
         for area in self._areas:
             self._area_unmap(domain, area)
+            if area.pages.type == IOPT_ADDRESS_DMABUF:  # io_pagetable.c:1014, 1037
+                iopt_dmabuf_untrack_domain(area.pages, area, domain)
             if not self.domains and area.filled:
                 area.pages.unfill(area.index, area.last_index)
                 area.filled = False
@@ -707,6 +755,8 @@ class IoPagetable:
         an area with accesses cannot split (EINVAL). No hole or pin changes."""
         if iova in (area.start, area.last):
             return
+        if area.pages.type == IOPT_ADDRESS_DMABUF:  # io_pagetable.c:1318
+            _err(errno.EOPNOTSUPP)
         new_start = iova + 1
         align = self.iova_alignment - 1
         if new_start & align or area.start_byte(new_start) & align:

@@ -8,10 +8,11 @@ import os
 
 from model import fault_inject, pages as _pages
 from model.domain import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE
-from model.hooks import iommufd_test_syz_conv_iova_id
+from model.dma_buf import dma_buf_get, dma_buf_put
+from model.hooks import iommufd_test_dma_buf_iommufd_map, iommufd_test_syz_conv_iova_id
 from model.io_pagetable import IoPagetable, _Areas, iopt_disable_large_pages, iopt_enable_large_pages
 from model.limits import CAP_SYS_RESOURCE, PAGE_SIZE, U64_MAX, ULONG_MAX
-from model.objects import IommufdError, IommufdObject, NotModelled
+from model.objects import IommufdError, IommufdObject
 from model.uaccess import UserFault
 from model.uapi import B
 
@@ -127,7 +128,7 @@ def iopt_map_user_pages(ucmd, iopt: IoPagetable, iova: int, uptr: int, length: i
 
 
 def _fget(pid: int, fd: int):
-    """dma_buf_get() then fget(): EBADF for a closed fd or an O_PATH one (fget skips FMODE_PATH).
+    """fget(): EBADF for a closed fd or an O_PATH one (fget skips FMODE_PATH).
     The file is the fd of the calling process; the pages keep a reference (get_file())."""
     own = pid == os.getpid()
     if fd < 0:
@@ -136,18 +137,14 @@ def _fget(pid: int, fd: int):
         if own:
             st = os.fstat(fd)
             fl = fcntl.fcntl(fd, fcntl.F_GETFL)
-            link = os.readlink(f"/proc/self/fd/{fd}")
         else:
             st = os.stat(f"/proc/{pid}/fd/{fd}")
             with open(f"/proc/{pid}/fdinfo/{fd}") as f:
                 fl = int(next(l for l in f if l.startswith("flags:")).split()[1], 8)
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
     except OSError:
         raise IommufdError(errno.EBADF) from None
     if fl & getattr(os, "O_PATH", 0o10000000):
         raise IommufdError(errno.EBADF)
-    if link.startswith(("/dmabuf:", "anon_inode:dmabuf")):  # a dma-buf file
-        raise NotModelled("IOMMU_IOAS_MAP_FILE of a dma-buf")
     try:
         return _pages.FileRef(pid, fd, (st.st_dev, st.st_ino))
     except OSError:  # gone meanwhile, or no descriptor left for the reference
@@ -156,7 +153,9 @@ def _fget(pid: int, fd: int):
 
 def iommufd_ioas_map_file(ucmd) -> int:
     """iommufd_ioas_map_file() -> iopt_map_file_pages(): EINVAL length 0, EOVERFLOW start+length,
-    then the fd (EBADF); the file's pages are read only when pinned into a domain."""
+    then the fd: a dma-buf (dma_buf_get(), io_pagetable.c:499) maps its exporter's buffer
+    (iopt_alloc_dmabuf_pages(): EINVAL past its end, ENODEV revoked), any other file through
+    fget() (EBADF); the file's pages are read only when pinned into a domain."""
     cmd = ucmd.cmd
     _check_map_flags(cmd.flags, cmd.iova, cmd.length)
     iopt = _get_iopt(ucmd, cmd.ioas_id)
@@ -165,13 +164,27 @@ def iommufd_ioas_map_file(ucmd) -> int:
     if cmd.start + cmd.length - 1 > U64_MAX:
         raise IommufdError(errno.EOVERFLOW)
     start_byte = cmd.start % PAGE_SIZE
-    file = _fget(ucmd.task.pid, cmd.fd)
     prot = conv_iommu_prot(cmd.flags)
-    pages = _pages.iopt_alloc_file_pages(ucmd.ictx, ucmd.task, file, start_byte, cmd.start, cmd.length,
-                                         bool(prot & IOMMU_WRITE))
-    cmd.iova = iopt.map_pages(ucmd.mem, [(pages, start_byte, cmd.length)], cmd.length, cmd.iova, prot,
-                              not cmd.flags & B.IOMMU_IOAS_MAP_FIXED_IOVA)
-    pages.refs -= 1
+    try:
+        dmabuf = dma_buf_get(ucmd.task, cmd.fd)
+    except IommufdError:
+        dmabuf = None  # not a dma-buf (or closed: fget() answers)
+    if dmabuf is not None:
+        try:
+            pages = _pages.iopt_alloc_dmabuf_pages(ucmd.ictx, ucmd.task, dmabuf, start_byte, cmd.start, cmd.length,
+                                                   bool(prot & IOMMU_WRITE), iommufd_test_dma_buf_iommufd_map)
+        except BaseException:
+            dma_buf_put(dmabuf)
+            raise
+    else:
+        file = _fget(ucmd.task.pid, cmd.fd)
+        pages = _pages.iopt_alloc_file_pages(ucmd.ictx, ucmd.task, file, start_byte, cmd.start, cmd.length,
+                                             bool(prot & IOMMU_WRITE))
+    try:
+        cmd.iova = iopt.map_pages(ucmd.mem, [(pages, start_byte, cmd.length)], cmd.length, cmd.iova, prot,
+                                  not cmd.flags & B.IOMMU_IOAS_MAP_FIXED_IOVA)
+    finally:
+        _pages.iopt_put_pages(pages)  # iopt_map_common(): the list's reference (the area holds its own)
     ucmd.respond()
     return 0
 

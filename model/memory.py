@@ -15,6 +15,15 @@ small pages is never contiguous on the model: recorded in the README's limits).
 
 What a page of an mm is comes from /proc/PID/maps (read once per call, `Vmas`): unmapped is
 EFAULT for get_user_pages(), a mapping without 'w' is EFAULT for a FOLL_WRITE pin.
+
+A pinned page outlives its mm in the kernel (fork_gone in tools/testing/selftests/iommu/
+iommufd.c: a child maps, exits, and IOMMU_TEST_OP_ACCESS_RW still copies through the domain's
+pages, iopt_pages_rw_slow() reading them with batch_from_domain()). The model copies through
+the process's memory while it lives; for after, a frame of a shared file mapping keeps the
+file open (`BackingFile`, from /proc/PID/map_files/START-END at its first pin; from the
+file's own descriptor for IOMMU_IOAS_MAP_FILE) until its last pin goes, so its bytes stay
+readable and writable (`PhysicalMemory.frame_file()`). A frame of private anonymous memory
+has nothing to keep: see `PhysicalMemory.frame_file()`.
 """
 from __future__ import annotations
 
@@ -25,7 +34,9 @@ import itertools
 import mmap
 import os
 import threading
+from typing import Callable
 
+from model.libc import libc as _libc
 from model.limits import HPAGE_SIZE, PAGE_SIZE
 
 HPAGE_PAGES = HPAGE_SIZE // PAGE_SIZE
@@ -90,6 +101,18 @@ class Vmas:
             return ("file", v.dev, v.ino, (v.offset + va - v.start) // PAGE_SIZE), block
         return ("anon", pid, va // PAGE_SIZE), block
 
+    def open_backing(self, pid: int, va: int) -> "BackingFile | None":
+        """The file a shared mapping at va maps, opened through /proc/PID/map_files/START-END
+        (proc_map_files_get_link(): CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE), or None when
+        that is refused or the mapping is gone."""
+        v = self.find(va)
+        if v is None:
+            return None
+        try:
+            return BackingFile(os.open(f"/proc/{pid}/map_files/{v.start:x}-{v.end:x}", os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            return None
+
 
 def machine_pfns(pid: int, vas: list[int]) -> list[int] | None:
     """The machine's own frame numbers of the pages at `vas` in process `pid`, from
@@ -132,6 +155,124 @@ def file_key(file: tuple[int, int], pgoff: int) -> tuple:
     return ("file", file[0], file[1], pgoff)
 
 
+TMPFS_MAGIC = 0x01021994  # include/uapi/linux/magic.h
+HUGETLBFS_MAGIC = 0x958458F6
+
+
+class _Statfs(ctypes.Structure):  # struct statfs (x86_64), as far as f_type
+    _fields_ = [("f_type", ctypes.c_long), ("rest", ctypes.c_long * 15)]
+
+
+_libc.fstatfs.argtypes = [ctypes.c_int, ctypes.POINTER(_Statfs)]
+
+
+class _ProcmapQuery(ctypes.Structure):
+    """struct procmap_query (include/uapi/linux/fs.h:582)."""
+    _fields_ = [(n, ctypes.c_uint64) for n in ("size", "query_flags", "query_addr", "vma_start", "vma_end",
+                                                "vma_flags", "vma_page_size", "vma_offset", "inode")] + \
+               [(n, ctypes.c_uint32) for n in ("dev_major", "dev_minor", "vma_name_size", "build_id_size")] + \
+               [("vma_name_addr", ctypes.c_uint64), ("build_id_addr", ctypes.c_uint64)]
+
+
+# _IOWR(PROCFS_IOCTL_MAGIC, 17, struct procmap_query), Linux 6.11
+PROCMAP_QUERY = (3 << 30) | (ctypes.sizeof(_ProcmapQuery) << 16) | (ord("f") << 8) | 17
+PROCMAP_QUERY_VMA_READABLE = 0x01
+PROCMAP_QUERY_VMA_WRITABLE = 0x02
+
+
+def check_pin_range(pid: int, lo: int, hi: int, write: bool) -> int:
+    """get_user_pages() of the pages in [lo, hi) of mm `pid`: 0, or EFAULT where a page is
+    unmapped, not readable, or not writable for FOLL_WRITE (Vmas.check_pin() of each page).
+    Asks PROCMAP_QUERY of the VMAs the range meets (about 6 us) instead of reading and parsing
+    all of /proc/PID/maps (Vmas: about 250 us for a Python process's 80 mappings); reads the
+    maps where the ioctl is missing (before Linux 6.11). A process that is gone (or has no mm)
+    has no page."""
+    try:
+        fd = os.open(f"/proc/{pid}/maps", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return errno.EFAULT
+    try:
+        q = _ProcmapQuery(size=ctypes.sizeof(_ProcmapQuery))
+        va = lo & ~(PAGE_SIZE - 1)
+        while va < hi:
+            q.query_flags = PROCMAP_QUERY_VMA_READABLE | (PROCMAP_QUERY_VMA_WRITABLE if write else 0)
+            q.query_addr = va
+            if _libc.ioctl(fd, PROCMAP_QUERY, ctypes.addressof(q)) < 0:
+                err = ctypes.get_errno()
+                if err in (errno.ENOTTY, errno.EINVAL):
+                    break  # no PROCMAP_QUERY here: the maps, below
+                return errno.EFAULT  # ENOENT: no such VMA (ESRCH: no mm)
+            va = q.vma_end
+        else:
+            return 0
+    finally:
+        os.close(fd)
+    vmas = Vmas(pid)
+    for va in range(lo & ~(PAGE_SIZE - 1), hi, PAGE_SIZE):
+        err = vmas.check_pin(va, write)
+        if err:
+            return err
+    return 0
+
+
+class BackingFile:
+    """An open file whose pages a pin holds (struct file, get_file()): what a frame's bytes are
+    read from and written to once no mm maps them. `fd` is read-only; a write reopens the same
+    file for writing (through /proc/self/fd, once), as the kernel's memcpy into a pinned page
+    needs no write permission on any descriptor."""
+
+    __slots__ = ("fd", "_wfd", "_shmem")
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self._wfd = None
+        self._shmem = None
+
+    @property
+    def shmem(self) -> bool:
+        """shmem_file() || is_file_hugepages(): what memfd_pin_folios() (mm/gup.c:3461) accepts."""
+        if self._shmem is None:
+            st = _Statfs()
+            self._shmem = (_libc.fstatfs(self.fd, ctypes.byref(st)) == 0
+                           and st.f_type & 0xFFFFFFFF in (TMPFS_MAGIC, HUGETLBFS_MAGIC))
+        return self._shmem
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def read(self, offset: int, n: int) -> bytes:
+        """n bytes at offset. A page truncated out of the file since it was pinned reads as
+        zeros here, and write() drops what falls past the end; the kernel still copies to and
+        from the orphaned page it holds (a limit of the model: the page has no name left)."""
+        data = os.pread(self.fd, n, offset)
+        return data + bytes(n - len(data))
+
+    def write(self, offset: int, data: bytes) -> None:
+        """data at offset, never past the end of the file (pwrite would grow it; see read()).
+        hugetlbfs has no write_iter (EINVAL): through a shared mapping of the huge page then."""
+        n = min(len(data), max(0, self.size() - offset))
+        if not n:
+            return
+        if self._wfd is None:
+            self._wfd = os.open(f"/proc/self/fd/{self.fd}", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            os.pwrite(self._wfd, data[:n], offset)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            blk = os.fstat(self._wfd).st_blksize
+            lo = offset // blk * blk
+            hi = -(-(offset + n) // blk) * blk
+            with mmap.mmap(self._wfd, hi - lo, offset=lo) as m:
+                m[offset - lo:offset - lo + n] = data[:n]
+
+    def close(self) -> None:
+        for fd in (self.fd, self._wfd):
+            if fd is not None:
+                os.close(fd)
+        self.fd = self._wfd = None
+
+
 class PhysicalMemory:
     """The machine's page frames: one per pinned page (by key), with its pin count."""
 
@@ -142,6 +283,10 @@ class PhysicalMemory:
         self.pins: dict[tuple, int] = {}  # key -> pin count (page refcount / GUP_PIN_COUNTING_BIAS)
         self.pfn: dict[tuple, int] = {}  # key -> pfn, while pinned
         self.kernel_pages: dict[int, "KernelPages"] = {}  # first pfn -> pages a driver allocated
+        # (st_dev, st_ino) -> [the open file, how many of its pages are pinned]: the file a
+        # pinned page of it is read through once no mm maps it (frame_file())
+        self.files: dict[tuple[int, int], list] = {}
+        self.file_pages: set[tuple] = set()  # the pinned pages counted there
 
     def _block_pfn(self, key: tuple, block: int) -> int:
         if block == 1:  # a small page: a free frame with a free one on each side, so that no
@@ -155,17 +300,30 @@ class PhysicalMemory:
             self._blocks[bkey] = base
         return base + key[-1] % block
 
-    def pin(self, key: tuple, block: int = 1) -> int:
-        """pin_user_pages() of one page: its frame number."""
+    def pin(self, key: tuple, block: int = 1, backing: Callable[[], BackingFile | None] | None = None) -> int:
+        """pin_user_pages() of one page: its frame number. A file's page pinned for the first
+        time keeps the file open (`backing()` opens it, called only when no pinned page of
+        that file has it open already)."""
         with self.lock:
             pfn = self.pfn.get(key)
             if pfn is None:
                 pfn = self.pfn[key] = self._block_pfn(key, block)
+                if backing is not None and key[0] == "file":
+                    held = self.files.get(key[1:3])
+                    if held is not None:
+                        held[1] += 1
+                        self.file_pages.add(key)
+                    else:
+                        f = backing()
+                        if f is not None:
+                            self.files[key[1:3]] = [f, 1]
+                            self.file_pages.add(key)
             self.pins[key] = self.pins.get(key, 0) + 1
             return pfn
 
     def unpin(self, key: tuple) -> None:
-        """unpin_user_page(): the frame is forgotten with its last pin."""
+        """unpin_user_page(): the frame is forgotten with its last pin (and the file it holds
+        open, with the last pinned page of that file)."""
         with self.lock:
             n = self.pins[key] - 1
             if n:
@@ -173,6 +331,27 @@ class PhysicalMemory:
             else:
                 del self.pins[key]
                 del self.pfn[key]
+                if key in self.file_pages:
+                    self.file_pages.discard(key)
+                    held = self.files[key[1:3]]
+                    held[1] -= 1
+                    if not held[1]:
+                        del self.files[key[1:3]]
+                        held[0].close()
+
+    def frame_file(self, key: tuple) -> tuple[BackingFile, int] | None:
+        """kmap_local_page() of a pinned frame: (the open file, the byte offset) its bytes are at,
+        or None. A page of private anonymous memory has none: it has no name outside its mm
+        (no vm_file, so no /proc/PID/map_files entry), /proc/PID/mem and process_vm_readv
+        need the mm's users (mmget_not_zero()), which exit_mm() drops, and the model holds no
+        real reference on the page (pin_user_pages() is kernel-only; the pins userspace can
+        take, io_uring buffer registration and vmsplice, are of the caller's own mm). So
+        once that process is gone the kernel's still-pinned page is out of the model's reach."""
+        if key[0] != "file":
+            return None
+        with self.lock:
+            held = self.files.get(key[1:3])
+        return None if held is None else (held[0], key[3] * PAGE_SIZE)
 
     def lookup(self, key: tuple) -> int:
         """get_user_pages_fast() + put_page(): the frame of a page; a page nobody pins gets a

@@ -41,6 +41,21 @@ def _xfer(fn, pid: int, addr: int, buf, n: int) -> int:
     return done
 
 
+def mm_alive(pid: int) -> bool:
+    """mmget_not_zero() of process `pid`'s mm: false once the process has exited (exit_mm()
+    drops mm_users before the task is a zombie). A one-byte process_vm_readv of address 0
+    answers ESRCH for a task that is gone or has no mm (process_vm_rw_core() looks the task
+    and its mm up before any page), EFAULT for a live one."""
+    if process_vm_readv(pid, _PROBE_LOCAL, 1, _PROBE_REMOTE, 1, 0) >= 0:
+        return True
+    return ctypes.get_errno() != errno.ESRCH
+
+
+_PROBE_BUF = ctypes.create_string_buffer(1)  # what address 0 holds, where it is mapped: unused
+_PROBE_LOCAL = ctypes.byref(Iovec(ctypes.cast(_PROBE_BUF, ctypes.c_void_p), 1))
+_PROBE_REMOTE = ctypes.byref(Iovec(0, 1))
+
+
 class UserMemory:
     """The address space of process `pid` (an mm)."""
 

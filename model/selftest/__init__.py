@@ -13,8 +13,10 @@ from model import device as _device
 from model.device import IOMMU_NO_PASID, iommufd_get_device
 from model.limits import PAGE_SIZE, U64_MAX
 from model.memory import Vmas
-from model.objects import IommufdError, IommufdObject, NotModelled
+from model.objects import IommufdError, IommufdObject
 from model.selftest import access as _access
+from model.selftest import dmabuf as _dmabuf
+from model.selftest.dmabuf import iommufd_test_dma_buf_iommufd_map  # noqa: F401 (model/hooks.py takes it from here)
 from model.selftest.mock import MOCK_DIRTY_TRACK, mock_dev_create
 from model.selftest.syz import iommufd_test_syz_conv_iova_id  # noqa: F401 (model/hooks.py takes it from here)
 from model.uapi import B
@@ -315,12 +317,6 @@ def iommufd_test_set_temp_memory_limit(ucmd, cmd) -> int:
     return 0
 
 
-def _not_modelled(name):
-    def op(ucmd, cmd):
-        raise NotModelled(f"IOMMU_TEST_CMD {name}")
-    return op
-
-
 # iommufd_test()'s switch, by op
 TEST_OPS = {
     B.IOMMU_TEST_OP_ADD_RESERVED: iommufd_test_add_reserved,
@@ -344,8 +340,8 @@ TEST_OPS = {
     B.IOMMU_TEST_OP_PASID_REPLACE: iommufd_test_pasid_replace,
     B.IOMMU_TEST_OP_PASID_DETACH: iommufd_test_pasid_detach,
     B.IOMMU_TEST_OP_PASID_CHECK_HWPT: iommufd_test_pasid_check_hwpt,
-    B.IOMMU_TEST_OP_DMABUF_GET: _not_modelled("DMABUF_GET"),
-    B.IOMMU_TEST_OP_DMABUF_REVOKE: _not_modelled("DMABUF_REVOKE"),
+    B.IOMMU_TEST_OP_DMABUF_GET: _dmabuf.iommufd_test_dmabuf_get,
+    B.IOMMU_TEST_OP_DMABUF_REVOKE: _dmabuf.iommufd_test_dmabuf_revoke,
 }
 
 

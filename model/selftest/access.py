@@ -178,7 +178,7 @@ def iommufd_test_access_rw(ucmd, cmd) -> int:
     iova = rw.iova
     if rw.flags & B.MOCK_FLAGS_ACCESS_SYZ:
         iova = _syz_conv_iova(staccess.access, iova)
-    data = _device.iommufd_access_rw(staccess.access, iova, rw.length, write, payload)
+    data = _device.iommufd_access_rw(staccess.access, iova, rw.length, rw.flags, payload, ucmd.task.pid)
     if not write:
         try:
             ucmd.mem.write(rw.uptr, data)
