@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-from model import device, eventq, fault_inject, hw_pagetable, ioas, vfio_compat, viommu
+from model import device, eventq, fault_inject, hw_pagetable, ioas, outcomes, vfio_compat, viommu
 from model.anon_inode import AnonFiles
 from model.driver import MmapTree
 from model.limits import PAGE_SHIFT
@@ -282,12 +282,22 @@ class IommufdCtx:
         self.released = False
         self.files = AnonFiles()  # access / fault / vEVENTQ files handed out (model/anon_inode.py)
         self.mt_mmap = MmapTree()  # regions drivers registered for mmap (model/driver.py)
+        self.warnings: list[str] = []  # "function: WARN_ON(condition)" for each WARN the kernel would log
+
+    def warn(self, func: str, cond: str) -> None:
+        self.warnings.append(f"{func}: WARN_ON({cond})")
 
     def ioctl(self, task: Task, cmd: int, arg: int) -> int:
         """iommufd_fops_ioctl(): the command at user address `arg` of `task` (as `current`:
         its fail-nth counter applies to the allocations on the way)."""
         with fault_inject.current(task.tid):
-            return self._ioctl(task, cmd, arg)
+            try:
+                rc = self._ioctl(task, cmd, arg)
+            except (IommufdError, OSError) as e:  # OSError: NotModelled, ENOSYS
+                outcomes.record(cmd, e.errno or 0, e)
+                raise
+            outcomes.record(cmd, 0)
+            return rc
 
     def _ioctl(self, task: Task, cmd: int, arg: int) -> int:
         if self.files.files or self.mt_mmap.mapped:
@@ -405,6 +415,7 @@ class IommufdCtx:
                     continue
                 objects.destroy(objects.remove(id_))
                 destroyed += 1
-            if not destroyed:  # WARN_ON: a users refcount bug; what is left is dropped
+            if not destroyed:  # a users refcount bug: what is left is dropped
+                self.warn("iommufd_fops_release", "!destroyed")
                 break
         objects.objects.clear()
