@@ -486,6 +486,9 @@ def campaign(other: str, examples: int, steps: int, seed: int | None) -> dict:
 
         machine = hypothesis_seed(seed)(machine)
     run = lambda: run_state_machine_as_test(machine, settings=conf)  # noqa: E731
+    from model import outcomes
+
+    outcomes.take()
     t0 = time.perf_counter()
     failure = None
     try:
@@ -498,6 +501,15 @@ def campaign(other: str, examples: int, steps: int, seed: int | None) -> dict:
            "failure": failure}
     if failure and machine.LAST is not None:
         out["reproducers"] = reproducers(machine.LAST, failure, other)
+    # what the model answered, and where it raised; a campaign the kernel agreed with step by
+    # step confirms those sites as a passing test does (conformance/coverage.py)
+    from conformance import coverage
+
+    label = f"explore (seed {seed})"
+    doc = coverage.from_outcomes("model:explore", outcomes.take(), label)
+    if other == "kernel" and not failure:
+        doc["passed"]["kernel:explore"] = [label]
+    out["coverage"] = doc
     return out
 
 

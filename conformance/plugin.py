@@ -1,14 +1,18 @@
 """pytest plugin: choose the target (`--iommufd-target` or $IOMMUFD_CONFORMANCE_TARGET).
 
-model (default) and kernel run in this process; vm[=BZIMAGE] re-runs the same pytest
-command inside a QEMU guest booted from the project's test kernel, with target kernel,
-and fails the run on any kernel WARNING/BUG/oops the guest logged.
+model (default) and kernel run in this process; served re-runs the same pytest command under
+the preload library against a model server in this process (conformance/server.py
+exec_program()), so the suite's descriptors follow a C program's path; vm[=BZIMAGE] re-runs
+it inside a QEMU guest booted from the project's test kernel, with target kernel, and fails the
+run on any kernel WARNING/BUG/oops the guest logged.
 
 The VM runner's own tests (conformance/runner_tests, marked `vm_runner`) boot QEMU: they run
 only with --vm-runner-tests (CI passes it), so the default test command never boots a guest.
 """
 from __future__ import annotations
 
+import errno
+import json
 import mmap
 import os
 from pathlib import Path
@@ -28,7 +32,7 @@ def pytest_addoption(parser):
     group = parser.getgroup("iommufd-conformance")
     group.addoption(
         OPTION, default=os.environ.get(ENV, "model"), metavar="TARGET",
-        help=f"what the conformance tests talk to: model (default), kernel, vm[=BZIMAGE] (env {ENV})",
+        help=f"what the conformance tests talk to: model (default), served, kernel, vm[=BZIMAGE] (env {ENV})",
     )
     group.addoption(RUNNER_OPTION, action="store_true", default=False,
                     help="also run the VM runner's own tests (they boot QEMU on the cached test kernel)")
@@ -36,7 +40,10 @@ def pytest_addoption(parser):
                     help="a PCI device bound to vfio-pci for the device tests (repeatable, e.g. 0000:00:04.0); "
                          "in the VM the profile's devices are used (IOMMUFD_VFIO_DEVICES)")
     group.addoption("--iommufd-report", action="store_true", default=False,
-                    help="end with the matrix per ioctl and the (ioctl, errno) coverage")
+                    help="end with the matrix per ioctl and the coverage measured from what ran (outcomes per "
+                         "ioctl; on the model, its raise sites reached)")
+    group.addoption("--iommufd-coverage", metavar="FILE",
+                    help="write the coverage as JSON, merged into FILE when it exists (conformance/coverage.py)")
     group.addoption("--iommufd-ktap", metavar="FILE", help="write the results as KTAP")
     group.addoption("--iommufd-json", metavar="FILE", help="write the results, matrix and coverage as JSON")
 
@@ -50,6 +57,12 @@ def _target(config) -> Target:
 
 def pytest_cmdline_main(config):
     target = _target(config)
+    if target.name == "served" and target.unavailable():
+        import sys
+
+        from conformance.server import exec_program
+
+        return exec_program([sys.executable, "-m", "pytest", *config.invocation_params.args])
     if target.in_process:
         return None
     from conformance.run import pytest_in_vm
@@ -117,8 +130,16 @@ def pytest_runtest_protocol(item, nextitem):
     global _CURRENT
     from conformance.report import CaseResult, family_of
 
+    from model import outcomes
+
     _CURRENT = CaseResult(item.nodeid, family_of(item.nodeid), location=f"{item.location[0]}:{item.location[1] + 1}")
+    outcomes.take()  # what ran between tests belongs to none
     yield
+    sites: dict[str, int] = {}
+    for (_, _, site), n in outcomes.take().items():
+        if site:
+            sites[site] = sites.get(site, 0) + n
+    _CURRENT.sites = sites
     _RESULTS.append(_CURRENT)
     _CURRENT = None
 
@@ -148,7 +169,7 @@ def pytest_assertrepr_compare(op, left, right):
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not config.getoption("--iommufd-report") or not _RESULTS:
         return
-    from conformance import report
+    from conformance import coverage, report
 
     tr = terminalreporter
     tr.section("iommufd conformance")
@@ -156,22 +177,29 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line(h)
     tr.write_line("")
     tr.write_line(report.render_matrix({config.getoption(OPTION): report.matrix(_RESULTS)}))
-    if _target(config).name == "model":
-        tr.write_line("")
-        tr.write_line(report.render_coverage(report.coverage(_RESULTS)))
+    tr.write_line("")
+    path = config.getoption("--iommufd-coverage")
+    if path and Path(path).exists():  # written at session finish, merged with what it held
+        doc = json.loads(Path(path).read_text())
+    else:
+        doc = coverage.from_results(config.getoption(OPTION), _RESULTS)
+    tr.write_line(coverage.render(doc))
 
 
 def pytest_sessionfinish(session, exitstatus):
     config = session.config
     if not _RESULTS or not _target(config).in_process:
         return
-    from conformance import report
+    from conformance import coverage, report
 
+    doc = coverage.from_results(config.getoption(OPTION), _RESULTS)
     if path := config.getoption("--iommufd-ktap"):
         Path(path).write_text(report.ktap(_RESULTS, _header(config)))
     if path := config.getoption("--iommufd-json"):
         hdr = dict(h.split(": ", 1) for h in _header(config))
-        Path(path).write_text(report.as_json(_RESULTS, hdr))
+        Path(path).write_text(report.as_json(_RESULTS, hdr, doc))
+    if path := config.getoption("--iommufd-coverage"):
+        coverage.write(path, doc)  # merged into what the file holds
 
 
 _PROBES: dict = {}
@@ -235,6 +263,9 @@ class _Fd:
             if getattr(e, "ioctl", None) and self.target == "model":
                 # the skip names the test, not this line
                 raise pytest.skip.Exception(f"model: {e.ioctl} is not modelled yet", _use_item_location=True) from None
+            if e.errno == errno.ENOSYS and self.target == "served":  # the server's NotModelled
+                raise pytest.skip.Exception(f"model (served): {name} is not modelled yet (the server's log says "
+                                            "what)", _use_item_location=True) from None
             if _CURRENT is not None:
                 _CURRENT.calls.append((name, e.errno))
             raise
@@ -243,7 +274,8 @@ class _Fd:
         return rc
 
     def mmap(self, length, prot=mmap.PROT_READ | mmap.PROT_WRITE, flags=mmap.MAP_SHARED, offset=0):
-        """mmap(2) of the target's file (a model.libc.Mapping); the model's 'not modelled' is a skip."""
+        """mmap(2) of the target's file (a model.libc.Mapping, a mmap.mmap); the model's 'not modelled'
+        is a skip."""
         try:
             return self._f.mmap(length, prot, flags, offset)
         except OSError as e:

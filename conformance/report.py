@@ -1,6 +1,6 @@
 """What a conformance run reports, beside pytest's own lines: which ioctls each test exercised
-and with what outcome, a matrix per ioctl, the (ioctl, errno) outcomes covered out of those the
-model can produce, and the run as KTAP, JSON or JUnit properties for tools.
+and with what outcome, a matrix per ioctl, the outcomes and model raise sites that ran
+(conformance/coverage.py), and the run as KTAP, JSON or JUnit properties for tools.
 
 The plugin records every ioctl a test makes through the `iommufd` fixtures (name and errno), and
 each test's outcome; this module turns those into reports.
@@ -42,6 +42,7 @@ class CaseResult:
     reason: str = ""  # the skip reason or the failure's last line
     location: str = ""
     calls: list[tuple[str, int]] = field(default_factory=list)  # (ioctl name, errno or 0)
+    sites: dict[str, int] = field(default_factory=dict)  # the model's raise sites reached (model/outcomes.py)
 
     @property
     def ioctls(self) -> list[str]:
@@ -117,94 +118,6 @@ def render_matrix(columns: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-# --- coverage of the model's outcomes -------------------------------------------------------------
-
-
-@lru_cache(maxsize=1)
-def model_outcomes() -> dict[str, frozenset[str]]:
-    """ioctl -> the errno names the model can answer it with: the dispatcher's generic checks,
-    and every errno its handler, or a model function the handler (transitively) calls, names.
-    Found on the model's source, by function name: an over-approximation, never an omission
-    of a named errno."""
-    import model
-    from model import main
-
-    defs: dict[str, list[ast.FunctionDef]] = defaultdict(list)
-    for path in Path(model.__file__).parent.rglob("*.py"):
-        if "tests" in path.parts:
-            continue
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.FunctionDef):
-                defs[node.name].append(node)
-
-    @lru_cache(maxsize=None)
-    def direct(name: str) -> tuple[frozenset[str], frozenset[str]]:
-        errs, calls = set(), set()
-        for fn in defs.get(name, ()):
-            for node in ast.walk(fn):
-                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "errno":
-                    errs.add(node.attr)
-                elif isinstance(node, ast.Call):
-                    f = node.func
-                    callee = f.id if isinstance(f, ast.Name) else f.attr if isinstance(f, ast.Attribute) else None
-                    if callee in defs and callee != name:
-                        calls.add(callee)
-                    if callee in ("UserFault", "read", "write", "read_partial"):
-                        errs.add("EFAULT")
-        return frozenset(errs), frozenset(calls)
-
-    def closure(name: str) -> set[str]:
-        seen, todo, errs = set(), [name], set()
-        while todo:
-            n = todo.pop()
-            if n in seen:
-                continue
-            seen.add(n)
-            e, c = direct(n)
-            errs |= e
-            todo += list(c)
-        return errs
-
-    out = {}
-    for op in main.IOCTL_OPS:
-        row = main.B.BY_NAME[op.name]
-        # the file (EBADF once closed), iommufd_fops_ioctl()'s generic checks
-        generic = {"EBADF", "EFAULT", "ENOTTY", "EINVAL"} | ({"E2BIG"} if row.size else set())
-        if row.reserved or row.flags:
-            generic.add("EOPNOTSUPP")
-        out[op.name] = frozenset(generic | closure(op.handler.__name__))
-    return out
-
-
-def coverage(results: list[CaseResult]) -> dict[str, dict]:
-    """ioctl -> {possible, seen, missed}: errno names (0 as 'success')."""
-    seen: dict[str, set[str]] = defaultdict(set)
-    for r in results:
-        for name, e in r.calls:
-            seen[name].add("success" if e == 0 else errno_name(e))
-    out = {}
-    for name, possible in model_outcomes().items():
-        p = set(possible) | {"success"}
-        out[name] = {"possible": sorted(p), "seen": sorted(seen[name] & p), "missed": sorted(p - seen[name]),
-                     "unexpected": sorted(seen[name] - p)}
-    return out
-
-
-def render_coverage(cov: dict[str, dict]) -> str:
-    total = sum(len(v["possible"]) for v in cov.values())
-    hit = sum(len(v["seen"]) for v in cov.values())
-    lines = [f"(ioctl, outcome) coverage: {hit} of {total} outcomes the model can produce were exercised"]
-    w = max(len(n) for n in cov)
-    for name, v in cov.items():
-        line = f"  {name:<{w}} {len(v['seen']):>2}/{len(v['possible']):<2}"
-        if v["missed"]:
-            line += "  not seen: " + " ".join(v["missed"])
-        if v["unexpected"]:
-            line += "  seen, not in the model's: " + " ".join(v["unexpected"])
-        lines.append(line)
-    return "\n".join(lines)
-
-
 # --- KTAP ------------------------------------------------------------------------------------------
 
 
@@ -236,6 +149,7 @@ def ktap(results: list[CaseResult], header: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def as_json(results: list[CaseResult], header: dict) -> str:
+def as_json(results: list[CaseResult], header: dict, coverage: dict | None = None) -> str:
+    """The run for tools; `coverage`: its conformance/coverage.py document."""
     return json.dumps({**header, "tests": [asdict(r) for r in results], "matrix": matrix(results),
-                       "coverage": coverage(results)}, indent=1)
+                       "coverage": coverage}, indent=1)

@@ -207,7 +207,13 @@ class Recorder:
             c.err = e.errno
             raise
         c.word = m.u32(0)
-        return RecordedMapping(m, self, c.var)
+        m._on_close = lambda length, var=c.var: self._munmap(var, length)
+        return m
+
+    def _munmap(self, var: str, length: int) -> None:
+        """munmap() of a mapping mmap() recorded (its close() calls this)."""
+        if self.active:
+            self._call("munmap", var=var, length=length)
 
 
 _FD_OUTPUTS: dict[type, bool] = {}
@@ -240,19 +246,6 @@ class RecordedFile:
 
     def __getattr__(self, name):
         return getattr(self.file, name)
-
-
-class RecordedMapping:
-    def __init__(self, mapping, rec: Recorder, var: str):
-        self.mapping, self.rec, self.var = mapping, rec, var
-
-    def munmap(self):
-        if self.rec.active and self.mapping.addr is not None:
-            self.rec._call("munmap", var=self.var, length=self.mapping.length)
-        self.mapping.munmap()
-
-    def __getattr__(self, name):
-        return getattr(self.mapping, name)
 
 
 # -- values as C and Python write them -----------------------------------------------------------

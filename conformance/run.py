@@ -1,6 +1,7 @@
 """`run`: the conformance suite against a target (model by default, kernel, or vm)."""
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -76,14 +77,18 @@ def pytest_in_vm(pytest_args: list[str], kernel: str | None = None, timeout: flo
         if failed:
             return failed
         for inside, wanted in outputs:  # reports the guest wrote: where the user asked for them
-            if inside.exists():
+            if inside.exists() and inside.name.startswith("iommufd-coverage") and wanted.exists():
+                from conformance import coverage  # a coverage file merges with what it holds
+
+                coverage.write(wanted, json.loads(inside.read_text()))
+            elif inside.exists():
                 shutil.copyfile(inside, wanted)
         return _status(res)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-_OUTPUT_OPTIONS = ("--iommufd-json", "--iommufd-ktap", "--junit-xml")
+_OUTPUT_OPTIONS = ("--iommufd-json", "--iommufd-ktap", "--junit-xml", "--iommufd-coverage")
 
 
 def _outputs_to_scratch(args: list[str], scratch: Path) -> tuple[list[str], list[tuple[Path, Path]]]:

@@ -45,7 +45,7 @@ OP_FILE_READ, OP_FILE_WRITE = 7, 8  # MMAP_REQ's layout: buffer, count, position
 OP_MM_COUNTERS = 9  # REQ, arg = a pid: rc = the model's mm->pinned_vm | mm->locked_vm << 32 (pages)
 FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL = 0, 1, 2  # FILE_MODEL: reads of the model's files
 # INSTALL's errno field says what the file is, for the reads the client carries here
-INSTALL_PLAIN, INSTALL_VEVENTQ, INSTALL_FAULT = 0, 1, 2
+INSTALL_PLAIN, INSTALL_VEVENTQ, INSTALL_FAULT, INSTALL_ACCESS = 0, 1, 2, 3
 # Server -> client: rc, errno, kind. DONE ends a call; during one the server may send INSTALL
 # (one descriptor in SCM_RIGHTS, rc = 1 for O_CLOEXEC; the client answers OP_INSTALLED), CLOSE
 # (rc = a descriptor it installed during this call; no answer) or PIECES (rc pieces of PIECE
@@ -350,7 +350,8 @@ class ClientFiles:
         self.conn = conn
 
     def install(self, fd: int, cloexec: bool, kind: str = "") -> int:
-        what = {"iommufd-viommu-event": INSTALL_VEVENTQ, "iommufd-pgfault": INSTALL_FAULT}.get(kind, INSTALL_PLAIN)
+        what = {"iommufd-viommu-event": INSTALL_VEVENTQ, "iommufd-pgfault": INSTALL_FAULT,
+                "iommufd_test_staccess": INSTALL_ACCESS}.get(kind, INSTALL_PLAIN)
         self.conn.sendmsg([REP.pack(int(cloexec), what, KIND_INSTALL)],
                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
         try:

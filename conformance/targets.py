@@ -1,6 +1,11 @@
 """Targets: what a conformance test's `fd.ioctl()` talks to, behind one interface.
 
 model   the executable model (model.open_iommufd), in this process
+served  the model as a server (conformance/server.py) in the parent process: the suite runs
+        under the preload library (conformance/preload/), so its open("/dev/iommu"), ioctls,
+        mmaps and the read()/write()/readlink() of the descriptors the model hands out take
+        the path a C program's take, with the kernel's rules for each (the pytest plugin
+        re-runs the same command that way)
 kernel  this machine's /dev/iommu through fcntl.ioctl
 vm      the kernel target inside a QEMU guest booted from the project's test kernel
         (conformance.run / the pytest plugin re-run the suite there, with target kernel);
@@ -21,6 +26,7 @@ from model import libc
 from model.uapi import B, SERIES
 
 ENV = "IOMMUFD_CONFORMANCE_TARGET"
+SERVER_ENV = "IOMMUFD_CONFORMANCE_SERVER"  # the server's socket, for the preload library
 
 
 class IommuFile(Protocol):
@@ -94,7 +100,8 @@ class KernelFile:
 
     def mmap(self, length: int, prot: int = mmap.PROT_READ | mmap.PROT_WRITE,
              flags: int = mmap.MAP_SHARED, offset: int = 0) -> libc.Mapping:
-        """mmap(2) of the file (iommufd_fops_mmap); OSError with the kernel's errno."""
+        """mmap(2) of the file (iommufd_fops_mmap): a model.libc.Mapping (a mmap.mmap); OSError
+        with the kernel's errno."""
         return libc.mmap(self.fd, length, prot, flags, offset)
 
     def close(self) -> None:
@@ -120,6 +127,27 @@ class KernelTarget(Target):
         return f"Linux {os.uname().release} (/dev/iommu), uapi {T.VERSION} bindings"
 
 
+def preloaded() -> bool:
+    """Whether this process runs under the preload library with a server to talk to."""
+    return bool(os.environ.get(SERVER_ENV)) and "iommufd_preload" in os.environ.get("LD_PRELOAD", "")
+
+
+class ServedTarget(Target):
+    name = "served"
+
+    def unavailable(self) -> str | None:
+        if not preloaded():
+            return ("this process does not run under the preload library (the pytest plugin re-runs the "
+                    "command so; `iommufd-conformance exec` runs a program so)")
+        return None
+
+    def open(self) -> IommuFile:
+        return KernelFile()  # the preload library connects it to the server
+
+    def describe(self) -> str:
+        return f"the model of Linux {SERIES} (uapi {B.KERNEL_VERSION}) as a server, through the preload library"
+
+
 class VmTarget(Target):
     name = "vm"
     in_process = False
@@ -133,7 +161,7 @@ class VmTarget(Target):
         # vm=6.12: Debian's linux-source-6.12, tested with the 6.12 bindings (conformance/run.py)
 
 
-TARGETS: dict[str, type[Target]] = {t.name: t for t in (ModelTarget, KernelTarget, VmTarget)}
+TARGETS: dict[str, type[Target]] = {t.name: t for t in (ModelTarget, ServedTarget, KernelTarget, VmTarget)}
 
 
 def parse_target(spec: str) -> Target:

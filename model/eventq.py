@@ -6,11 +6,14 @@ The fault queue's file is a model/anon_inode.py file: the caller reads struct
 iommu_hwpt_pgfault records from it and writes struct iommu_hwpt_page_response records to it.
 The model writes each IOPF group to its end when the fault is reported (the cookie, the lowest
 free, is given then, where the kernel gives it at read time: the same numbers while reads keep
-up with reports), and reads responses at the start of the next ioctl of the context. Records
-already written cannot be taken back: a detach drops the pending groups' cookies but not
-records the caller has not read yet (the kernel drops those too). What a socket cannot do is recorded
+up with reports), and reads responses at the start of the next ioctl of the context. A detach
+drops the pending groups' cookies and takes their unread records back out of the caller's
+socket (through a descriptor of its end, as the vEVENTQ's lost-events header is), as the
+kernel drops them from its deliver list. What a socket read in process cannot do is recorded
 in the README: the kernel's read and write errnos (ESPIPE for a size not a multiple of the
-record, EINVAL for a read too short for a group or a response with an unknown cookie or code).
+record, EINVAL for a read too short for a group or a response with an unknown cookie or code);
+a caller through the server (conformance/server.py, `--target served`) gets them from
+fops_read() / fops_write() below.
 """
 from __future__ import annotations
 
@@ -165,9 +168,39 @@ class IommufdFault(IommufdObject):
         return done
 
     def auto_response(self, idev) -> None:
-        """iommufd_auto_response_faults(): this device's groups are answered INVALID."""
-        for cookie in [c for c, (d, _) in self.response.items() if d is idev]:
+        """iommufd_auto_response_faults(): this device's groups are answered INVALID, those
+        delivered and those still on the deliver list (records the caller has not read)."""
+        cookies = {c for c, (d, _) in self.response.items() if d is idev}
+        for cookie in cookies:
             del self.response[cookie]
+        if cookies:
+            self._take_back(cookies)
+
+    def _take_back(self, cookies: set) -> None:
+        """list_del() of undelivered groups: the unread records with these cookies leave the
+        caller's socket (read back through a descriptor of its end in this process, the rest
+        written again in order; a record the caller has begun to read stays). Nothing when no
+        descriptor of the caller's end is at hand (then they stay readable, unanswerable)."""
+        fd = self.filep.caller_end() if self.filep is not None else None
+        if fd is None:
+            return
+        size = ctypes.sizeof(B.iommu_hwpt_pgfault)
+        data = b""
+        with socket.socket(fileno=fd) as s:
+            while True:
+                try:
+                    chunk = s.recv(1 << 16, socket.MSG_DONTWAIT)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        head = len(data) % size  # the rest of a record read in part
+        keep = [data[:head]] + [data[i:i + size] for i in range(head, len(data), size)
+                                if B.iommu_hwpt_pgfault.from_buffer_copy(data, i).cookie not in cookies]
+        for rec in keep:
+            if rec:
+                self.filep.sock.send(rec)
 
 
 def iommufd_fault_destroy(fault: IommufdFault) -> None:
@@ -246,13 +279,30 @@ def _outq(sock) -> int:
 
 
 class VeventqFile(AnonFile):
-    """The "[iommufd-viommu-event]" file: its release drops the VEVENTQ object's user."""
+    """The "[iommufd-viommu-event]" file: its release drops the VEVENTQ object's user.
+
+    iommufd_eventq_fops_poll() gives EPOLLOUT to the fault queue only, and the vEVENTQ's fops
+    have no .write: before the caller's end is handed out, it is made unwritable the way a
+    socket can be, its own send buffer filled (SO_SNDBUF at its least, bytes the model's end
+    never reads) and then shut for writing. poll() / select() / epoll then never say writable,
+    as the kernel's; a write() in process fails (EPIPE, where the kernel answers EINVAL; the
+    server's clients get EINVAL)."""
 
     kind = "iommufd-viommu-event"
 
     def __init__(self, veventq: "IommufdVeventq"):
         super().__init__()
         self.veventq = veventq
+        peer = self._peer
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1)
+        peer.setblocking(False)
+        try:
+            while True:
+                peer.send(b"\0")
+        except OSError:  # BlockingIOError: the send buffer is full
+            pass
+        peer.setblocking(True)
+        peer.shutdown(socket.SHUT_WR)
 
     def release(self) -> None:
         """iommufd_eventq_fops_release()."""

@@ -38,7 +38,6 @@ from model.uaccess import BouncedMemory, UserFault
 IOCTL_BUFSZ = 1024  # CPython's fcntl.ioctl bounce buffer
 MAP_FIXED = 0x10  # <sys/mman.h> (Python's mmap module does not export it)
 MAP_NORESERVE = 0x4000
-PROT_NONE = 0
 
 
 class IommufdFile:
@@ -124,15 +123,16 @@ class IommufdFile:
         if ictx is None:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         if os.getpid() != self._owner or (self._pid is not None and self._pid != self._owner):
-            raise NotModelled("mmap() into another process (the server of issue 13)")
+            raise NotModelled("mmap() of a model file inherited by another process (the server maps for it)")
         noexec = bool(os.statvfs("/dev").f_flag & os.ST_NOEXEC)  # where /dev/iommu lives
         vm_flags = mm.do_mmap_checks(length, prot, flags, offset, mm.FMODE_READ | mm.FMODE_WRITE, noexec=noexec)
         if vm_flags < 0:
             raise OSError(-vm_flags, os.strerror(-vm_flags))
         size = mm.PAGE_ALIGN(length)
-        start = libc.libc.mmap(None, size, PROT_NONE, mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
-        if start in (None, libc.MAP_FAILED):
-            raise libc.errno_error()
+        # the VMA's place: an anonymous reservation that is already the Mapping (a mmap.mmap),
+        # with the caller's prot so that its access mode (read-only or not) is the mapping's
+        m = Mapping(-1, length, mmap.MAP_PRIVATE | MAP_NORESERVE, prot)
+        start = m.addr
         try:
             with ictx.lock:
                 if ictx.released:
@@ -144,15 +144,13 @@ class IommufdFile:
                 for addr, n, fd, off in pieces:  # the PTEs, made real
                     if libc.libc.mmap(addr, n, prot, mmap.MAP_SHARED | MAP_FIXED, fd, off) != addr:
                         err = libc.errno_error()
-                        libc.libc.munmap(start, size)
-                        start = None
+                        m.close()
                         mmap_catch_up(ictx)  # the VMA goes before anyone saw it (vma close)
                         raise err
         except BaseException:
-            if start is not None:
-                libc.libc.munmap(start, size)
+            m.close()
             raise
-        return Mapping(start, size)
+        return m
 
     def close(self) -> None:
         """close(): iommufd_fops_release() once the ioctl in flight (if any) is done. In a forked

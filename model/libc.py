@@ -6,6 +6,7 @@ ioctl with a 64-bit argument (a real /dev/iommu), mmap/munmap (user memory with 
 from __future__ import annotations
 
 import ctypes
+import mmap as _mmap
 import os
 
 libc = ctypes.CDLL(None, use_errno=True)
@@ -66,59 +67,82 @@ def effective_caps(pid: int) -> int:
     return data[0].effective | (data[1].effective << 32)
 
 
-class Mapping:
+class _PyBuffer(ctypes.Structure):  # Py_buffer (Include/pybuffer.h)
+    _fields_ = [("buf", ctypes.c_void_p), ("obj", ctypes.c_void_p), ("len", ctypes.c_ssize_t),
+                ("itemsize", ctypes.c_ssize_t), ("readonly", ctypes.c_int), ("ndim", ctypes.c_int),
+                ("format", ctypes.c_char_p), ("shape", ctypes.c_void_p), ("strides", ctypes.c_void_p),
+                ("suboffsets", ctypes.c_void_p), ("internal", ctypes.c_void_p)]
+
+
+_GetBuffer = ctypes.pythonapi.PyObject_GetBuffer
+_GetBuffer.argtypes = [ctypes.py_object, ctypes.POINTER(_PyBuffer), ctypes.c_int]
+_GetBuffer.restype = ctypes.c_int
+_ReleaseBuffer = ctypes.pythonapi.PyBuffer_Release
+_ReleaseBuffer.argtypes = [ctypes.POINTER(_PyBuffer)]
+_ReleaseBuffer.restype = None
+
+
+class Mapping(_mmap.mmap):
     """A mapping that mmap(2) made in this process: what `fd.mmap()` answers on every target.
-    read/write go through the mapping itself (a page the caller cannot touch faults, as it
-    would in C); munmap() removes it (once)."""
 
-    def __init__(self, addr: int, length: int):
-        self.addr = addr
-        self.length = length
+    It is a `mmap.mmap` (a subclass), so it behaves as one: the buffer protocol (memoryview(m),
+    writable unless the mapping is read-only), m[i] (an int), m[a:b] and slice assignment,
+    len(m) (the length asked for), read(n) / write(b) / seek() / tell() at the object's
+    position, find(), flush(), close() (munmap; later access raises ValueError, and close()
+    with a memoryview still exported raises BufferError), the context manager and `closed`.
+    On top: `addr` (the mapping's address), u32(offset) / set_u32(offset, value), and
+    munmap() (close()'s other name). A page the caller cannot touch faults, as in C.
 
-    def _check(self, offset: int, n: int) -> None:
-        if self.addr is None:
-            raise ValueError("mapping already unmapped")
-        if offset < 0 or n < 0 or offset + n > self.length:
-            raise ValueError(f"[{offset:#x}, {offset + n:#x}) is outside the mapping of {self.length:#x} bytes")
+    Made by mmap.mmap(fd, ...) itself where the file is a real descriptor (the kernel, and
+    through the preload library the server's model; like any mmap.mmap it keeps a duplicate of
+    the descriptor until close(), where the kernel's VMA holds the file anyway), or on the
+    model in process as an anonymous reservation the model then maps its driver's pages over
+    (model/file.py). Where it differs: flush() of a writable mapping is msync(MS_SYNC), EINVAL
+    on the kernel (iommufd's file has no fsync) and 0 on the model (its pages are a memfd's)."""
 
-    def read(self, offset: int, n: int) -> bytes:
-        self._check(offset, n)
-        return ctypes.string_at(self.addr + offset, n)
+    _on_close = None  # called with the length once close() has unmapped (conformance/repro.py records it)
 
-    def write(self, offset: int, data: bytes) -> None:
-        self._check(offset, len(data))
-        ctypes.memmove(self.addr + offset, data, len(data))
+    @property
+    def addr(self) -> int:
+        """The mapping's start address (ValueError once closed)."""
+        view = _PyBuffer()
+        if _GetBuffer(self, ctypes.byref(view), 0) != 0:
+            raise ValueError("mmap closed or invalid")
+        try:
+            return view.buf
+        finally:
+            _ReleaseBuffer(ctypes.byref(view))
+
+    @property
+    def length(self) -> int:
+        return len(self)
 
     def u32(self, offset: int) -> int:
-        return int.from_bytes(self.read(offset, 4), "little")
+        return int.from_bytes(self[offset:offset + 4], "little")
 
     def set_u32(self, offset: int, value: int) -> None:
-        self.write(offset, value.to_bytes(4, "little"))
+        self[offset:offset + 4] = value.to_bytes(4, "little")
 
-    def munmap(self) -> None:
-        if self.addr is not None:
-            if libc.munmap(self.addr, self.length) != 0:
-                raise errno_error()
-            self.addr = None
+    def close(self) -> None:
+        hook, n = (self._on_close, len(self)) if self._on_close is not None and not self.closed else (None, 0)
+        super().close()
+        if hook is not None:
+            self._on_close = None
+            hook(n)
 
-    close = munmap
-
-    def __enter__(self):
-        return self
+    munmap = close
 
     def __exit__(self, *exc):
-        self.munmap()
+        self.close()
 
 
 MAP_FAILED = ctypes.c_void_p(-1).value
 
 
-def mmap(fd: int, length: int, prot: int, flags: int, offset: int, addr: int = 0) -> Mapping:
-    """mmap(2) of descriptor `fd`; OSError with the system call's errno."""
-    va = libc.mmap(addr or None, length, prot, flags, fd, offset)
-    if va is None or va == MAP_FAILED:
-        raise errno_error()
-    return Mapping(va, length)
+def mmap(fd: int, length: int, prot: int, flags: int, offset: int) -> Mapping:
+    """mmap(NULL, length, prot, flags, fd, offset): a Mapping; OSError with the system call's
+    errno (ValueError for a negative length or offset, as mmap.mmap says)."""
+    return Mapping(fd, length, flags, prot, offset=offset)
 
 
 _SYS_PIDFD_GETFD = 438  # x86_64; the pidfd_open(2) number Python uses is the same table's 434

@@ -68,17 +68,27 @@ def _cmd_explore(args) -> int:
         results = list(pool.map(run_vm if target.name == "vm" else run_model, range(jobs)))
     wall = time.perf_counter() - t0
     written = _write_reproducers(results, args)
+    from conformance import coverage
+
+    cov = coverage.empty()
+    for r in results:
+        cov = coverage.merge(cov, r.pop("coverage", coverage.empty()))
+    if args.coverage:
+        cov = coverage.write(args.coverage, cov)
+    figures = coverage.summary(cov)
     steps = sum(r.get("steps", 0) for r in results)
     failures = [r["failure"] for r in results if r.get("failure")]
     summary = {"target": args.target, "jobs": jobs, "examples": per * jobs, "steps": steps,
                "seconds": round(wall, 2), "steps_per_s": round(steps / wall, 1), "failures": failures,
-               "workers": results}
+               "raise_sites": {k: figures[k] for k in ("sites", "reached", "confirmed")}, "workers": results}
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
         print(f"explore {args.target}: {jobs} worker(s), {per * jobs} sequences of up to {args.steps} steps: "
               f"{steps} steps in {wall:.1f} s ({steps / wall:.0f} steps/s), "
               f"{'no disagreement' if not failures else f'{len(failures)} failure(s)'}")
+        print(f"  model raise sites reached: {figures['reached']} of {figures['sites']}"
+              + (f", {figures['confirmed']} confirmed by the kernel" if figures["kernel_run"] else ""))
         for f in failures:
             print("  " + f[:2000])
         for path in written:
@@ -120,4 +130,7 @@ def register(sub) -> None:
     p.add_argument("--jobs", "-j", type=int, default=1, help="workers in parallel (one VM each for vm)")
     p.add_argument("--out", help="where a failure's C and Python reproducers go (default: the cache's reproducers/)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--coverage", metavar="FILE",
+                   help="write the outcomes and model raise sites the campaign reached as JSON, merged into FILE "
+                        "when it exists (with `run --coverage FILE`: the suite plus the campaign)")
     p.set_defaults(func=_cmd_explore)

@@ -16,21 +16,27 @@
  * munmap() needs nothing: the server counts the caller's mappings in /proc/PID/maps.
  * The server learns the caller's pid from each message (SO_PASSCRED), so a child after fork()
  * uses the same file with its own memory, as on Linux. dup(), dup2(), dup3() and
- * fcntl(F_DUPFD...) of a served descriptor give a served one.
+ * fcntl(F_DUPFD...) of a served descriptor give a served one. The files the model hands out
+ * (access, fault queue, vEVENTQ) are socket ends here: their read() and write() go to the server
+ * (the kernel's fops rules), pread()/pwrite() are ESPIPE, and readlink() of /proc/self/fd/N
+ * names them as the kernel does ("anon_inode:[iommufd-pgfault]", "/dev/iommu").
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -72,10 +78,11 @@ enum { KIND_DONE, KIND_INSTALL, KIND_CLOSE, KIND_PIECES };
 enum { OP_IOCTL = 1, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE, OP_FILE_READ, OP_FILE_WRITE,
        OP_MM_COUNTERS };
 enum { FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL };
-enum { INSTALL_PLAIN, INSTALL_VEVENTQ, INSTALL_FAULT };
+enum { INSTALL_PLAIN, INSTALL_VEVENTQ, INSTALL_FAULT, INSTALL_ACCESS };
 /* what a descriptor of ours is: a served /dev/iommu, a fail-nth file, a vEVENTQ or fault queue
- * the model handed out (its reads and writes go to the server, which applies the kernel's rules) */
-enum { SERVED_NONE, SERVED_IOMMU, SERVED_FAIL_NTH, SERVED_EVENTQ };
+ * the model handed out (its reads and writes go to the server, which applies the kernel's rules),
+ * or a selftest access file (no read or write at all) */
+enum { SERVED_NONE, SERVED_IOMMU, SERVED_FAIL_NTH, SERVED_VEVENTQ, SERVED_FAULT, SERVED_ACCESS };
 #define MAX_PIECES 64
 
 static unsigned char served[MAX_FDS]; /* fds connected to the server: SERVED_* */
@@ -104,6 +111,8 @@ static int is_iommu(const char *path)
 }
 
 static int64_t call_server(int fd, const void *req, size_t len, int prot);
+static pid_t status_pid(const char *path);
+static int status_open(const char *path, int flags);
 
 /* A new connection to the server for an open() of `kind` (of thread `tid`, a fail-nth file). */
 static int connect_server(int flags, int kind, uint32_t tid)
@@ -175,7 +184,7 @@ static int is_fault_setting(int dirfd, const char *path)
 	if (path[0] == '/' || strncmp(path, "fail", 4) != 0 || dirfd < 0)
 		return 0;
 	snprintf(link, sizeof(link), "/proc/self/fd/%d", dirfd);
-	n = readlink(link, dir, sizeof(dir) - 1);
+	n = ((ssize_t (*)(const char *, char *, size_t))next("readlink"))(link, dir, sizeof(dir) - 1);
 	if (n <= 0)
 		return 0;
 	dir[n] = 0;
@@ -196,6 +205,8 @@ static int is_fault_setting(int dirfd, const char *path)
 			return connect_server(flags, FILE_IOMMU, 0);           \
 		if (fail_nth_tid(path))                                        \
 			return connect_server(flags, FILE_FAIL_NTH, fail_nth_tid(path)); \
+		if (status_pid(path) && (flags & O_ACCMODE) == O_RDONLY)      \
+			return status_open(path, flags);                       \
 		if (is_fault_setting(DIRFD, path))                             \
 			return ((int (*)(const char *, int, ...))next("open"))("/dev/null", flags & ~(O_CREAT | O_TMPFILE)); \
 
@@ -223,7 +234,29 @@ OPEN_LIKE(openat64, int dirfd, const char *path)
  * install (the model's access, fault and vEVENTQ files), descriptors to take back, pieces of
  * an mmap to map. -1 with errno EIO when the server is gone or speaks nonsense.
  */
+static int64_t call_server_locked(int fd, const void *req, size_t len, int prot);
+
+/* One call at a time per connection: the threads of a process that share a descriptor take
+ * turns, so that each gets its own answer (the kernel runs their ioctls side by side, each
+ * under the locks of the objects it touches; the model runs each whole). */
+static pthread_mutex_t conn_lock[MAX_FDS] = { [0 ... MAX_FDS - 1] = PTHREAD_MUTEX_INITIALIZER };
+
 static int64_t call_server(int fd, const void *req, size_t len, int prot)
+{
+	int64_t rc;
+	int e;
+
+	if (fd < 0 || fd >= MAX_FDS)
+		return call_server_locked(fd, req, len, prot);
+	pthread_mutex_lock(&conn_lock[fd]);
+	rc = call_server_locked(fd, req, len, prot);
+	e = errno;
+	pthread_mutex_unlock(&conn_lock[fd]);
+	errno = e;
+	return rc;
+}
+
+static int64_t call_server_locked(int fd, const void *req, size_t len, int prot)
 {
 	for (ssize_t n = send(fd, req, len, MSG_NOSIGNAL); n == (ssize_t)len;) {
 		struct {
@@ -264,7 +297,9 @@ static int64_t call_server(int fd, const void *req, size_t len, int prot)
 			else
 				ans.arg = (uint64_t)fds[0];
 			if (nfds == 1 && fds[0] < MAX_FDS) { /* a model file, not the server's connection */
-				served[fds[0]] = buf.rep.err == INSTALL_PLAIN ? SERVED_NONE : SERVED_EVENTQ;
+				served[fds[0]] = buf.rep.err == INSTALL_VEVENTQ ? SERVED_VEVENTQ :
+						 buf.rep.err == INSTALL_FAULT ? SERVED_FAULT :
+						 buf.rep.err == INSTALL_ACCESS ? SERVED_ACCESS : SERVED_NONE;
 				model_conn[fds[0]] = 0;
 			}
 			if (send(fd, &ans, sizeof(ans), MSG_NOSIGNAL) != sizeof(ans))
@@ -294,6 +329,27 @@ gone:
 	return -1;
 }
 
+/*
+ * FIOASYNC on a file the server stands for: ioctl_fioasync() (fs/ioctl.c) reads the int
+ * (EFAULT), and a change of FASYNC needs f_op->fasync, which neither iommufd's fops nor the
+ * files it hands out have (ENOTTY); the socket that carries the file here has one.
+ */
+static int served_fioasync(void *argp)
+{
+	int on;
+	struct iovec local = { &on, sizeof(on) }, remote = { argp, sizeof(on) };
+
+	if (process_vm_readv(getpid(), &local, 1, &remote, 1, 0) != sizeof(on)) {
+		errno = EFAULT;
+		return -1;
+	}
+	if (on) {
+		errno = ENOTTY;
+		return -1;
+	}
+	return 0;
+}
+
 int ioctl(int fd, unsigned long request, ...)
 {
 	struct preload_req req = { .op = OP_IOCTL, .request = request };
@@ -303,6 +359,9 @@ int ioctl(int fd, unsigned long request, ...)
 	va_start(ap, request);
 	arg = va_arg(ap, void *);
 	va_end(ap);
+	if (request == FIOASYNC && fd >= 0 && fd < MAX_FDS && served[fd] != SERVED_NONE &&
+	    served[fd] != SERVED_FAIL_NTH)
+		return served_fioasync(arg);
 	if (fd < 0 || fd >= MAX_FDS || served[fd] != SERVED_IOMMU || ((request >> 8) & 0xff) != IOMMUFD_TYPE)
 		return ((int (*)(int, unsigned long, void *))next("ioctl"))(fd, request, arg);
 	req.arg = (uint64_t)(uintptr_t)arg;
@@ -357,6 +416,75 @@ void *mmap64(void *addr, size_t length, int prot, int flags, int fd, off_t offse
 	return ((void *(*)(void *, size_t, int, int, int, off_t))next("mmap64"))(addr, length, prot, flags, fd, offset);
 }
 
+/*
+ * readlink() of /proc/self/fd/N (/proc/thread-self/fd/N, /proc/<our pid>/fd/N) for a served
+ * descriptor: what the kernel's d_path() gives its file, "/dev/iommu" or the anonymous inode's
+ * "anon_inode:[name]" (anon_inode_getfile()'s name), not the socket that carries it here.
+ */
+static const char *served_link(int dirfd, const char *path)
+{
+	char self[32];
+	const char *rest = NULL;
+	char *end;
+	long fd;
+
+	(void)dirfd; /* a path relative to a /proc/<pid>/fd directory is not looked at */
+	if (!path || path[0] != '/')
+		return NULL;
+	snprintf(self, sizeof(self), "/proc/%d/fd/", (int)getpid());
+	if (!strncmp(path, "/proc/self/fd/", 14))
+		rest = path + 14;
+	else if (!strncmp(path, "/proc/thread-self/fd/", 21))
+		rest = path + 21;
+	else if (!strncmp(path, self, strlen(self)))
+		rest = path + strlen(self);
+	if (!rest || !*rest)
+		return NULL;
+	fd = strtol(rest, &end, 10);
+	if (*end || fd < 0 || fd >= MAX_FDS)
+		return NULL;
+	switch (served[fd]) {
+	case SERVED_IOMMU:
+		return "/dev/iommu";
+	case SERVED_VEVENTQ:
+		return "anon_inode:[iommufd-viommu-event]";
+	case SERVED_FAULT:
+		return "anon_inode:[iommufd-pgfault]";
+	case SERVED_ACCESS:
+		return "anon_inode:[iommufd_test_staccess]";
+	default:
+		return NULL;
+	}
+}
+
+static ssize_t link_result(const char *link, char *buf, size_t bufsiz)
+{
+	size_t n = strlen(link);
+
+	if (n > bufsiz)
+		n = bufsiz; /* readlink(2) truncates, without a NUL */
+	memcpy(buf, link, n);
+	return (ssize_t)n;
+}
+
+ssize_t readlink(const char *path, char *buf, size_t bufsiz)
+{
+	const char *link = served_link(AT_FDCWD, path);
+
+	if (link)
+		return link_result(link, buf, bufsiz);
+	return ((ssize_t (*)(const char *, char *, size_t))next("readlink"))(path, buf, bufsiz);
+}
+
+ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t bufsiz)
+{
+	const char *link = served_link(dirfd, path);
+
+	if (link)
+		return link_result(link, buf, bufsiz);
+	return ((ssize_t (*)(int, const char *, char *, size_t))next("readlinkat"))(dirfd, path, buf, bufsiz);
+}
+
 /* A duplicate of a served descriptor is the same open file: served too. */
 static int dup_result(int oldfd, int newfd)
 {
@@ -408,7 +536,22 @@ static ssize_t fail_nth_write(int fd, const void *buf, size_t count)
 }
 
 #define IS_FAIL_NTH(fd) ((fd) >= 0 && (fd) < MAX_FDS && served[fd] == SERVED_FAIL_NTH)
-#define IS_EVENTQ(fd) ((fd) >= 0 && (fd) < MAX_FDS && served[fd] == SERVED_EVENTQ)
+#define IS_EVENTQ(fd) ((fd) >= 0 && (fd) < MAX_FDS && (served[fd] == SERVED_VEVENTQ || served[fd] == SERVED_FAULT))
+#define IS_ACCESS(fd) ((fd) >= 0 && (fd) < MAX_FDS && served[fd] == SERVED_ACCESS)
+/* A model file is an anonymous inode's: alloc_file_pseudo() gives it no FMODE_PREAD /
+ * FMODE_PWRITE (pread and pwrite are ESPIPE before its fops are asked, a negative position
+ * EINVAL first), and the access file's fops have no .read / .write (vfs_read() and vfs_write()
+ * answer EINVAL without FMODE_CAN_READ / FMODE_CAN_WRITE). */
+#define ANON_POSITIONED(fd, offset)                                            \
+	if (IS_EVENTQ(fd) || IS_ACCESS(fd)) {                                  \
+		errno = (offset) < 0 ? EINVAL : ESPIPE;                        \
+		return -1;                                                     \
+	}
+#define ANON_NO_RW(fd)                                                         \
+	if (IS_ACCESS(fd)) {                                                   \
+		errno = EINVAL;                                                \
+		return -1;                                                     \
+	}
 
 /* The file's read or write (iommufd_veventq_fops_read(), iommufd_fault_fops_read/write()) in
  * the server, over a connection of this descriptor's own. */
@@ -429,6 +572,7 @@ static ssize_t eventq_rw(int op, int fd, uintptr_t buf, size_t count, off_t pos)
 
 ssize_t read(int fd, void *buf, size_t count)
 {
+	ANON_NO_RW(fd);
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_read(fd, buf, count, NULL);
 	if (IS_EVENTQ(fd))
@@ -438,6 +582,7 @@ ssize_t read(int fd, void *buf, size_t count)
 
 ssize_t pread(int fd, void *buf, size_t count, off_t offset)
 {
+	ANON_POSITIONED(fd, offset);
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_read(fd, buf, count, &offset);
 	if (IS_EVENTQ(fd))
@@ -447,6 +592,7 @@ ssize_t pread(int fd, void *buf, size_t count, off_t offset)
 
 ssize_t pread64(int fd, void *buf, size_t count, off_t offset)
 {
+	ANON_POSITIONED(fd, offset);
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_read(fd, buf, count, &offset);
 	if (IS_EVENTQ(fd))
@@ -456,6 +602,7 @@ ssize_t pread64(int fd, void *buf, size_t count, off_t offset)
 
 ssize_t write(int fd, const void *buf, size_t count)
 {
+	ANON_NO_RW(fd);
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_write(fd, buf, count);
 	if (IS_EVENTQ(fd))
@@ -465,6 +612,7 @@ ssize_t write(int fd, const void *buf, size_t count)
 
 ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
 {
+	ANON_POSITIONED(fd, offset);
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_write(fd, buf, count);
 	if (IS_EVENTQ(fd))
@@ -474,6 +622,7 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
 
 ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset)
 {
+	ANON_POSITIONED(fd, offset);
 	if (IS_FAIL_NTH(fd))
 		return fail_nth_write(fd, buf, count);
 	if (IS_EVENTQ(fd))
@@ -523,7 +672,7 @@ int close(int fd)
 }
 
 /*
- * /proc/<pid>/status (and /proc/self/status) through stdio: VmPin and VmLck are the kernel's
+ * /proc/<pid>/status (and /proc/self/status) through stdio or open(): VmPin and VmLck are the kernel's
  * mm->pinned_vm and mm->locked_vm, which iommufd charges; here the model's counters of that
  * process are added to what this machine's kernel shows, as the kernel would show them.
  */
@@ -541,7 +690,8 @@ static pid_t status_pid(const char *path)
 	return 0;
 }
 
-static FILE *status_with_model(const char *path, pid_t pid)
+/* The file's text with the model's counters, in a memfd at position 0 (close-on-exec). */
+static int status_fd(const char *path, pid_t pid)
 {
 	struct preload_req req = { .op = OP_MM_COUNTERS, .tid = gettid(), .arg = (uint64_t)pid };
 	static char text[16384];
@@ -550,11 +700,10 @@ static FILE *status_with_model(const char *path, pid_t pid)
 	ssize_t len = 0, n;
 	int in, out, conn;
 	char *line;
-	FILE *f;
 
 	in = ((int (*)(const char *, int, ...))next("open"))(path, O_RDONLY | O_CLOEXEC);
 	if (in < 0)
-		return NULL;
+		return -1;
 	while (len < (ssize_t)sizeof(text) - 1 &&
 	       (n = ((ssize_t (*)(int, void *, size_t))next("read"))(in, text + len, sizeof(text) - 1 - len)) > 0)
 		len += n;
@@ -566,7 +715,7 @@ static FILE *status_with_model(const char *path, pid_t pid)
 		real_close(conn);
 	out = syscall(SYS_memfd_create, "status", 1 /* MFD_CLOEXEC */);
 	if (out < 0)
-		return NULL;
+		return -1;
 	for (line = text; *line; ) {
 		char *end = strchr(line, '\n');
 		size_t l = end ? (size_t)(end - line + 1) : strlen(line);
@@ -585,10 +734,27 @@ static FILE *status_with_model(const char *path, pid_t pid)
 		line += l;
 	}
 	lseek(out, 0, SEEK_SET);
-	f = fdopen(out, "r");
-	if (!f)
-		real_close(out);
+	return out;
+}
+
+static FILE *status_with_model(const char *path, pid_t pid)
+{
+	int fd = status_fd(path, pid);
+	FILE *f = fd < 0 ? NULL : fdopen(fd, "r");
+
+	if (fd >= 0 && !f)
+		real_close(fd);
 	return f;
+}
+
+/* open() of a status file, read-only (Python's open(), os.open()) */
+static int status_open(const char *path, int flags)
+{
+	int fd = status_fd(path, status_pid(path));
+
+	if (fd >= 0 && !(flags & O_CLOEXEC))
+		fcntl(fd, F_SETFD, 0);
+	return fd;
 }
 
 FILE *fopen(const char *path, const char *mode)

@@ -1,4 +1,5 @@
-"""Helpers for the IOAS tests (test_ioas_*.py, test_pinning.py): raw-ABI calls and a state snapshot.
+"""Helpers for the conformance tests: raw-ABI calls of every ioctl family (IOAS, mock devices and
+IOMMU_TEST_CMD ops, HWPTs, vIOMMUs, fault queues and vEVENTQs), and a state snapshot.
 
 The snapshot is what "a failed ioctl changed nothing" compares: on every target
 it is read through ioctls (IOVA_RANGES, a COPY probe per range of interest, the IOVA an automatic
@@ -185,7 +186,7 @@ def snapshot(fd, ioas, probes=(), auto_probe=(0x40000000, PAGE)):
 
 
 def run_test_cmd(fd, op, id, **fields):
-    """IOMMU_TEST_CMD (CONFIG_IOMMUFD_TEST): the model skips it while it is not modelled."""
+    """IOMMU_TEST_CMD (CONFIG_IOMMUFD_TEST) op `op` on object `id`, with union fields by dotted name."""
     cmd = set_fields(B.iommu_test_cmd(size=sz(B.iommu_test_cmd), op=op, id=id), **fields)
     fd.ioctl(B.IOMMU_TEST_CMD, cmd)
     return cmd
@@ -215,8 +216,7 @@ def vm_pin_kb(fd=None) -> int:
 
 
 # The mock IOMMU (IOMMU_TEST_CMD, drivers/iommu/iommufd/selftest.c): test_mock_domain.py,
-# test_access.py, test_hwpt.py, test_fault_queue.py. On the model each call skips while
-# IOMMU_TEST_CMD is not modelled.
+# test_access.py, test_hwpt.py, test_fault_queue.py, test_pasid.py, test_syz.py.
 
 def mock_device(fd, pt_id, dev_flags=None) -> tuple[int, int, int]:
     """IOMMU_TEST_OP_MOCK_DOMAIN (or _FLAGS with `dev_flags`): a mock device bound and attached
@@ -481,16 +481,19 @@ def read_vevents(efd, count=64 * VEVENT_SELFTEST) -> list[tuple[int, int, int | 
 
 
 def kernel_file_semantics(target) -> None:
-    """Skip on the model: what only a real anonymous-inode file (or a real VMA) can show."""
+    """Skip on the model in this process, where the files it hands out are plain socket ends:
+    what their read()/write() answer (errnos, empty reads), their names in /proc and the
+    descriptors that outlive the iommufd are the kernel's, and the model's through the server
+    (`--target served`: this suite run under the preload library, as C programs are)."""
     if target == "model":
-        pytest.skip("model: the files it hands out are socket ends; their read()/write() errnos, empty "
-                    "reads, poll and records taken back are the kernel's only (README, 'Files the model "
-                    "hands out')")
+        pytest.skip("model in process: the files it hands out are socket ends; their read()/write() errnos, "
+                    "empty reads, /proc names and lifetimes are the kernel's and the server's (run with "
+                    "--iommufd-target served; README, 'Files the model hands out')")
 
 
 def file_mmap(fd, length, prot=mmap.PROT_READ | mmap.PROT_WRITE, flags=mmap.MAP_SHARED, offset=0):
-    """mmap(2) of the iommufd file (iommufd_fops_mmap()): a model.libc.Mapping, or OSError with
-    the errno."""
+    """mmap(2) of the iommufd file (iommufd_fops_mmap()): a model.libc.Mapping (a mmap.mmap), or
+    OSError with the errno."""
     return fd.mmap(length, prot, flags, offset)
 
 

@@ -9,8 +9,7 @@ file; closing it runs iommufd_test_staccess_release(): unpin everything, destroy
 The access's unmap callback (iommufd_test_access_unmap(), selftest.c:1350) unpins whatever
 intersects, so IOAS_UNMAP of a pinned range succeeds (iopt_unmap_iova_range(),
 io_pagetable.c:788). Pins and reads go through iommufd_access_pin_pages() (device.c:1401) and
-iommufd_access_rw() (device.c:1493). On the model these tests skip while IOMMU_TEST_CMD is not
-modelled.
+iommufd_access_rw() (device.c:1493).
 """
 import ctypes
 import errno
@@ -22,7 +21,8 @@ import pytest
 from model.uapi import T as B
 from conformance.tests.helpers import (
     PAGE, U64, Buf, R, W, access_pages, access_replace_ioas, access_rw, check_refs, create_access, destroy,
-    destroy_access_pages, err, ioas_alloc, iova_ranges, map_, mock_device, run_test_cmd, unmap,
+    destroy_access_pages, err, ioas_alloc, iova_ranges, kernel_file_semantics, map_, mock_device, run_test_cmd,
+    unmap,
 )
 
 BASE = B.MOCK_APERTURE_START
@@ -58,8 +58,7 @@ def test_create_access_returns_a_cloexec_fd_and_an_object_id(iommufd):
 def test_the_access_file_is_an_anon_inode_without_read_or_write(iommufd, iommufd_target):
     """anon_inode_getfile("[iommufd_test_staccess]") with iommfd_test_staccess_fops, which has
     only .release: read() and write() are EINVAL (no FMODE_CAN_READ / FMODE_CAN_WRITE)."""
-    if iommufd_target == "model":
-        pytest.skip("model: the files it hands out are socket ends (README, 'Files the model hands out')")
+    kernel_file_semantics(iommufd_target)
     ioas = ioas_alloc(iommufd)
     fd = create_access(iommufd, ioas)
     try:

@@ -273,7 +273,7 @@ def test_the_lost_events_header_moves_and_goes(iommufd, iommufd_target):
     """There is one lost-events header per queue (struct iommufd_veventq): each report that does
     not fit moves it to the tail with its own sequence; a report that fits takes its place when it
     is last, leaving only the gap in the sequence (iommufd_vevent_handler())."""
-    kernel_file_semantics(iommufd_target)  # records already in a socket cannot be taken back
+    kernel_file_semantics(iommufd_target)  # in process a socket read of a count short of a record splits it
     s = _attached(iommufd, depth=2)
     try:
         trigger_vevent(iommufd, s.idev, 4)

@@ -18,7 +18,6 @@ import os
 
 import pytest
 
-from model.libc import Mapping
 from conformance.backend import BackendError, viommu_mmap, viommu_munmap
 from conformance.tests.helpers import (  # noqa: I001
     require,
@@ -33,11 +32,12 @@ SHARED, PRIVATE = mmap.MAP_SHARED, mmap.MAP_PRIVATE
 REGION = 2 * PAGE  # mock_viommu_init()
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 
 
 def kernel_vma_semantics(target):
-    if target == "model":
-        pytest.skip("model: a VMA that outlives the file or that fork() copies holds the owner on the "
+    if target in ("model", "served"):
+        pytest.skip(f"{target}: a VMA that outlives the file or that fork() copies holds the owner on the "
                     "kernel only (README, 'vIOMMU, vDEVICE, HW queues, vEVENTQs and mmap')")
 
 
@@ -72,7 +72,7 @@ def test_mmap_loopback(iommufd):
     try:
         # the vIOMMU's pages: in_data first, zero after (__GFP_ZERO)
         assert m.u32(0) == 0xBEEF
-        assert m.read(4, length - 4) == bytes(length - 4)
+        assert m[4:length] == bytes(length - 4)
         # shared with every mapping of the region, and kept between mappings
         m.set_u32(PAGE, 0x1234)
         with file_mmap(iommufd, length, offset=off) as m2:
@@ -164,10 +164,10 @@ def test_each_mapping_and_piece_holds_the_viommu(iommufd):
         m1.munmap()
         assert err(destroy, iommufd, viommu) == errno.EBUSY
         # unmapping a piece splits the VMA: the new VMA opens (a user), the removed one closes
-        Mapping(m2.addr, PAGE).munmap()
+        assert _libc.munmap(m2.addr, PAGE) == 0
         assert err(destroy, iommufd, viommu) == errno.EBUSY
         assert m2.u32(PAGE) == 0
-        Mapping(m2.addr + PAGE, PAGE).munmap()
+        assert _libc.munmap(m2.addr + PAGE, PAGE) == 0
     finally:
         m1.munmap()
         m2.munmap()
@@ -257,3 +257,89 @@ def test_backend_viommu_mmap(iommufd):
     destroy(iommufd, viommu)
     with pytest.raises(BackendError, match=f"size=0x2000 offset=0x1000\\) for viommu \\(id={viommu}\\)"):
         viommu_mmap(f, viommu, length, off)
+
+
+# the object fd.mmap() answers behaves as Python's mmap.mmap, on every target
+
+def test_the_mapping_is_an_mmap_object(iommufd):
+    """Indexing (an int), slicing and slice assignment, len(), the buffer protocol (writable on
+    a read-write mapping, one memory with the region), read/write/seek/tell/find at the object's
+    position, close() refused while a memoryview is exported (BufferError)."""
+    viommu, off, length = _region(iommufd, 0xBEEF)
+    with file_mmap(iommufd, length, offset=off) as m:
+        assert isinstance(m, mmap.mmap) and not m.closed
+        assert len(m) == length
+        assert (m[0], m[1], m[2], m[-1]) == (0xEF, 0xBE, 0, 0)
+        assert m[0:4] == (0xBEEF).to_bytes(4, "little") and m[PAGE:PAGE + 8] == bytes(8)
+        m[PAGE:PAGE + 4] = b"\x01\x02\x03\x04"
+        m[PAGE + 4] = 0x55
+        assert (m.u32(PAGE), m[PAGE + 4]) == (0x04030201, 0x55)
+        with pytest.raises(IndexError):
+            m[length]
+        with pytest.raises(IndexError):  # mmap.mmap's slice assignment keeps the length
+            m[0:4] = b"12345"
+        mv = memoryview(m)
+        assert (mv.readonly, mv.nbytes, mv.format) == (False, length, "B")
+        assert mv[PAGE:PAGE + 4].cast("I")[0] == 0x04030201
+        mv[8:12] = b"abcd"
+        assert m[8:12] == b"abcd"
+        assert (ctypes.c_uint32 * 2).from_buffer(m, PAGE)[0] == 0x04030201
+        with pytest.raises(BufferError):  # exported pointers exist
+            m.close()
+        mv.release()
+        # the file position
+        assert m.tell() == 0
+        assert m.read(4) == (0xBEEF).to_bytes(4, "little") and m.tell() == 4
+        m.seek(PAGE + 8)
+        assert m.write(b"xyz") == 3 and m.tell() == PAGE + 11
+        m.seek(-3, os.SEEK_CUR)
+        assert m.read(3) == b"xyz" and m.read_byte() == 0
+        assert m.find(b"xyz", 0) == PAGE + 8 and m.find(b"abcd", 0) == 8 and m.rfind(b"xyz", 0) == PAGE + 8
+        m.seek(0, os.SEEK_END)
+        assert m.read(1) == b"" and m.tell() == length
+        with pytest.raises(ValueError):
+            m.write(b"x")  # past the end
+        # another mapping of the region sees the writes: it is the vIOMMU's memory
+        with file_mmap(iommufd, length, offset=off) as m2:
+            assert m2[PAGE + 8:PAGE + 11] == b"xyz"
+        assert err(destroy, iommufd, viommu) == errno.EBUSY
+    destroy(iommufd, viommu)
+
+
+def test_a_closed_mapping_raises_valueerror(iommufd):
+    """close() unmaps (the VMA's user of the vIOMMU goes); afterwards every access is ValueError
+    as mmap.mmap's, and close() again does nothing."""
+    viommu, off, length = _region(iommufd)
+    m = file_mmap(iommufd, length, offset=off)
+    m.close()
+    assert m.closed
+    for access in (lambda: m[0], lambda: m[0:4], lambda: m.read(1), lambda: m.write(b"x"),
+                   lambda: memoryview(m), lambda: len(m), lambda: m.u32(0), lambda: m.addr):
+        with pytest.raises(ValueError):
+            access()
+    m.close()
+    m.munmap()
+    destroy(iommufd, viommu)  # nothing holds it any more
+
+
+def test_a_read_only_mapping_is_a_read_only_mmap_object(iommufd):
+    viommu, off, length = _region(iommufd, 0x1234)
+    with file_mmap(iommufd, length, prot=R, offset=off) as m:
+        assert len(m) == length and m[0:2] == b"\x34\x12"
+        assert memoryview(m).readonly
+        with pytest.raises(TypeError):
+            m[0] = 1
+        with pytest.raises(TypeError):
+            m[0:4] = b"abcd"
+        with pytest.raises(TypeError):
+            m.write(b"x")
+        with pytest.raises(TypeError):
+            (ctypes.c_char * 4).from_buffer(m)
+        assert m.read(2) == b"\x34\x12"
+    # a length short of the page: the object is as long as asked, the VMA a whole page more
+    with file_mmap(iommufd, length - 1, offset=off) as m:
+        assert len(m) == length - 1 and m[length - 2] == 0 and m[-1] == 0
+        m[-1] = 9
+    with file_mmap(iommufd, length, prot=R, offset=off) as m:
+        assert m[length - 2] == 9
+    destroy(iommufd, viommu)

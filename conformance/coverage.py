@@ -1,0 +1,124 @@
+"""Coverage measured from what ran: per target, each ioctl's outcomes witnessed (success or the
+errno), and on the model each raise site reached (model/outcomes.py records them as the model
+answers), with the tests that reached it. A site counts as confirmed when one of those tests
+also passed on a kernel target of the same document (run side by side, or merged).
+
+A document is plain JSON, so two runs merge (`merge()`: the suite plus a campaign, the model run
+plus a VM run); `run --coverage FILE` and `explore --coverage FILE` write one, merging into FILE
+when it exists.
+"""
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+KERNEL_TARGETS = ("kernel", "vm")  # target names (before '=' / ':') that are a real kernel
+
+
+def _is_kernel(target: str) -> bool:
+    return target.split("=")[0].split(":")[0] in KERNEL_TARGETS
+
+
+def empty() -> dict:
+    return {"version": 1, "outcomes": {}, "passed": {}, "sites": {}}
+
+
+def from_results(target: str, results) -> dict:
+    """A document from one target's CaseResults (conformance/report.py): outcomes per ioctl from
+    each test's calls, the tests that passed, and the model's raise sites per test."""
+    from conformance.report import errno_name
+
+    doc = empty()
+    outs: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    sites: dict[str, set[str]] = defaultdict(set)
+    for r in results:
+        for name, e in r.calls:
+            outs[name]["success" if e == 0 else errno_name(e)] += 1
+        for site in getattr(r, "sites", {}):
+            sites[site].add(r.nodeid)
+    doc["outcomes"][target] = {k: dict(v) for k, v in outs.items()}
+    doc["passed"][target] = sorted(r.nodeid for r in results if r.outcome == "passed")
+    doc["sites"] = {s: sorted(t) for s, t in sites.items()}
+    return doc
+
+
+def from_outcomes(target: str, counts, label: str) -> dict:
+    """A document from model/outcomes.py counts (request, errno, site) -> n, as a campaign
+    records them; `label` stands for the test that reached each site."""
+    from conformance.report import errno_name, ioctl_name
+
+    doc = empty()
+    outs: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for (request, e, site), n in counts.items():
+        outs[ioctl_name(request)]["success" if e == 0 else errno_name(e)] += n
+        if site:
+            doc["sites"].setdefault(site, [label])
+    doc["outcomes"][target] = {k: dict(v) for k, v in outs.items()}
+    return doc
+
+
+def merge(a: dict, b: dict) -> dict:
+    out = empty()
+    for doc in (a, b):
+        for target, per in doc.get("outcomes", {}).items():
+            mine = out["outcomes"].setdefault(target, {})
+            for ioctl, counts in per.items():
+                m = mine.setdefault(ioctl, {})
+                for k, n in counts.items():
+                    m[k] = m.get(k, 0) + n
+        for target, tests in doc.get("passed", {}).items():
+            out["passed"][target] = sorted(set(out["passed"].get(target, [])) | set(tests))
+        for site, tests in doc.get("sites", {}).items():
+            out["sites"][site] = sorted(set(out["sites"].get(site, [])) | set(tests))
+    return out
+
+
+def write(path: str | Path, doc: dict) -> dict:
+    """Write `doc` to `path`, merged with what is there already; returns what was written."""
+    p = Path(path)
+    if p.exists():
+        doc = merge(json.loads(p.read_text()), doc)
+    p.write_text(json.dumps(doc, indent=1, sort_keys=True))
+    return doc
+
+
+def summary(doc: dict) -> dict:
+    """The figures: every raise site of the model's source, those reached, and those reached by
+    a test that also passed on a kernel target in this document."""
+    from model.outcomes import raise_sites
+
+    every = raise_sites()
+    kernel_passed = {t for target, tests in doc["passed"].items() if _is_kernel(target) for t in tests}
+    reached = {s for s in doc["sites"] if s in every}
+    confirmed = {s for s in reached if kernel_passed & set(doc["sites"][s])}
+    return {"sites": len(every), "reached": len(reached), "confirmed": len(confirmed),
+            "kernel_run": bool(kernel_passed), "unreached": sorted(set(every) - reached),
+            "errno_of": every}
+
+
+def render(doc: dict, unreached_lines: int = 40) -> str:
+    lines = ["outcomes witnessed per ioctl (success or errno, by target):"]
+    targets = sorted(doc["outcomes"])
+    ioctls = sorted({i for t in targets for i in doc["outcomes"][t]})
+    w = max((len(i) for i in ioctls), default=0)
+    for i in ioctls:
+        parts = []
+        for t in targets:
+            got = doc["outcomes"][t].get(i)
+            if got:
+                parts.append(f"{t}: " + " ".join(sorted(got, key=lambda k: (k != "success", k))))
+        lines.append(f"  {i:<{w}}  " + " | ".join(parts))
+    if not any(t == "model" or t.startswith("model") or t == "served" for t in targets) and not doc["sites"]:
+        return "\n".join(lines)
+    s = summary(doc)
+    conf = (f", {s['confirmed']} by a test that also passed on the kernel" if s["kernel_run"]
+            else " (no kernel target in this document: none confirmed)")
+    lines.append(f"model raise sites reached: {s['reached']} of {s['sites']}{conf}")
+    if s["unreached"]:
+        lines.append(f"not reached ({len(s['unreached'])}):")
+        for site in s["unreached"][:unreached_lines]:
+            lines.append(f"  {site} {s['errno_of'][site]}")
+        if len(s["unreached"]) > unreached_lines:
+            lines.append(f"  ... and {len(s['unreached']) - unreached_lines} more (all in the --coverage file)")
+    return "\n".join(lines)
