@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import errno
 import json
 import mmap
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from hypothesis import settings, strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule,
+from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple, rule,
                                  run_state_machine_as_test)
 
 from model.limits import PAGE_SIZE, U64_MAX
@@ -56,6 +57,39 @@ USER_OFFSETS = st.sampled_from([0, PAGE, 5 * PAGE, 100, 8 * PAGE + 7])
 RAW_ROWS = [r for r in B.IOCTLS
             if r.struct and r.name not in ("IOMMU_TEST_CMD", "IOMMU_FAULT_QUEUE_ALLOC", "IOMMU_VEVENTQ_ALLOC")]
 WORDS = st.sampled_from([0, 0, 1, 2, 3, PAGE, 0xFFFFFFFF, 0x80000000, 1 << 16])
+# Pointers a generated command carries: NULL, the first page, MEM and inside it, the guard page
+# and a struct straddling into it.
+POINTERS = st.sampled_from([0, 8, MEM, MEM + PAGE, MEM + MEM_LEN, MEM + MEM_LEN - 8])
+
+
+@functools.lru_cache(maxsize=None)
+def _edges(size: int):
+    """An integer field's edge values for its width: 0, 1, each power of two, all ones, and the
+    page-size-like values a length or an IOVA meets (PAGE +- 1, 2 MiB)."""
+    top = (1 << (8 * size)) - 1
+    values = [0, 1, top, PAGE - 1, PAGE, PAGE + 1, 1 << 21] + [1 << k for k in range(8 * size)]
+    return st.sampled_from(sorted({v & top for v in values}))
+
+
+@functools.lru_cache(maxsize=None)
+def _scalar_slots(ctype) -> tuple[tuple[int, int], ...]:
+    """(offset, size) of every integer field of a struct past its size word, unions and nested
+    structs flattened (their members overlap: the last drawn wins, as a caller's bytes would)."""
+    out = []
+
+    def walk(t, base):
+        for f in t._fields_:
+            name, ft = f[0], f[1]
+            off = base + getattr(t, name).offset
+            if isinstance(ft, type) and issubclass(ft, (ctypes.Structure, ctypes.Union)):
+                walk(ft, off)
+            elif isinstance(ft, type) and issubclass(ft, ctypes.Array):
+                continue
+            elif ctypes.sizeof(ft) in (1, 2, 4, 8) and off >= 4 and len(f) == 2:
+                out.append((off, ctypes.sizeof(ft)))
+
+    walk(ctype, 0)
+    return tuple(out)
 MAP_FLAGS = st.sampled_from([
     B.IOMMU_IOAS_MAP_READABLE | B.IOMMU_IOAS_MAP_WRITEABLE,
     B.IOMMU_IOAS_MAP_READABLE, B.IOMMU_IOAS_MAP_WRITEABLE, 0,
@@ -187,13 +221,16 @@ class ModelVsKernel(RuleBasedStateMachine):
                     out.append(-e.errno)
             assert out[0] == out[1], f"request {request:#x}({ext}): model {out[0]} != kernel {out[1]}"
 
-    @rule(id=st.one_of(ioas, st.integers(0, 4)), fixed=st.booleans(), iova=IOVAS, off=USER_OFFSETS,
+    mapped = Bundle("mapped")  # IOVAs a map answered: where the access and copy rules find pages
+
+    @rule(target=mapped, id=st.one_of(ioas, st.integers(0, 4)), fixed=st.booleans(), iova=IOVAS, off=USER_OFFSETS,
           length=LENGTHS, flags=MAP_FLAGS)
     def map(self, id, fixed, iova, off, length, flags):
         flags |= B.IOMMU_IOAS_MAP_FIXED_IOVA if fixed else 0
-        self.both(B.IOMMU_IOAS_MAP, lambda: B.iommu_ioas_map(
+        err, cmd = self.both(B.IOMMU_IOAS_MAP, lambda: B.iommu_ioas_map(
             size=ctypes.sizeof(B.iommu_ioas_map), flags=flags, ioas_id=id, user_va=MEM + off,
             length=length, iova=iova if fixed else 0))
+        return multiple() if err else cmd.iova
 
     @rule(id=st.one_of(ioas, st.integers(0, 4)), iova=IOVAS, length=st.one_of(LENGTHS, st.just(U64)),
           all_=st.booleans())
@@ -238,15 +275,77 @@ class ModelVsKernel(RuleBasedStateMachine):
             size=ctypes.sizeof(B.iommu_option), option_id=B.IOMMU_OPTION_RLIMIT_MODE, op=op,
             object_id=object_id, val64=val))
 
-    @rule(id=st.one_of(ioas, st.integers(0, 4)), fixed=st.booleans(), iova=IOVAS,
+    @rule(target=mapped, id=st.one_of(ioas, st.integers(0, 4)), fixed=st.booleans(), iova=IOVAS,
           start=st.sampled_from([0, PAGE, 100, 64 * PAGE]), length=LENGTHS, flags=MAP_FLAGS,
           fd=st.sampled_from(["memfd", "memfd", "closed", -1]))
     def map_file(self, id, fixed, iova, start, length, flags, fd):
         fd = {"memfd": MEMFD, "closed": CLOSED_FD}.get(fd, fd)
         flags |= B.IOMMU_IOAS_MAP_FIXED_IOVA if fixed else 0
-        self.both(B.IOMMU_IOAS_MAP_FILE, lambda: B.iommu_ioas_map_file(
+        err, cmd = self.both(B.IOMMU_IOAS_MAP_FILE, lambda: B.iommu_ioas_map_file(
             size=ctypes.sizeof(B.iommu_ioas_map_file), flags=flags, ioas_id=id, fd=fd, start=start,
             length=length, iova=iova if fixed else 0))
+        return multiple() if err else cmd.iova
+
+    @rule(argsz=st.sampled_from([0, 8, 16, 24, 64]))
+    def vfio_get_info(self, argsz):
+        """VFIO_IOMMU_GET_INFO on the compat IOAS: flags, iova_pgsizes (every attached domain's
+        page sizes ANDed in, iommufd_get_pagesizes()) and the capability chain, byte for byte."""
+        out = []
+        for side, fd in (("model", self.model), ("kernel", self.kernel)):
+            buf = (ctypes.c_uint8 * 64)()
+            ctypes.c_uint32.from_buffer(buf).value = argsz
+            if side == "model":
+                self.rec.buffer(buf, "info")
+            try:
+                fd.ioctl(B.VFIO_IOMMU_GET_INFO, ctypes.addressof(buf))
+                err = 0
+            except OSError as e:
+                err = e.errno
+            # cap_offset is relative to the struct: the bytes compare as they are
+            out.append((err, bytes(buf)))
+        assert out[0] == out[1], f"VFIO_IOMMU_GET_INFO argsz {argsz}: model {out[0]} != kernel {out[1]}"
+
+    # -- in-kernel accesses (the selftest's access objects): pin and copy through an IOAS --
+
+    accesses = Bundle("accesses")  # (model access fd, kernel access fd)
+
+    @rule(target=accesses, id=ioas, pin=st.booleans())
+    def create_access(self, id, pin):
+        out = []
+        for fd in (self.model, self.kernel):
+            cmd = B.iommu_test_cmd(size=ctypes.sizeof(B.iommu_test_cmd), op=B.IOMMU_TEST_OP_CREATE_ACCESS, id=id)
+            cmd.create_access.flags = B.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES if pin else 0
+            err, _ = _call(fd, B.IOMMU_TEST_CMD, cmd)
+            out.append((err, cmd.create_access.out_access_fd if not err else -1))
+        assert out[0][0] == out[1][0], f"CREATE_ACCESS: model {out[0][0]} != kernel {out[1][0]}"
+        return out[0][1], out[1][1]
+
+    @rule(access=accesses, iova=st.one_of(mapped, mapped.map(lambda v: v + 100), IOVAS),
+          length=st.sampled_from([1, 8, 100, PAGE, 2 * PAGE + 3]),
+          write=st.booleans(), slow=st.booleans(), off=USER_OFFSETS)
+    def access_rw(self, access, iova, length, write, slow, off):
+        """IOMMU_TEST_OP_ACCESS_RW over whatever is mapped at iova (user pages, a memfd's pages
+        through MAP_FILE, a domain's or not): errno and the bytes moved must agree."""
+        flags = (B.MOCK_ACCESS_RW_WRITE if write else 0) | (B.MOCK_ACCESS_RW_SLOW_PATH if slow else 0)
+        out = []
+        for afd, fd in zip(access, (self.model, self.kernel)):
+            if afd < 0:
+                return
+            data = (ctypes.c_uint8 * length)(*[(i * 7 + off) & 0xFF for i in range(length)])
+            cmd = B.iommu_test_cmd(size=ctypes.sizeof(B.iommu_test_cmd), op=B.IOMMU_TEST_OP_ACCESS_RW, id=afd)
+            cmd.access_rw.iova, cmd.access_rw.length, cmd.access_rw.flags = iova, length, flags
+            cmd.access_rw.uptr = self.rec.buffer(data, "rw") if fd is self.model else ctypes.addressof(data)
+            err, _ = _call(fd, B.IOMMU_TEST_CMD, cmd)
+            out.append((err, bytes(data)))
+        assert out[0] == out[1], f"ACCESS_RW iova {iova:#x} length {length} flags {flags:#x}: " \
+                                 f"model {out[0][0]} != kernel {out[1][0]}"
+
+    @rule(access=consumes(accesses))
+    def access_close(self, access):
+        self.rec.close(access[0])
+        for afd in access:
+            if afd >= 0:
+                os.close(afd)
 
     # -- mock devices and the vIOMMU family (CONFIG_IOMMUFD_TEST's mock driver on both sides) --
 
@@ -420,30 +519,38 @@ class ModelVsKernel(RuleBasedStateMachine):
 
     @rule(row=st.sampled_from(RAW_ROWS), data=st.data())
     def raw(self, row, data):
-        """Any IOCTL row with field values drawn per role: IDs that may exist, pointers into
-        MEM or unmapped, flags from the enum or not, reserved mostly zero, other words from
-        edge values. Covers the handlers with no rule of their own."""
+        """Any IOCTL row, its command generated from the row's specs: every integer field at the
+        edges of its type (0, 1, each power of two, all ones, page-size-like values), IDs that
+        may exist (any type), pointers into MEM, unmapped, or at the guard page, flags from the
+        enum or not, reserved mostly zero, sizes around min_size and the struct (a zero or a
+        nonzero tail). A new ioctl in a header gets this rule with no new code."""
         buf = bytearray(row.size)
-        for off in range(4, row.size - 3, 4):
-            buf[off:off + 4] = data.draw(WORDS).to_bytes(4, "little")
-        def put(spec, value):
-            buf[spec.offset:spec.offset + spec.size] = value.to_bytes(spec.size, "little")
 
+        def put(off, size, value):
+            buf[off:off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+
+        for off, size in _scalar_slots(getattr(B, row.struct)):
+            put(off, size, data.draw(_edges(size)))
         for spec in row.ids:
-            put(spec, data.draw(st.integers(0, 5)))
+            put(spec.offset, spec.size, data.draw(st.integers(0, 12)))
         for name, _type in getattr(B, row.struct)._fields_:
             if name == "fd":  # a descriptor both sides (and a reproducer) name the same way
                 off = getattr(B, row.struct).fd.offset
                 buf[off:off + 4] = data.draw(st.sampled_from([MEMFD, CLOSED_FD, -1])).to_bytes(4, "little", signed=True)
         for spec in row.pointers:
-            put(spec, data.draw(st.sampled_from([0, 8, MEM, MEM + PAGE])))
+            put(spec.offset, spec.size, data.draw(POINTERS))
         for spec in row.flags:
-            put(spec, data.draw(st.sampled_from([0, spec.mask, spec.mask & -spec.mask, 1 << (8 * spec.size - 1)])))
+            put(spec.offset, spec.size, data.draw(st.sampled_from(
+                [0, spec.mask, spec.mask & -spec.mask, 1 << (8 * spec.size - 1)])))
         for spec in row.reserved:
-            put(spec, data.draw(st.sampled_from([0, 0, 0, 1])))
-        buf[0:4] = data.draw(st.sampled_from([row.size, row.size, row.min_size, row.size + 8])).to_bytes(4, "little")
-        size = int.from_bytes(buf[0:4], "little")
+            put(spec.offset, spec.size, data.draw(st.sampled_from([0, 0, 0, 1])))
+        size = data.draw(st.sampled_from([row.size, row.size, row.size, row.min_size, row.min_size - 1,
+                                          row.size + 8, 0]))
+        buf[0:4] = size.to_bytes(4, "little")
         buf = buf.ljust(max(size, row.size), b"\0")
+        if size > row.size and data.draw(st.booleans()):
+            buf[size - 1] = 1  # a nonzero tail: E2BIG before the handler
+
         raw = bytes(buf)
         out = []
         for fd in (self.model, self.kernel):

@@ -354,9 +354,10 @@ def _nested(fd):
     """(idev, nested hwpt): a selftest nested HWPT (all IOTLB entries 0xBADBEEF) over a NEST_PARENT."""
     ioas, _, _, idev = _mock_device(fd)
     parent = _hwpt_alloc(fd, idev, ioas, B.IOMMU_HWPT_ALLOC_NEST_PARENT)
-    data = (ctypes.c_uint32 * 2)(0xBADBEEF, 0)  # struct iommu_hwpt_selftest: iotlb, pagetable_type
+    data = B.iommu_hwpt_selftest(iotlb=0xBADBEEF)  # 7.2 adds pagetable_type: the version's own size
     cmd = B.iommu_hwpt_alloc(size=ctypes.sizeof(B.iommu_hwpt_alloc), dev_id=idev, pt_id=parent,
-                             data_type=B.IOMMU_HWPT_DATA_SELFTEST, data_len=8, data_uptr=ctypes.addressof(data))
+                             data_type=B.IOMMU_HWPT_DATA_SELFTEST, data_len=ctypes.sizeof(data),
+                             data_uptr=ctypes.addressof(data))
     fd.ioctl(B.IOMMU_HWPT_ALLOC, cmd)
     return idev, cmd.out_hwpt_id
 

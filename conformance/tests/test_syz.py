@@ -70,6 +70,6 @@ def test_access_pages_names_an_area_by_position(iommufd):
 def test_ioas_copy_takes_the_source_by_position(iommufd):
     src, bufs = _two_areas(iommufd)
     dst = ioas_alloc(iommufd)
+    access = create_access(iommufd, dst)  # first: without CONFIG_IOMMUFD_TEST the flag is unknown (EOPNOTSUPP)
     iova = copy(iommufd, dst, src, syz(1, PAGE), PAGE, dst_iova=1 << 30, flags=B.IOMMU_IOAS_MAP_READABLE | SYZ)
-    access = create_access(iommufd, dst)
     assert iova == 1 << 30 and _read(iommufd, access, iova, 4) == b"\x11" * 4
