@@ -573,8 +573,15 @@ class ModelVsKernel(RuleBasedStateMachine):
             assert a == b and a in (errno.EMSGSIZE, errno.ENOENT)
 
 
-def database(other: str):
-    """The example database, kept outside the clone so a failure replays on the next run."""
+def database(other: str, url: str | None = None):
+    """The example database, kept outside the clone so a failure replays on the next run; with
+    `url` (redis://HOST:PORT[/DB]) hypothesis's RedisExampleDatabase on that server, shared by
+    every worker of a distributed campaign (conformance/distributed.py)."""
+    if url:
+        import redis
+        from hypothesis.extra.redis import RedisExampleDatabase
+
+        return RedisExampleDatabase(redis.Redis.from_url(url), key_prefix=f"iommufd-conformance:explore-{other}:".encode())
     from codegen.debian import cache_dir
 
     root = os.environ.get("IOMMUFD_VM_SCRATCH")  # in the guest the cache is read-only
@@ -582,11 +589,14 @@ def database(other: str):
     return DirectoryBasedExampleDatabase(str(base / "hypothesis" / f"explore-{other}"))
 
 
-def campaign(other: str, examples: int, steps: int, seed: int | None) -> dict:
-    """Run the machine `examples` times of up to `steps` steps; what happened, as a dict."""
-    machine = type("Explore", (ModelVsKernel,), {"OTHER": other, "STEPS": 0})
+def campaign(other: str, examples: int, steps: int, seed: int | None, db: str | None = None,
+             machine_base: type | None = None) -> dict:
+    """Run the machine `examples` times of up to `steps` steps; what happened, as a dict.
+    `db`: a redis URL for a shared example database; `machine_base`: a subclass of
+    ModelVsKernel to run instead (a test's, with a planted bug)."""
+    machine = type("Explore", (machine_base or ModelVsKernel,), {"OTHER": other, "STEPS": 0})
     # one failure, so the example replayed last (the reproducers' record) is the one reported
-    conf = settings(max_examples=examples, stateful_step_count=steps, deadline=None, database=database(other),
+    conf = settings(max_examples=examples, stateful_step_count=steps, deadline=None, database=database(other, db),
                     print_blob=True, report_multiple_bugs=False)
     if seed is not None:  # hypothesis reads a stateful test's seed from the machine class
         from hypothesis import seed as hypothesis_seed

@@ -63,10 +63,23 @@ def _cmd_explore(args) -> int:
             out["failure"] = (out.get("failure") or "") + " kernel reports: " + " | ".join(res.findings)
         return out
 
-    t0 = time.perf_counter()
-    with ThreadPoolExecutor(jobs) as pool:
-        results = list(pool.map(run_vm if target.name == "vm" else run_model, range(jobs)))
-    wall = time.perf_counter() - t0
+    if args.db and not args.engine:
+        raise UsageError("explore --db needs --engine (a local campaign keeps its database in the cache)")
+    if args.engine:
+        if target.name != "model":
+            raise UsageError("explore --engine runs model campaigns: in a VM, hypothesis runs in the guest, which "
+                             "cannot reach the shared database")
+        from conformance import distributed
+
+        try:
+            results, wall = distributed.submit(args.engine, args.db, "model", args.examples, args.steps, jobs, seeds)
+        except OSError as e:
+            raise UsageError(f"explore --engine {args.engine}: {e}") from None
+    else:
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(jobs) as pool:
+            results = list(pool.map(run_vm if target.name == "vm" else run_model, range(jobs)))
+        wall = time.perf_counter() - t0
     written = _write_reproducers(results, args)
     from conformance import coverage
 
@@ -130,6 +143,12 @@ def register(sub) -> None:
     p.add_argument("--jobs", "-j", type=int, default=1, help="workers in parallel (one VM each for vm)")
     p.add_argument("--out", help="where a failure's C and Python reproducers go (default: the cache's reproducers/)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--engine", metavar="ADDRESS",
+                   help="submit the campaign to a Dask distributed scheduler (tcp://HOST:8786): --jobs tasks on its "
+                        "workers, on any machine (conformance/distributed.py)")
+    p.add_argument("--db", metavar="redis://HOST:PORT",
+                   help="with --engine: hypothesis's RedisExampleDatabase on that server, shared by every worker, so "
+                        "a failure found on one machine replays on the others")
     p.add_argument("--coverage", metavar="FILE",
                    help="write the outcomes and model raise sites the campaign reached as JSON, merged into FILE "
                         "when it exists (with `run --coverage FILE`: the suite plus the campaign)")
