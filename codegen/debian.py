@@ -29,6 +29,7 @@ PACKAGES = {
                      "patch"],
     "selftests": ["libcap-dev", "rsync", "uuid-dev"],  # rsync: lib.mk copies files; uuid: the VFIO selftests' libvfio
     "vm": ["qemu-system-x86"],
+    "distributed": ["redis-server"],  # explore --db's shared example database (its tests start their own)
 }
 
 
@@ -211,6 +212,10 @@ def all_packages() -> list[str]:
 
 if __name__ == "__main__":
     # `python3 -m codegen.debian packages`: every package the project's jobs use, one line.
-    if sys.argv[1:] != ["packages"]:
-        sys.exit("usage: python3 -m codegen.debian packages")
-    print(" ".join(all_packages()))
+    # `python3 -m codegen.debian mirror`: the system's Debian mirror (.ci/debian13 debootstraps from it).
+    if sys.argv[1:] == ["packages"]:
+        print(" ".join(all_packages()))
+    elif sys.argv[1:] == ["mirror"]:
+        print(_system_debian_stanza()[0])
+    else:
+        sys.exit("usage: python3 -m codegen.debian packages | mirror")
