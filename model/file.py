@@ -31,6 +31,7 @@ import threading
 from model import libc, vfs
 from model.libc import Mapping
 from model.main import IommufdCtx, iommufd_fops_open
+from model import outcomes
 from model.objects import IommufdError, NotModelled
 from model.task import Accounts, Task
 from model.uaccess import BouncedMemory, UserFault
@@ -89,23 +90,30 @@ class IommufdFile:
         if ictx is None:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         pid = os.getpid()
-        if pid != self._owner:
-            raise NotModelled("a model /dev/iommu inherited across fork() (its state is not shared "
-                              "with the parent)")
-        if self._pid is not None:
-            pid = self._pid
-        mm = BouncedMemory(pid, addr, IOCTL_BUFSZ + 1) if bounce is not None and pid == self._owner else None
-        task = _current_task(pid, mm)
         try:
+            if pid != self._owner:
+                raise NotModelled("a model /dev/iommu inherited across fork() (its state is not shared "
+                                  "with the parent)")
+            if self._pid is not None:
+                pid = self._pid
+            mm = BouncedMemory(pid, addr, IOCTL_BUFSZ + 1) if bounce is not None and pid == self._owner else None
+            task = _current_task(pid, mm)
             rc = vfs.do_vfs_ioctl(self.f_flags, task, cmd, addr)
             if rc is not None:
+                outcomes.record(cmd, 0)
                 return rc
             with ictx.lock:
                 if ictx.released:  # closed while this call waited: the fd is gone
                     raise IommufdError(errno.EBADF)
                 return ictx.ioctl(task, cmd, addr)
         except IommufdError as e:
+            if not getattr(e, "recorded", False):  # the file's and the VFS's own answers
+                outcomes.record(cmd, e.errno, e)
             raise OSError(e.errno, os.strerror(e.errno)) from None
+        except NotModelled as e:
+            if not getattr(e, "recorded", False):
+                outcomes.record(cmd, e.errno, e)
+            raise
         except UserFault:
             raise OSError(errno.EFAULT, os.strerror(errno.EFAULT)) from None
 

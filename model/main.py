@@ -295,6 +295,7 @@ class IommufdCtx:
                 rc = self._ioctl(task, cmd, arg)
             except (IommufdError, OSError) as e:  # OSError: NotModelled, ENOSYS
                 outcomes.record(cmd, e.errno or 0, e)
+                e.recorded = True  # the file's wrapper (model/file.py) records only what is not
                 raise
             outcomes.record(cmd, 0)
             return rc
