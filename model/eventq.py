@@ -48,6 +48,22 @@ def _deliver(s: socket.socket, task, addr: int, rec: bytes, first: bool) -> bool
     return True
 
 
+
+def _drain(fd: int) -> bytes:
+    """Everything unread on the caller's end of a socket pair (taken back: the records a caller
+    has not read yet), without blocking; the descriptor is closed after."""
+    data = b""
+    with socket.socket(fileno=fd) as s:
+        while True:
+            try:
+                chunk = s.recv(1 << 16, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            if not chunk:
+                break
+            data += chunk
+    return data
+
 class FaultFile(AnonFile):
     """The "[iommufd-pgfault]" file: its release drops the FAULT object's user."""
 
@@ -185,16 +201,7 @@ class IommufdFault(IommufdObject):
         if fd is None:
             return
         size = ctypes.sizeof(B.iommu_hwpt_pgfault)
-        data = b""
-        with socket.socket(fileno=fd) as s:
-            while True:
-                try:
-                    chunk = s.recv(1 << 16, socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    break
-                if not chunk:
-                    break
-                data += chunk
+        data = _drain(fd)
         head = len(data) % size  # the rest of a record read in part
         keep = [data[:head]] + [data[i:i + size] for i in range(head, len(data), size)
                                 if B.iommu_hwpt_pgfault.from_buffer_copy(data, i).cookie not in cookies]
@@ -366,16 +373,7 @@ class IommufdVeventq(IommufdObject):
         fd = self.filep.caller_end()
         if fd is None:
             return False
-        with socket.socket(fileno=fd) as s:
-            data = b""
-            while True:
-                try:
-                    chunk = s.recv(1 << 16, socket.MSG_DONTWAIT)
-                except (BlockingIOError, InterruptedError):
-                    break
-                if not chunk:
-                    break
-                data += chunk
+        data = _drain(fd)
         records = list(self.sent)
         self.sent.clear()
         self.sent_bytes = 0

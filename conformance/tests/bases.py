@@ -215,15 +215,22 @@ def _needs_selftest_viommu() -> None:
                     "vIOMMU type in its uapi")
 
 
-def _viommu(fd):
-    """(ioas, idev, viommu_id): a selftest vIOMMU over a NEST_PARENT HWPT of a mock device's IOAS."""
+def _viommu_of_device(fd):
+    """(ioas, stdev, idev, viommu_id): a selftest vIOMMU over a NEST_PARENT HWPT of a mock
+    device's IOAS."""
     _needs_selftest_viommu()
-    ioas, _, _, idev = _mock_device(fd)
+    ioas, stdev, _, idev = _mock_device(fd)
     parent = _hwpt_alloc(fd, idev, ioas, B.IOMMU_HWPT_ALLOC_NEST_PARENT)
     cmd = B.iommu_viommu_alloc(size=ctypes.sizeof(B.iommu_viommu_alloc), type=B.IOMMU_VIOMMU_TYPE_SELFTEST,
                                dev_id=idev, hwpt_id=parent)
     fd.ioctl(B.IOMMU_VIOMMU_ALLOC, cmd)
-    return ioas, idev, cmd.out_viommu_id
+    return ioas, stdev, idev, cmd.out_viommu_id
+
+
+def _viommu(fd):
+    """(ioas, idev, viommu_id): _viommu_of_device() without the selftest object."""
+    ioas, _, idev, viommu = _viommu_of_device(fd)
+    return ioas, idev, viommu
 
 
 def viommu_alloc(fd):
@@ -385,21 +392,17 @@ def cmd_trigger_iopf(fd):
 def cmd_trigger_vevent(fd):
     """A vDEVICE's device attached to a nested HWPT of its vIOMMU, with a SELFTEST vEVENTQ: the
     mock reports an event only then (mock_domain_nop_attach() records the vIOMMU and virt_id)."""
-    _needs_selftest_viommu()
-    ioas, stdev, _, idev = _mock_device(fd)
-    parent = _hwpt_alloc(fd, idev, ioas, B.IOMMU_HWPT_ALLOC_NEST_PARENT)
-    v = B.iommu_viommu_alloc(size=ctypes.sizeof(B.iommu_viommu_alloc), type=B.IOMMU_VIOMMU_TYPE_SELFTEST,
-                             dev_id=idev, hwpt_id=parent)
-    fd.ioctl(B.IOMMU_VIOMMU_ALLOC, v)
+    _, stdev, idev, viommu = _viommu_of_device(fd)
     fd.ioctl(B.IOMMU_VDEVICE_ALLOC, B.iommu_vdevice_alloc(size=ctypes.sizeof(B.iommu_vdevice_alloc),
-                                                          viommu_id=v.out_viommu_id, dev_id=idev, virt_id=0x42))
-    data = (ctypes.c_uint32 * 2)(0xBADBEEF, 0)  # struct iommu_hwpt_selftest
-    nested = B.iommu_hwpt_alloc(size=ctypes.sizeof(B.iommu_hwpt_alloc), dev_id=idev, pt_id=v.out_viommu_id,
-                                data_type=B.IOMMU_HWPT_DATA_SELFTEST, data_len=8, data_uptr=ctypes.addressof(data))
+                                                          viommu_id=viommu, dev_id=idev, virt_id=0x42))
+    data = B.iommu_hwpt_selftest(iotlb=0xBADBEEF)
+    nested = B.iommu_hwpt_alloc(size=ctypes.sizeof(B.iommu_hwpt_alloc), dev_id=idev, pt_id=viommu,
+                                data_type=B.IOMMU_HWPT_DATA_SELFTEST, data_len=ctypes.sizeof(data),
+                                data_uptr=ctypes.addressof(data))
     fd.ioctl(B.IOMMU_HWPT_ALLOC, nested)
     fd.ioctl(B.IOMMU_TEST_CMD, _test_cmd(B.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev,
                                          **{"mock_domain_replace.pt_id": nested.out_hwpt_id}))
-    q = B.iommu_veventq_alloc(size=ctypes.sizeof(B.iommu_veventq_alloc), viommu_id=v.out_viommu_id,
+    q = B.iommu_veventq_alloc(size=ctypes.sizeof(B.iommu_veventq_alloc), viommu_id=viommu,
                               type=B.IOMMU_VEVENTQ_TYPE_SELFTEST, veventq_depth=4)
     fd.ioctl(B.IOMMU_VEVENTQ_ALLOC, q)
     return Base(_test_cmd(B.IOMMU_TEST_OP_TRIGGER_VEVENT, 0, **{"trigger_vevent.dev_id": idev}), keep=[q])
@@ -422,29 +425,29 @@ def _pasid_device(fd):
     return stdev, hwpt, hwpt2
 
 
+def _pasid_cmd(op: int, member: str, stdev: int, pt_field: str, pt: int) -> bytearray:
+    return _test_cmd(op, stdev, **{f"{member}.pasid": PASID, f"{member}.{pt_field}": pt})
+
+
 def cmd_pasid_attach(fd):
     stdev, hwpt, _ = _pasid_device(fd)
-    return Base(_test_cmd(B.IOMMU_TEST_OP_PASID_ATTACH, stdev, **{"pasid_attach.pasid": PASID,
-                                                                 "pasid_attach.pt_id": hwpt}))
+    return Base(_pasid_cmd(B.IOMMU_TEST_OP_PASID_ATTACH, "pasid_attach", stdev, "pt_id", hwpt))
 
 
 def _pasid_attached(fd):
     stdev, hwpt, hwpt2 = _pasid_device(fd)
-    fd.ioctl(B.IOMMU_TEST_CMD, _test_cmd(B.IOMMU_TEST_OP_PASID_ATTACH, stdev, **{"pasid_attach.pasid": PASID,
-                                                                                "pasid_attach.pt_id": hwpt}))
+    fd.ioctl(B.IOMMU_TEST_CMD, _pasid_cmd(B.IOMMU_TEST_OP_PASID_ATTACH, "pasid_attach", stdev, "pt_id", hwpt))
     return stdev, hwpt, hwpt2
 
 
 def cmd_pasid_replace(fd):
     stdev, _, hwpt2 = _pasid_attached(fd)
-    return Base(_test_cmd(B.IOMMU_TEST_OP_PASID_REPLACE, stdev, **{"pasid_replace.pasid": PASID,
-                                                                  "pasid_replace.pt_id": hwpt2}))
+    return Base(_pasid_cmd(B.IOMMU_TEST_OP_PASID_REPLACE, "pasid_replace", stdev, "pt_id", hwpt2))
 
 
 def cmd_pasid_check(fd):
     stdev, hwpt, _ = _pasid_attached(fd)
-    return Base(_test_cmd(B.IOMMU_TEST_OP_PASID_CHECK_HWPT, stdev, **{"pasid_check.pasid": PASID,
-                                                                     "pasid_check.hwpt_id": hwpt}),
+    return Base(_pasid_cmd(B.IOMMU_TEST_OP_PASID_CHECK_HWPT, "pasid_check", stdev, "hwpt_id", hwpt),
                 answers={("id_wrong_type", "pasid_check.hwpt_id"): (
                     "EINVAL", "iommufd_test_pasid_check_hwpt(): iommufd_get_hwpt() looks the ID up as any type "
                               "and answers EINVAL for one that is not a HWPT")})

@@ -504,3 +504,16 @@ def nest_parent(fd, dev_flags=None) -> tuple[int, int, int, int, int]:
     stdev, auto, idev = mock_device(fd, ioas, dev_flags)
     parent = hwpt_alloc(fd, idev, ioas, B.IOMMU_HWPT_ALLOC_NEST_PARENT)
     return ioas, stdev, auto, idev, parent
+
+
+def noexec(path: str = "/dev/iommu") -> bool:
+    """Whether the mount holding `path` is noexec (do_mmap() then refuses PROT_EXEC itself and
+    clears VM_MAYEXEC): the longest mount point of /proc/self/mountinfo that contains it."""
+    best, opts = "", ""
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4]
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+                best, opts = point, fields[5]
+    return "noexec" in opts.split(",")

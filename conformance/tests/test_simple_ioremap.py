@@ -27,6 +27,7 @@ import os
 import pytest
 
 from conformance.report import Errno
+from conformance.tests.helpers import noexec
 from model import mm as M
 from model.limits import PAGE_SIZE as P
 from model.uapi import TARGET_SERIES
@@ -117,7 +118,7 @@ class KernelSide:
 
     def __init__(self):
         self.fd = -1
-        self.noexec = _noexec(DEV)
+        self.noexec = noexec(DEV)
         self.phys = _iomem_hpet()
 
     def open(self, flags: int) -> int:
@@ -159,18 +160,6 @@ class KernelSide:
                     start, end, perms, offset, is_hpet = head
                     return start, end, perms, offset, set(fields[1:]) & set(M.VM_FLAG_MNEMONICS.values()), is_hpet
         return None
-
-
-def _noexec(path) -> bool:
-    """Whether the mount holding `path` is noexec (do_mmap() then refuses PROT_EXEC)."""
-    best, opts = "", ""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = fields[4]
-            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-                best, opts = point, fields[5]
-    return "noexec" in opts.split(",")
 
 
 def _iomem_hpet() -> int | None:
@@ -316,7 +305,7 @@ MMAP_CASES = [
                          ids=[c[0] for c in MMAP_CASES])
 def test_mmap(hpet, length, prot, flags, offset, want):
     if prot & X and hpet.noexec:
-        want = errno.EPERM  # do_mmap(): path_noexec()
+        want = errno.EPERM  # do_mmap(): pathnoexec()
     addr = hpet.mmap(length, prot, flags, offset)
     if want:
         assert Errno(-addr if addr < 0 else 0) == want

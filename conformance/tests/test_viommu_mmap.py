@@ -21,7 +21,7 @@ import pytest
 from conformance.backend import BackendError, viommu_mmap, viommu_munmap
 from conformance.tests.helpers import (  # noqa: I001
     require,
-    PAGE, destroy, err, file_mmap, nest_parent, viommu_alloc, viommu_selftest,
+    PAGE, destroy, err, file_mmap, nest_parent, noexec, viommu_alloc, viommu_selftest,
 )
 
 # the 7.2 mmap interface (IOMMU_VIOMMU_ALLOC's driver data reports the region)
@@ -50,19 +50,6 @@ def _region(fd, in_data=0xBEEF, parent=None, idev=None):
     viommu = viommu_alloc(fd, idev, parent, data=data)
     assert data.out_data == in_data
     return viommu, data.out_mmap_offset, data.out_mmap_length
-
-
-def _noexec(path="/dev/iommu") -> bool:
-    """Whether the mount holding `path` is noexec (do_mmap() then refuses PROT_EXEC itself and
-    clears VM_MAYEXEC)."""
-    best, opts = "", ""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = fields[4]
-            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
-                best, opts = point, fields[5]
-    return "noexec" in opts.split(",")
 
 
 def test_mmap_loopback(iommufd):
@@ -111,7 +98,7 @@ def test_mmap_wants_shared_and_no_exec(iommufd):
     for prot in (R, R | W, R | X):
         for offset in (off, 0):
             assert err(file_mmap, iommufd, length, prot=prot, flags=PRIVATE, offset=offset) == (
-                errno.EPERM if prot & X and _noexec() else errno.EINVAL)
+                errno.EPERM if prot & X and noexec() else errno.EINVAL)
     for offset in (off, 0):
         assert err(file_mmap, iommufd, length, prot=R | X, offset=offset) == errno.EPERM
         assert err(file_mmap, iommufd, length, prot=R | W | X, offset=offset) == errno.EPERM
@@ -225,7 +212,7 @@ def test_mprotect_can_add_exec(iommufd):
     viommu, off, length = _region(iommufd)
     with file_mmap(iommufd, length, prot=R, offset=off) as m:
         rc = _libc.mprotect(m.addr, length, R | X)
-        if _noexec():
+        if noexec():
             assert (rc, ctypes.get_errno()) == (-1, errno.EACCES)
         else:
             assert rc == 0
