@@ -95,6 +95,12 @@ MAP_FLAGS = st.sampled_from([
     B.IOMMU_IOAS_MAP_READABLE, B.IOMMU_IOAS_MAP_WRITEABLE, 0,
 ])
 
+class _GetInfo(ctypes.Structure):
+    """VFIO_IOMMU_GET_INFO's struct with room for the capability chain after it (written as
+    bytes in a reproducer)."""
+    _fields_ = [("info", B.vfio_iommu_type1_info), ("room", ctypes.c_uint8 * 40)]
+
+
 class _ViommuData(ctypes.Structure):
     """The selftest vIOMMU's data with room after it (written as bytes in a reproducer)."""
     _fields_ = [("data", B.iommu_viommu_selftest), ("room", ctypes.c_uint8 * 16)]
@@ -292,12 +298,10 @@ class ModelVsKernel(RuleBasedStateMachine):
         page sizes ANDed in, iommufd_get_pagesizes()) and the capability chain, byte for byte."""
         out = []
         for side, fd in (("model", self.model), ("kernel", self.kernel)):
-            buf = (ctypes.c_uint8 * 64)()
-            ctypes.c_uint32.from_buffer(buf).value = argsz
-            if side == "model":
-                self.rec.buffer(buf, "info")
+            buf = _GetInfo()
+            buf.info.argsz = argsz
             try:
-                fd.ioctl(B.VFIO_IOMMU_GET_INFO, ctypes.addressof(buf))
+                fd.ioctl(B.VFIO_IOMMU_GET_INFO, buf)
                 err = 0
             except OSError as e:
                 err = e.errno
