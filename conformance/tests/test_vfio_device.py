@@ -149,7 +149,8 @@ def test_attach_to_an_ioas_narrows_its_ranges_to_the_unit(iommufd, vfio_device):
     resv = [(s, e) for s, e, kind in _reserved_regions(vfio_device.bdf) if kind != "direct-relaxable"]
     assert any(s <= MSI_WINDOW[0] and MSI_WINDOW[1] <= e for s, e in resv), resv
     end = ranges[-1][1]
-    assert end + 1 & end == 0 and 2**32 <= end < 2**64 - 1, hex(end)
+    # (QEMU 7.2's amd-iommu and intel-iommu stop below 2^64; QEMU 10's amd-iommu spans all 64 bits)
+    assert (end + 1) % 2**64 & end == 0 and end >= 2**32, hex(end)
     want, at = [], 0
     for s, e in sorted(resv):
         if s > end:

@@ -38,7 +38,8 @@ def test_a_profile_machine_puts_its_iommu_before_every_pci_device(monkeypatch):
     assert cmd[cmd.index("-M") + 1] == "q35"
     assert cmd[cmd.index("-append") + 1].startswith("intel_iommu=on,sm_on ")
     mock = vm.qemu_command("/k", "/s", memory="2G", cpus=2)
-    assert "-M" not in mock and "edu" not in mock and not any("iommu" in a for a in mock)
+    args = [a.split(" -- ")[0] for a in mock]  # not the guest command after "--": the clone's path may say iommu
+    assert "-M" not in args and "edu" not in args and not any("iommu" in a for a in args)
 
 
 def test_the_job_binds_the_profiles_devices_and_passes_them_on():

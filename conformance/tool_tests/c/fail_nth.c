@@ -7,6 +7,7 @@
  * and nothing runs between setting the counter and the call it is meant for. Prints
  * "name values..." lines at the end.
  */
+#define _GNU_SOURCE /* gettid(): an implicit declaration is an error from gcc 14 on */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
