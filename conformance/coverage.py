@@ -24,20 +24,25 @@ def empty() -> dict:
     return {"version": 1, "outcomes": {}, "passed": {}, "sites": {}}
 
 
+def _tally(answers) -> dict[str, dict[str, int]]:
+    """(ioctl name, errno or 0, count) -> ioctl -> {"success" or the errno's name: count}."""
+    from conformance.report import errno_name
+
+    outs: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for name, e, n in answers:
+        outs[name]["success" if e == 0 else errno_name(e)] += n
+    return {k: dict(v) for k, v in outs.items()}
+
+
 def from_results(target: str, results) -> dict:
     """A document from one target's CaseResults (conformance/report.py): outcomes per ioctl from
     each test's calls, the tests that passed, and the model's raise sites per test."""
-    from conformance.report import errno_name
-
     doc = empty()
-    outs: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     sites: dict[str, set[str]] = defaultdict(set)
     for r in results:
-        for name, e in r.calls:
-            outs[name]["success" if e == 0 else errno_name(e)] += 1
         for site in getattr(r, "sites", {}):
             sites[site].add(r.nodeid)
-    doc["outcomes"][target] = {k: dict(v) for k, v in outs.items()}
+    doc["outcomes"][target] = _tally((name, e, 1) for r in results for name, e in r.calls)
     doc["passed"][target] = sorted(r.nodeid for r in results if r.outcome == "passed")
     doc["sites"] = {s: sorted(t) for s, t in sites.items()}
     return doc
@@ -46,15 +51,11 @@ def from_results(target: str, results) -> dict:
 def from_outcomes(target: str, counts, label: str) -> dict:
     """A document from model/outcomes.py counts (request, errno, site) -> n, as a campaign
     records them; `label` stands for the test that reached each site."""
-    from conformance.report import errno_name, ioctl_name
+    from conformance.report import ioctl_name
 
     doc = empty()
-    outs: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for (request, e, site), n in counts.items():
-        outs[ioctl_name(request)]["success" if e == 0 else errno_name(e)] += n
-        if site:
-            doc["sites"].setdefault(site, [label])
-    doc["outcomes"][target] = {k: dict(v) for k, v in outs.items()}
+    doc["outcomes"][target] = _tally((ioctl_name(request), e, n) for (request, e, _), n in counts.items())
+    doc["sites"] = {site: [label] for (_, _, site) in counts if site}
     return doc
 
 
@@ -109,7 +110,7 @@ def render(doc: dict, unreached_lines: int = 40) -> str:
             if got:
                 parts.append(f"{t}: " + " ".join(sorted(got, key=lambda k: (k != "success", k))))
         lines.append(f"  {i:<{w}}  " + " | ".join(parts))
-    if not any(t == "model" or t.startswith("model") or t == "served" for t in targets) and not doc["sites"]:
+    if not any(t.startswith("model") or t == "served" for t in targets) and not doc["sites"]:
         return "\n".join(lines)
     s = summary(doc)
     conf = (f", {s['confirmed']} by a test that also passed on the kernel" if s["kernel_run"]
@@ -120,5 +121,6 @@ def render(doc: dict, unreached_lines: int = 40) -> str:
         for site in s["unreached"][:unreached_lines]:
             lines.append(f"  {site} {s['errno_of'][site]}")
         if len(s["unreached"]) > unreached_lines:
-            lines.append(f"  ... and {len(s['unreached']) - unreached_lines} more (all in the --coverage file)")
+            lines.append(f"  ... and {len(s['unreached']) - unreached_lines} more (summary(doc)['unreached'] "
+                         "lists every one)")
     return "\n".join(lines)

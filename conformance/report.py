@@ -7,13 +7,11 @@ each test's outcome; this module turns those into reports.
 """
 from __future__ import annotations
 
-import ast
 import errno
 import json
 import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 from model.uapi import T

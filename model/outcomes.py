@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import errno as _errno
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -18,14 +19,19 @@ MODEL_DIR = Path(__file__).resolve().parent
 OUTCOMES: Counter = Counter()
 
 
+_PREFIX = str(MODEL_DIR.parent) + os.sep  # what a site's file name is relative to
+_MODEL, _TESTS = str(MODEL_DIR) + os.sep, str(MODEL_DIR / "tests") + os.sep
+
+
 def _site(tb) -> str:
-    """The innermost frame of the model in a traceback: where the error was raised."""
+    """The innermost frame of the model in a traceback: where the error was raised. String
+    prefixes, not Path objects: this runs for every failed ioctl (an explore step makes dozens)."""
     site = ""
     while tb is not None:
         code = tb.tb_frame.f_code
-        path = Path(code.co_filename)
-        if path.is_relative_to(MODEL_DIR) and "tests" not in path.parts:
-            site = f"{path.relative_to(MODEL_DIR.parent)}:{code.co_name}:{tb.tb_lineno}"
+        name = code.co_filename
+        if name.startswith(_MODEL) and not name.startswith(_TESTS):
+            site = f"{name[len(_PREFIX):]}:{code.co_name}:{tb.tb_lineno}"
         tb = tb.tb_next
     return site
 

@@ -16,7 +16,6 @@ import errno
 import fcntl
 import os
 
-import pytest
 
 from model.uapi import T as B
 from conformance.tests.helpers import (

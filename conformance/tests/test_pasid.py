@@ -11,7 +11,6 @@ it gives a guest process address space its own domain.
 Every test detaches what it attached: the mock's destroy detaches only the RID, and a PASID left
 attached at close makes the kernel WARN (see model/tests/test_release.py).
 """
-import ctypes
 import errno
 
 import pytest
