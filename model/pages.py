@@ -115,10 +115,7 @@ class IoptPages:
         `reader`: the domain path's pfn_reader, whose fault points are modelled (one round)."""
         fresh = [i for i in range(first_index, last_index + 1) if i not in self.pfns]
         if fresh and reader and self.type in (IOPT_ADDRESS_USER, IOPT_ADDRESS_FILE):
-            # pfn_reader_user_pin() (pages.c:900): the upages (a file's: ufolios, pages.c:902)
-            # buffer, then the selftest's point
-            temp_kmalloc("pfn_reader_user_pin: upages" if self.type == IOPT_ADDRESS_USER
-                         else "pfn_reader_user_pin: ufolios")
+            self._user_pin_buffer()  # then the selftest's point
             if fault_inject.should_fail("pfn_reader_user_pin: iommufd_should_fail"):  # pages.c:924
                 raise IommufdError(errno.EFAULT)
         if fresh:
@@ -153,6 +150,11 @@ class IoptPages:
                 self.pfns[i] = memory.pin(key, block, self._backing(vmas, i) if key[0] == "file" else None)
         return [self.pfns[i] for i in range(first_index, last_index + 1)]
 
+    def _user_pin_buffer(self) -> None:
+        """pfn_reader_user_pin()'s buffer (pages.c:900): upages, or a file's ufolios (:902)."""
+        temp_kmalloc("pfn_reader_user_pin: ufolios" if self.type == IOPT_ADDRESS_FILE
+                     else "pfn_reader_user_pin: upages")
+
     def _check_memfd_pin(self, last_index: int) -> None:
         """memfd_pin_folios() (mm/gup.c:3442) of the pages up to last_index: EINVAL for a file
         that is neither shmem nor hugetlbfs (gup.c:3460: a regular file on a disk filesystem
@@ -186,15 +188,12 @@ class IoptPages:
         pfn_reader_first() sets up its batch first (batch_init(), pages.c:290).
         A dma-buf pins and charges nothing (pfn_reader_fill_dmabuf(), pages.c:1097); revoked,
         no pfn_reader runs at all and there is nothing to map (None, pages.c:1926)."""
-        if self.type == IOPT_ADDRESS_DMABUF:
+        if self.type == IOPT_ADDRESS_DMABUF and self.revoked:
             pfns = None
-            if not self.revoked:
-                temp_kmalloc("__batch_init")
-                pfns = self.dmabuf_pfns(first_index, last_index)
-            self.domain_spans.append((first_index, last_index))
-            return pfns
-        temp_kmalloc("__batch_init")
-        pfns = self._pin(mm, first_index, last_index, reader=True)
+        else:
+            temp_kmalloc("__batch_init")
+            pfns = self.dmabuf_pfns(first_index, last_index) if self.type == IOPT_ADDRESS_DMABUF \
+                else self._pin(mm, first_index, last_index, reader=True)
         self.domain_spans.append((first_index, last_index))
         return pfns
 
@@ -332,7 +331,7 @@ class IoptPages:
         is_file = self.type == IOPT_ADDRESS_FILE
         for n, (first, last) in enumerate(holes):  # pfn_reader_user_pin() per hole
             if n == 0:
-                temp_kmalloc("pfn_reader_user_pin: ufolios" if is_file else "pfn_reader_user_pin: upages")
+                self._user_pin_buffer()
                 # mmget_not_zero() (pages.c:914): where no fault point can tell, the pin check
                 # below finds a process that is gone just as well (it has no VMA)
                 if not is_file and fault_inject.active() and not mm_alive(self.source_pid):
