@@ -25,6 +25,14 @@ def test_bench_pagetable_json_has_every_figure():
     assert r["cold_compile_s"] > 0 and r["c_cold_compile_s"] > 0 and r["python_cold_compile_s"] == 0.0
     # 2^12 pages of 4 KiB, 4 KiB PTEs only: 8 leaf tables + one per level above = 11 pages
     assert r["bytes_per_page"] == r["c_bytes_per_page"] == 11 * 4096 / 4096
+    # per format, numba against the run-filling C baseline (conformance/bench/c/pt_fill.c)
+    assert set(r["formats"]) == {"amdv1", "vtdss", "x86_64"}
+    for name, f in r["formats"].items():
+        for k in ("map_pte_per_s", "unmap_pte_per_s", "lookup_per_s", "bytes_per_page"):
+            for side in ("numba", "c"):
+                assert isinstance(f[side][k], float) and 0 < f[side][k] < math.inf, (name, side, k)
+            assert f["ratio"][k] == f["numba"][k] / f["c"][k], (name, k)
+        assert f["numba"]["bytes_per_page"] == f["c"]["bytes_per_page"] == 11.0, name
 
 
 def test_cli_output_into_a_closed_pipe_is_quiet():

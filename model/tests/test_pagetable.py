@@ -18,10 +18,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from model.domain import IOMMU_DIRTY_NO_CLEAR, IOMMU_READ, IOMMU_WRITE
-from model.pt import walk
-from model.pt.fmt import amdv1 as fmt
+from model.pt import fmt, walk
 from model.pt.reference import ReferencePageTable
-from model.pt.table import IoPageTable, amdv1, amdv1_mock, amdv1_mock_huge
+from model.pt.table import IoPageTable, amdv1, amdv1_mock, amdv1_mock_huge, vtdss, x86_64
 
 EXAMPLES = int(os.environ.get("IOMMUFD_PT_EXAMPLES", 150))
 
@@ -31,22 +30,27 @@ VARIANTS = [
     ("mock_huge", amdv1_mock_huge, 1 << 11),
     ("amdv1_4k_2m_1g", lambda: amdv1(pgsize_bitmap=(1 << 12) | (1 << 21) | (1 << 30)), 1 << 12),
     ("amdv1_contiguous", lambda: amdv1(pgsize_bitmap=(1 << 12) | (1 << 13) | (1 << 16) | (1 << 21)), 1 << 12),
+    # the intel-iommu formats (model/tests/test_pt_formats.py has their own cases)
+    ("vtdss", vtdss, 1 << 12),
+    ("x86_64", x86_64, 1 << 12),
 ]
 
 
 def _reference(t: IoPageTable) -> ReferencePageTable:
     return ReferencePageTable(t.granule_lg2, t.top_level, t.max_vasz_lg2, int(t.meta[walk.M_OASZ]),
-                              t.pgsize_bitmap, (t.aperture_start, t.aperture_end))
+                              t.pgsize_bitmap, (t.aperture_start, t.aperture_end), fmt=fmt.NAMES[t.fmt_id],
+                              sign_extend=bool(t.features >> fmt.PT_FEAT_SIGN_EXTEND & 1),
+                              force_writeable=bool(t.features >> fmt.PT_FEAT_VTDSS_FORCE_WRITEABLE & 1))
 
 
 def _reachable_tables(t: IoPageTable) -> int:
-    g, n, stack = t.granule_lg2, 0, [(0, t.top_level)]
+    g, f, n, stack = t.granule_lg2, int(t.meta[walk.M_FMT]), 0, [(0, t.top_level)]
     while stack:
         row, level = stack.pop()
         n += 1
         for e in t.tables[row]:
-            if fmt.entry_type(int(e), level) == fmt.TABLE:
-                stack.append((int(fmt.table_pa(int(e), g)) >> 12, level - 1))
+            if fmt.entry_type(f, int(e), level) == fmt.TABLE:
+                stack.append((int(fmt.table_pa(f, int(e), g)) >> 12, level - 1))
     return n
 
 
