@@ -3,6 +3,13 @@ errno), and on the model each raise site reached (model/outcomes.py records them
 answers), with the tests that reached it. A site counts as confirmed when one of those tests
 also passed on a kernel target of the same document (run side by side, or merged).
 
+Not every raise site can be reached from user space: conformance/coverage_unreachable.json lists
+those that cannot (or only through fault injection, a race, another driver, a resource limit),
+each keyed by its stable name (model/outcomes.py raise_site_names()) with its kind and reason.
+The figure is over the rest, the reachable sites: how many a run reached and confirmed. A listed
+site that a run reached anyway is flagged (the list is wrong there), and so is a listed name no
+raise site has any more (tool_tests/test_coverage.py fails on that).
+
 A document is plain JSON, so two runs merge (`merge()`: the suite plus a campaign, the model run
 plus a VM run); `run --coverage FILE` and `explore --coverage FILE` write one, merging into FILE
 when it exists.
@@ -84,18 +91,42 @@ def write(path: str | Path, doc: dict) -> dict:
     return doc
 
 
-def summary(doc: dict) -> dict:
-    """The figures: every raise site of the model's source, those reached, and those reached by
-    a test that also passed on a kernel target in this document."""
-    from model.outcomes import raise_sites
+UNREACHABLE = Path(__file__).with_name("coverage_unreachable.json")
+
+
+def unreachable(path: str | Path = UNREACHABLE) -> dict[str, dict]:
+    """The sites listed as not reachable from user space: stable name -> {"kind", "reason", ...}."""
+    return json.loads(Path(path).read_text())["sites"]
+
+
+def summary(doc: dict, listed: dict[str, dict] | None = None) -> dict:
+    """The figures: every raise site of the model's source (`sites`), those listed unreachable
+    (`listed`, from coverage_unreachable.json unless given), the rest (`reachable`), those of
+    them a test reached (`reached`) and those reached by a test that also passed on a kernel
+    target in this document (`confirmed`); the reachable sites not reached (`unreached`), the
+    listed ones reached all the same (`listed_but_reached`) and the listed names that match no
+    raise site (`unknown_listed`)."""
+    from model.outcomes import raise_site_names, raise_sites
 
     every = raise_sites()
+    names = raise_site_names()
+    listed = unreachable() if listed is None else listed
+    site_of = {name: site for site, name in names.items()}
+    out_of_reach = {site_of[n] for n in listed if n in site_of}
+    reachable = set(every) - out_of_reach
     kernel_passed = {t for target, tests in doc["passed"].items() if _is_kernel(target) for t in tests}
-    reached = {s for s in doc["sites"] if s in every}
+    ran = {s for s in doc["sites"] if s in every}
+    reached = ran & reachable
     confirmed = {s for s in reached if kernel_passed & set(doc["sites"][s])}
-    return {"sites": len(every), "reached": len(reached), "confirmed": len(confirmed),
-            "kernel_run": bool(kernel_passed), "unreached": sorted(set(every) - reached),
-            "errno_of": every}
+    kinds: dict[str, int] = defaultdict(int)
+    for n in listed:
+        if n in site_of:
+            kinds[listed[n].get("kind", "?")] += 1
+    return {"sites": len(every), "listed": len(out_of_reach), "reachable": len(reachable),
+            "reached": len(reached), "confirmed": len(confirmed), "kernel_run": bool(kernel_passed),
+            "unreached": sorted(reachable - reached), "listed_but_reached": sorted(ran & out_of_reach),
+            "unknown_listed": sorted(n for n in listed if n not in site_of),
+            "listed_by_kind": dict(sorted(kinds.items())), "errno_of": every, "names": names}
 
 
 def render(doc: dict, unreached_lines: int = 40) -> str:
@@ -115,9 +146,20 @@ def render(doc: dict, unreached_lines: int = 40) -> str:
     s = summary(doc)
     conf = (f", {s['confirmed']} by a test that also passed on the kernel" if s["kernel_run"]
             else " (no kernel target in this document: none confirmed)")
-    lines.append(f"model raise sites reached: {s['reached']} of {s['sites']}{conf}")
+    kinds = ", ".join(f"{n} {k}" for k, n in s["listed_by_kind"].items())
+    lines.append(f"model raise sites reached: {s['reached']} of {s['reachable']} reachable{conf}")
+    lines.append(f"  ({s['sites']} in the model's source, {s['listed']} listed unreachable in "
+                 f"conformance/{UNREACHABLE.name}: {kinds})")
+    if s["listed_but_reached"]:
+        lines.append(f"LISTED UNREACHABLE BUT REACHED ({len(s['listed_but_reached'])}): take them off the list")
+        for site in s["listed_but_reached"]:
+            lines.append(f"  {site}  [{s['names'][site]}]")
+    if s["unknown_listed"]:
+        lines.append(f"LISTED BUT NO SUCH RAISE SITE ({len(s['unknown_listed'])}): the list is stale")
+        for name in s["unknown_listed"]:
+            lines.append(f"  {name}")
     if s["unreached"]:
-        lines.append(f"not reached ({len(s['unreached'])}):")
+        lines.append(f"reachable, not reached ({len(s['unreached'])}):")
         for site in s["unreached"][:unreached_lines]:
             lines.append(f"  {site} {s['errno_of'][site]}")
         if len(s["unreached"]) > unreached_lines:

@@ -133,15 +133,38 @@ def pytest_runtest_protocol(item, nextitem):
     from model import outcomes
 
     _CURRENT = CaseResult(item.nodeid, family_of(item.nodeid), location=f"{item.location[0]}:{item.location[1] + 1}")
+    server = _served_sites(item.config)  # served: the model answers in the parent's server
     outcomes.take()  # what ran between tests belongs to none
     yield
     sites: dict[str, int] = {}
     for (_, _, site), n in outcomes.take().items():
         if site:
             sites[site] = sites.get(site, 0) + n
+    if server is not None:
+        for site, n in server().items():
+            sites[site] = sites.get(site, 0) + n
     _CURRENT.sites = sites
     _RESULTS.append(_CURRENT)
     _CURRENT = None
+
+
+def _served_sites(config):
+    """Under the served target, a function answering the raise sites the server's model recorded
+    since the last call (what ran between tests is taken now and dropped); else None."""
+    from conformance.targets import SERVER_ENV, preloaded
+
+    if _target(config).name != "served" or not preloaded():
+        return None
+    from conformance.server import take_outcomes
+
+    def take() -> dict[str, int]:
+        try:
+            return take_outcomes(os.environ[SERVER_ENV])
+        except (OSError, ValueError):  # an older server, or none: no sites
+            return {}
+
+    take()
+    return take
 
 
 def pytest_runtest_logreport(report):

@@ -51,10 +51,13 @@ _VFIO_COMPAT = ("VFIO_GET_API_VERSION", "VFIO_CHECK_EXTENSION", "VFIO_SET_IOMMU"
                 "VFIO_IOMMU_MAP_DMA", "VFIO_IOMMU_UNMAP_DMA")
 
 
-def ioctl_name(request: int) -> str:
-    """The ioctl's name: a row of the bindings under test, a VFS ioctl, or its number."""
+def ioctl_name(request: int | str) -> str:
+    """The ioctl's name: a row of the bindings under test, a VFS ioctl, or its number; a call
+    that is not an ioctl is named already (model/outcomes.py MMAP)."""
     from model import vfs
 
+    if isinstance(request, str):
+        return request
     request &= 0xFFFFFFFF
     # VFIO numbers repeat across files (VFIO_BASE + N): on /dev/iommu, the ones vfio_compat.c's
     # iommufd_vfio_ioctl() answers (not the SPAPR ioctl of the same number)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import array
 import errno
+import json
 import os
 import select
 import socket
@@ -27,7 +28,7 @@ import threading
 import traceback
 from pathlib import Path
 
-from model import fault_inject
+from model import fault_inject, outcomes
 from model.main import IommufdCtx, iommufd_fops_open
 from model.objects import IommufdError, NotModelled
 from model.task import Task
@@ -44,6 +45,10 @@ OP_IOCTL, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE = 1, 2, 3, 4, 5, 6  
 OP_FILE_READ, OP_FILE_WRITE = 7, 8  # MMAP_REQ's layout: buffer, count, position, the file's descriptor (prot)
 OP_MM_COUNTERS = 9  # REQ, arg = a pid: rc = the model's mm->pinned_vm | mm->locked_vm << 32 (pages)
 FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL = 0, 1, 2  # FILE_MODEL: reads of the model's files
+# FILE_OUTCOMES: the server answers the raise sites the model recorded since the last such
+# request (model/outcomes.py), as JSON {site: count} in one message, and closes: the pytest
+# plugin of a served run asks around each test (take_outcomes())
+FILE_OUTCOMES = 3
 # INSTALL's errno field says what the file is, for the reads the client carries here
 INSTALL_PLAIN, INSTALL_VEVENTQ, INSTALL_FAULT, INSTALL_ACCESS = 0, 1, 2, 3
 # Server -> client: rc, errno, kind. DONE ends a call; during one the server may send INSTALL
@@ -59,17 +64,22 @@ SOURCE = Path(__file__).with_name("preload") / "iommufd_preload.c"
 
 def build_preload() -> Path:
     """The preload library, built with gcc into the cache (keyed by its source's hash)."""
+    return build_c(SOURCE, "preload", ".so", ["-shared", "-fPIC"], ["-ldl"])
+
+
+def build_c(source: Path, kind: str, suffix: str, flags: list[str] = (), libs: list[str] = ()) -> Path:
+    """A C program of the project's, built with gcc -O2 into the cache's `kind`/ directory, keyed
+    by its source's hash (a rebuild only when the source changes)."""
     import hashlib
 
     from codegen.debian import cache_dir
 
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
-    out = cache_dir() / "preload" / f"iommufd_preload-{digest}.so"
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+    out = cache_dir() / kind / f"{source.stem}-{digest}{suffix}"
     if not out.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".tmp{os.getpid()}")
-        subprocess.run(["gcc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE), "-ldl"],
-                       check=True)
+        subprocess.run(["gcc", "-O2", "-Wall", "-Werror", *flags, "-o", str(tmp), str(source), *libs], check=True)
         tmp.rename(out)
     return out
 
@@ -114,8 +124,14 @@ class Server:
         try:
             msg, pid = _recv(conn)
             op, tid, kind, arg = REQ.unpack(msg) if len(msg) == REQ.size else (0, 0, -1, 0)
-            if op != OP_OPEN or kind not in (FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL):
+            if op != OP_OPEN or kind not in (FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL, FILE_OUTCOMES):
                 conn.send(REP.pack(-1, errno.EINVAL, KIND_DONE))
+            elif kind == FILE_OUTCOMES:
+                sites: dict[str, int] = {}
+                for (_, _, site), n in outcomes.take().items():
+                    if site:
+                        sites[site] = sites.get(site, 0) + n
+                conn.send(json.dumps(sites).encode())
             elif kind == FILE_FAIL_NTH:
                 conn.send(REP.pack(0, 0, KIND_DONE))
                 self.fail_nth_file(conn, arg)
@@ -178,6 +194,7 @@ class Server:
                     continue
                 _, tid, buf, count, pos, fd, _ = MMAP_REQ.unpack(msg)
                 task = Task(pid or opener, tid=tid)
+                name = outcomes.READ if op == OP_FILE_READ else outcomes.WRITE
                 try:
                     f = fget_any(task, fd, errno.EBADF)
                     queue = getattr(f, "veventq", None) or getattr(f, "fault", None)
@@ -188,8 +205,10 @@ class Server:
                         raise IommufdError(errno.EINVAL)  # no .write in the vEVENTQ's fops
                     with queue.ictx.lock:
                         rc, err = ops(task, buf, count, pos), 0
+                    outcomes.record(name, 0)
                 except IommufdError as e:
                     rc, err = -1, e.errno
+                    outcomes.record(name, e.errno, e)
                 except Exception:
                     print(f"iommufd-conformance serve: pid {pid}: a read failed in the model:\n"
                           f"{traceback.format_exc()}", file=self.log)
@@ -280,6 +299,8 @@ class Server:
                 rc, pieces = call()
                 return rc, 0, pieces
         except IommufdError as e:
+            if op == OP_MMAP:  # an ioctl's answer is recorded by the model (IommufdCtx.ioctl())
+                outcomes.record(outcomes.MMAP, e.errno, e)
             return -1, e.errno, []
         except UserFault:
             return -1, errno.EFAULT, []
@@ -367,6 +388,15 @@ class ClientFiles:
 
     def close(self, fd: int) -> None:
         self.conn.send(REP.pack(fd, 0, KIND_CLOSE))
+
+
+def take_outcomes(path: str) -> dict[str, int]:
+    """The raise sites the server's model recorded since the last call (FILE_OUTCOMES):
+    site -> count."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+        s.connect(path)
+        s.send(REQ.pack(OP_OPEN, 0, FILE_OUTCOMES, 0))
+        return json.loads(s.recv(1 << 22) or b"{}")
 
 
 def exec_program(argv: list[str], log=sys.stderr) -> int:

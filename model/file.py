@@ -148,7 +148,9 @@ class IommufdFile:
                 try:
                     pieces = iommufd_mmap_region(ictx, os.getpid(), start, size, offset, vm_flags)
                 except IommufdError as e:
+                    outcomes.record(outcomes.MMAP, e.errno, e)
                     raise OSError(e.errno, os.strerror(e.errno)) from None
+                outcomes.record(outcomes.MMAP, 0)
                 for addr, n, fd, off in pieces:  # the PTEs, made real
                     if libc.libc.mmap(addr, n, prot, mmap.MAP_SHARED | MAP_FIXED, fd, off) != addr:
                         err = libc.errno_error()

@@ -314,7 +314,7 @@ def iommufd_hwpt_invalidate(ucmd) -> int:
     op), anything else EINVAL. Every path ends writing entry_num = the entries handled (0 on
     an early failure) back with the whole struct; if that copy faults the answer is EFAULT."""
     cmd = ucmd.cmd
-    rc = 0
+    failure = None
     done_num = 0
     try:
         if cmd.__reserved:
@@ -341,11 +341,11 @@ def iommufd_hwpt_invalidate(ucmd) -> int:
         finally:
             done_num = array.entry_num
     except IommufdError as e:
-        rc = e.errno
+        failure = e  # raised again below: model/outcomes.py records where it was raised
     cmd.entry_num = done_num
-    ucmd.respond()  # a fault here is EFAULT, replacing rc
-    if rc:
-        raise IommufdError(rc)
+    ucmd.respond()  # a fault here is EFAULT, replacing the failure
+    if failure is not None:
+        raise failure
     return 0
 
 

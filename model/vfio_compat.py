@@ -168,6 +168,7 @@ def iommufd_vfio_unmap_dma(ucmd) -> int:
     if u.argsz < minsz or u.flags & ~B.VFIO_DMA_UNMAP_FLAG_ALL:
         raise IommufdError(errno.EINVAL)
     iopt = get_compat_ioas(ucmd.ictx).iopt
+    failure = None
     if u.flags & B.VFIO_DMA_UNMAP_FLAG_ALL:
         if u.iova or u.size:
             raise IommufdError(errno.EINVAL)
@@ -179,9 +180,11 @@ def iommufd_vfio_unmap_dma(ucmd) -> int:
         try:
             unmapped, rc = iopt.unmap_iova(u.iova, u.size)  # nothing there is success, size 0
         except IommufdError as e:
-            unmapped, rc = 0, e.errno
+            unmapped, rc, failure = 0, 0, e  # raised below: model/outcomes.py records where it was raised
     u.size = unmapped
     ucmd.mem.write(ucmd.ubuffer, bytes(u)[:minsz])
+    if failure is not None:
+        raise failure
     if rc:
         raise IommufdError(rc)
     return 0

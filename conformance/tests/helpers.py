@@ -37,6 +37,20 @@ def require(*names: str) -> None:
                     allow_module_level=True)
 
 
+def has_cap_sys_resource() -> bool:
+    """CAP_SYS_RESOURCE in this process's effective set (IOMMU_OPTION_RLIMIT_MODE SET needs it)."""
+    with open("/proc/self/status") as f:
+        eff = next(int(ln.split()[1], 16) for ln in f if ln.startswith("CapEff:"))
+    return bool(eff >> 24 & 1)
+
+
+needs_cap_sys_resource = pytest.mark.skipif(
+    not has_cap_sys_resource(),
+    reason="RLIMIT_MODE SET needs CAP_SYS_RESOURCE, which this process lacks (it gets EPERM: "
+           "test_rlimit_mode_set_needs_cap_sys_resource covers that)",
+)
+
+
 def sz(cls) -> int:
     return ctypes.sizeof(cls)
 

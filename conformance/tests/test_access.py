@@ -177,6 +177,20 @@ def test_access_pages_errors(iommufd):
         os.close(plain)
 
 
+def test_a_file_of_another_kind_is_not_an_access(iommufd):
+    """iommufd_access_get() (selftest.c:1335): a descriptor whose file has other fops than the
+    access's (here a fault queue's, IOMMU_FAULT_QUEUE_ALLOC) is EBADFD, as a closed one is
+    (selftest.c:1343-1345)."""
+    ioas = ioas_alloc(iommufd)
+    cmd = B.iommu_fault_alloc(size=ctypes.sizeof(B.iommu_fault_alloc))
+    iommufd.ioctl(B.IOMMU_FAULT_QUEUE_ALLOC, cmd)
+    try:
+        assert err(access_replace_ioas, iommufd, cmd.out_fault_fd, ioas) == errno.EBADFD
+        assert err(access_pages, iommufd, cmd.out_fault_fd, BASE, PAGE) == errno.EBADFD
+    finally:
+        os.close(cmd.out_fault_fd)
+
+
 def test_unmap_of_a_pinned_range_unpins_through_the_callback(iommufd):
     ioas = ioas_alloc(iommufd)
     buf = _touched(4)

@@ -217,6 +217,47 @@ def test_revoke_needs_a_dmabuf(iommufd):
         os.close(mfd)
 
 
+def test_revoke_of_an_o_path_descriptor_is_ebadf(iommufd):
+    """dma_buf_get() takes the descriptor with fget() (dma-buf.c:839-842), which skips an O_PATH
+    file (FMODE_PATH, fs/file.c:1081, :1113): EBADF, not the EINVAL of a file that is not a
+    dma-buf."""
+    fd = os.open("/dev/null", os.O_PATH)
+    try:
+        assert err(revoke, iommufd, fd) == errno.EBADF
+    finally:
+        os.close(fd)
+
+
+class _UdmabufCreate(ctypes.Structure):
+    """struct udmabuf_create (include/uapi/linux/udmabuf.h)."""
+    _fields_ = [("memfd", ctypes.c_uint32), ("flags", ctypes.c_uint32), ("offset", ctypes.c_uint64),
+                ("size", ctypes.c_uint64)]
+
+
+UDMABUF_CREATE = 0x40187542  # _IOW('u', 0x42, struct udmabuf_create)
+
+
+def test_revoke_of_another_exporters_dmabuf_is_eopnotsupp(iommufd):
+    """iommufd_test_dmabuf_revoke() (selftest.c:2077-2080): a dma-buf whose ops are not the
+    selftest exporter's (a udmabuf of a sealed memfd here) is EOPNOTSUPP."""
+    try:
+        dev = os.open("/dev/udmabuf", os.O_RDWR)
+    except OSError as e:
+        pytest.skip(f"no other dma-buf exporter: /dev/udmabuf ({e.strerror}; CONFIG_UDMABUF)")
+    mfd = os.memfd_create("udmabuf", os.MFD_ALLOW_SEALING)
+    try:
+        os.ftruncate(mfd, PAGE)
+        fcntl.fcntl(mfd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK)  # udmabuf_create(): SEALS_WANTED
+        dfd = fcntl.ioctl(dev, UDMABUF_CREATE, _UdmabufCreate(memfd=mfd, flags=1, size=PAGE))  # CLOEXEC
+        try:
+            assert err(revoke, iommufd, dfd) == errno.EOPNOTSUPP
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(mfd)
+        os.close(dev)
+
+
 @pytest.mark.parametrize("domain", [False, True])
 def test_map_of_a_revoked_dmabuf_is_enodev(iommufd, dmabufs, domain):
     # the selftest's dmabuf_revoke

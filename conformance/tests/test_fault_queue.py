@@ -15,6 +15,7 @@ the fault itself (seen in the VM, no report); a domain with an iopf handler but 
 parameters would WARN (io-pgfault.c:231).
 On the model the checks only a real anonymous-inode file can pass skip, saying so.
 """
+import ctypes
 import errno
 import fcntl
 import os
@@ -24,6 +25,7 @@ import select
 from model.uapi import T as B
 from conformance.tests.helpers import (
     destroy, err, hwpt_alloc, ioas_alloc, kernel_file_semantics, mock_device, mock_domain_replace, read_nohang, run_test_cmd, sz,
+    unmapped_va,
 )
 
 # the 7.2 fault queue and its selftest hooks (6.12 answers differently: not analysed yet)
@@ -126,6 +128,35 @@ def test_fault_file_semantics(iommufd, iommufd_target):
         assert respond(qfd, (a.cookie, B.IOMMUFD_PAGE_RESP_SUCCESS), (a.cookie, B.IOMMUFD_PAGE_RESP_SUCCESS)) == RESPONSE
         assert err(respond, qfd, (a.cookie, B.IOMMUFD_PAGE_RESP_SUCCESS)) == errno.EINVAL
         assert respond(qfd, (b.cookie, B.IOMMUFD_PAGE_RESP_INVALID)) == RESPONSE
+    finally:
+        os.close(qfd)
+
+
+def _raw_read(qfd, addr, count) -> int:
+    """read(2) into `addr` as a C program calls it: the count read, or OSError."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    n = libc.read(qfd, ctypes.c_void_p(addr), ctypes.c_size_t(count))
+    if n < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+    return n
+
+
+def test_a_read_that_cannot_take_the_waiting_group_keeps_it(iommufd, iommufd_target):
+    """iommufd_fault_fops_read() (eventq.c:141-177): a count with no room for the first group
+    (0 here: a mock group is one fault) is EINVAL (eventq.c:144-149), a buffer copy_to_user()
+    cannot write is EFAULT (eventq.c:163-168); either way the group goes back on the deliver
+    list (iommufd_fault_deliver_restore()) and the next read hands it out."""
+    kernel_file_semantics(iommufd_target)
+    _, _, idev, _, qfd, _ = _fault_setup(iommufd)
+    try:
+        trigger(iommufd, idev, 0x1000)
+        buf = ctypes.create_string_buffer(PGFAULT)
+        assert err(_raw_read, qfd, ctypes.addressof(buf), 0) == errno.EINVAL
+        assert err(_raw_read, qfd, unmapped_va(), PGFAULT) == errno.EFAULT
+        (f,) = read_faults(qfd, PGFAULT)
+        assert (f.dev_id, f.addr) == (idev, 0x1000)
+        assert respond(qfd, (f.cookie, B.IOMMUFD_PAGE_RESP_SUCCESS)) == RESPONSE
     finally:
         os.close(qfd)
 

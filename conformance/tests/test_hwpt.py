@@ -378,6 +378,16 @@ def test_mock_dirty_errors(iommufd):
     assert err(mock_dirty, iommufd, ioas, START, PAGE, PAGE, bits) == errno.ENOENT
 
 
+def test_mock_dirty_of_more_than_128m_bits_is_eoverflow(iommufd):
+    """iommufd_test_dirty() (selftest.c:1709-1711): length / page_size above SZ_16M *
+    BITS_PER_BYTE bits is EOVERFLOW, before the HWPT is looked up (selftest.c:1713); at the
+    limit the lookup of ID 0 answers (ENOENT)."""
+    keep = _bits(0)
+    limit = 16 * 1024 * 1024 * 8
+    assert err(mock_dirty, iommufd, 0, 0, (limit + 1) * PAGE, PAGE, ctypes.addressof(keep)) == errno.EOVERFLOW
+    assert err(mock_dirty, iommufd, 0, 0, limit * PAGE, PAGE, ctypes.addressof(keep)) == errno.ENOENT
+
+
 def test_get_dirty_bitmap_errors(iommufd):
     ioas, hwpt, _ = _dirty_hwpt(iommufd)
     set_dirty_tracking(iommufd, hwpt, True)

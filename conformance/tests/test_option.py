@@ -8,7 +8,9 @@ import os
 import pytest
 
 from model.uapi import T as B
-from conformance.tests.helpers import err, ioas_alloc
+from conformance.tests.helpers import (
+    PAGE, U64, err, ioas_alloc, map_, mock_domain, needs_cap_sys_resource, touched, unmap,
+)
 
 
 def option(fd, option_id, op, object_id=0, val64=0, reserved=0):
@@ -17,18 +19,6 @@ def option(fd, option_id, op, object_id=0, val64=0, reserved=0):
     fd.ioctl(B.IOMMU_OPTION, cmd)
     return cmd.val64
 
-
-def _has_cap_sys_resource():
-    with open("/proc/self/status") as f:
-        eff = next(int(ln.split()[1], 16) for ln in f if ln.startswith("CapEff:"))
-    return bool(eff >> 24 & 1)
-
-
-needs_cap_sys_resource = pytest.mark.skipif(
-    not _has_cap_sys_resource(),
-    reason="RLIMIT_MODE SET needs CAP_SYS_RESOURCE, which this process lacks (it gets EPERM: "
-           "test_rlimit_mode_set_needs_cap_sys_resource covers that)",
-)
 
 RLIMIT, HUGE = B.IOMMU_OPTION_RLIMIT_MODE, B.IOMMU_OPTION_HUGE_PAGES
 GET, SET = B.IOMMU_OPTION_OP_GET, B.IOMMU_OPTION_OP_SET
@@ -126,3 +116,18 @@ def test_huge_pages_per_ioas_and_its_effect_on_alignment(iommufd):
     option(iommufd, HUGE, SET, object_id=a, val64=1)
     assert alignment(a) == 1
     assert err(option, iommufd, HUGE, 5, object_id=a) == errno.EOPNOTSUPP
+
+
+def test_huge_pages_stay_on_while_a_domain_holds_mappings(iommufd):
+    """IOMMU_OPTION_HUGE_PAGES SET 0 (ioas.c:635-636) -> iopt_disable_large_pages(): EINVAL
+    while the IOAS has both a domain and an area (io_pagetable.c:1447-1452), the option left
+    on; with the area gone it turns off."""
+    ioas = ioas_alloc(iommufd)
+    mock_domain(iommufd, ioas)
+    buf = touched(1)
+    map_(iommufd, ioas, buf.addr, PAGE, iova=B.MOCK_APERTURE_START)
+    assert err(option, iommufd, HUGE, SET, object_id=ioas, val64=0) == errno.EINVAL
+    assert option(iommufd, HUGE, GET, object_id=ioas) == 1
+    assert unmap(iommufd, ioas, 0, U64) == PAGE
+    option(iommufd, HUGE, SET, object_id=ioas, val64=0)
+    assert option(iommufd, HUGE, GET, object_id=ioas) == 0

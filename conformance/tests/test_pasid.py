@@ -97,6 +97,29 @@ def test_the_rid_must_be_on_a_pasid_compatible_hwpt(iommufd, dev):
     check(iommufd, stdev, hwpt)
 
 
+def test_replace_at_a_pasid_nothing_is_attached_to_is_einval(iommufd, dev):
+    """iommufd_device_do_replace() (device.c:788-791): no attachment at the PASID, EINVAL; the
+    PASID stays detached."""
+    _, stdev, _, _, hwpt, _ = dev
+    assert err(replace, iommufd, stdev, hwpt) == errno.EINVAL
+    check(iommufd, stdev, 0)
+
+
+def test_the_rid_keeps_a_pasid_compatible_hwpt_while_a_pasid_is_attached(iommufd, dev):
+    """Replacing the RID's HWPT (MOCK_DOMAIN_REPLACE, IOMMU_NO_PASID) goes through
+    iommufd_hwpt_replace_device() (device.c:565) -> iommufd_hwpt_pasid_compat(): a HWPT without
+    IOMMU_HWPT_ALLOC_PASID is EINVAL while any PASID is attached (device.c:450-456); once the
+    PASID is detached it is taken."""
+    ioas, stdev, idev, rid, hwpt, _ = dev
+    plain = hwpt_alloc(iommufd, idev, ioas)
+    attach(iommufd, stdev, hwpt)
+    assert err(mock_domain_replace, iommufd, stdev, plain) == errno.EINVAL
+    check(iommufd, stdev, hwpt)
+    detach(iommufd, stdev)
+    assert mock_domain_replace(iommufd, stdev, plain) == plain
+    mock_domain_replace(iommufd, stdev, rid)
+
+
 def test_a_device_without_pasids_takes_none(iommufd):
     ioas = ioas_alloc(iommufd)
     stdev, _, idev = mock_device(iommufd, ioas)

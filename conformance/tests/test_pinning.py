@@ -8,14 +8,17 @@ mock device of IOMMU_TEST_OP_MOCK_DOMAIN (CONFIG_IOMMUFD_TEST).
 """
 import ctypes
 import errno
+import mmap
+import os
 import resource
 
 import pytest
 
 from conformance.tests.helpers import (
     PAGE, U64, Buf, copy, err, ioas_alloc, map_, model_iopt, mock_domain, snapshot, unmap, unmapped_va,
-    vm_pin_kb,
+    needs_cap_sys_resource, vm_pin_kb,
 )
+from model.uapi import T as B
 
 BASE = 1 << 24  # inside the mock domain's aperture (MOCK_APERTURE_START, selftest.c); outside is reserved
 
@@ -114,3 +117,65 @@ def test_rlimit_memlock_without_cap_ipc_lock_is_enomem(iommufd):
         assert snapshot(iommufd, ioas, [(BASE, 64 * PAGE)]) == before
         assert map_(iommufd, ioas, buf.addr, 4 * PAGE, iova=BASE) == BASE
     assert unmap(iommufd, ioas, 0, U64) == 4 * PAGE
+
+
+def test_a_shared_mapping_past_the_end_of_its_file_is_efault(iommufd):
+    """pfn_reader_user_pin() pins with pin_user_pages_fast() (pages.c:932-934): a page of a
+    MAP_SHARED mapping past the end of its memfd faults with SIGBUS (shmem_fault()), which GUP
+    answers as EFAULT (vm_fault_to_errno(), mm/gup.c); the whole map is undone."""
+    ioas = ioas_alloc(iommufd)
+    mock_domain(iommufd, ioas)
+    pin0 = vm_pin_kb(iommufd)
+    mfd = os.memfd_create("iommufd-past-eof")
+    try:
+        os.ftruncate(mfd, 2 * PAGE)
+        m = mmap.mmap(mfd, 2 * PAGE, mmap.MAP_SHARED)
+        os.ftruncate(mfd, PAGE)  # the mapping stays; its second page is past the end now
+        addr = ctypes.addressof(ctypes.c_char.from_buffer(m))  # only the model's pin reads it
+        before = snapshot(iommufd, ioas, [(BASE, 2 * PAGE)])
+        assert err(map_, iommufd, ioas, addr, 2 * PAGE, iova=BASE) == errno.EFAULT
+        assert snapshot(iommufd, ioas, [(BASE, 2 * PAGE)]) == before
+        assert vm_pin_kb(iommufd) == pin0
+        assert map_(iommufd, ioas, addr, PAGE, iova=BASE) == BASE  # the first page is there
+        assert unmap(iommufd, ioas, 0, U64) == PAGE
+    finally:
+        os.close(mfd)
+
+
+def _option(fd, option_id, op, val64=0) -> int:
+    cmd = B.iommu_option(size=ctypes.sizeof(B.iommu_option), option_id=option_id, op=op, val64=val64)
+    fd.ioctl(B.IOMMU_OPTION, cmd)
+    return cmd.val64
+
+
+@needs_cap_sys_resource
+def test_rlimit_mode_mm_charges_mm_locked_vm_against_rlimit_memlock(iommufd):
+    # IOMMU_OPTION_RLIMIT_MODE 1 (ioas.c:616) turns the pages of a caller without CAP_IPC_LOCK
+    # (pages.c:1388-1391) to IOPT_PAGES_ACCOUNT_MM (iopt_map_common(), io_pagetable.c:419-421):
+    # update_mm_locked_vm() -> __account_locked_vm() with bypass_rlim false (pages.c:1002-1003)
+    # is ENOMEM past RLIMIT_MEMLOCK (mm/util.c:516-519); the whole map fails and is undone.
+    _option(iommufd, B.IOMMU_OPTION_RLIMIT_MODE, B.IOMMU_OPTION_OP_SET, 1)
+    ioas = ioas_alloc(iommufd)
+    mock_domain(iommufd, ioas)
+    buf = Buf(64)
+    if resource.getrlimit(resource.RLIMIT_MEMLOCK)[1] < 8 * PAGE:
+        pytest.skip("the hard RLIMIT_MEMLOCK is below 8 pages")
+    if _vm_lck_kb(iommufd):
+        pytest.skip("this process has locked memory already (VmLck)")
+    with _CapIpcLockOff(8 * PAGE):
+        before = snapshot(iommufd, ioas, [(BASE, 64 * PAGE)])
+        assert err(map_, iommufd, ioas, buf.addr, 64 * PAGE, iova=BASE) == errno.ENOMEM
+        assert snapshot(iommufd, ioas, [(BASE, 64 * PAGE)]) == before
+        assert map_(iommufd, ioas, buf.addr, 4 * PAGE, iova=BASE) == BASE
+        assert _vm_lck_kb(iommufd) == 4 * PAGE // 1024  # mm->locked_vm, not the user's
+    assert unmap(iommufd, ioas, 0, U64) == 4 * PAGE
+    assert _vm_lck_kb(iommufd) == 0
+
+
+def _vm_lck_kb(fd) -> int:
+    """mm->locked_vm of this process in KiB: the model's account on the model, else VmLck."""
+    ictx = getattr(getattr(fd, "_f", fd), "ictx", None)
+    if ictx is not None:
+        return ictx.accounts.mm_locked_vm.get(os.getpid(), 0) * PAGE // 1024
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmLck:"))

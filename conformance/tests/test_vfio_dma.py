@@ -3,10 +3,13 @@ iommufd_vfio_unmap_dma): fixed-IOVA maps into the compat IOAS; type1 unmaps may 
 import ctypes
 import errno
 import mmap
+import os
 
 import pytest
 
-from conformance.tests.helpers import PAGE, err, require
+from conformance.tests.helpers import (
+    PAGE, access_pages, create_access, destroy_access_pages, err, require,
+)
 from model.uapi import T as B
 
 require("VFIO_IOMMU_MAP_DMA")  # vfio.h is fetched for 7.2 only
@@ -110,3 +113,23 @@ def test_type1_cut_must_be_aligned(compat, memory):
     # The cut at the range's last byte would start the second half unaligned: EINVAL, no reply.
     assert unmap_dma(fd, (1 << 20) + 100, PAGE) == (errno.EINVAL, PAGE)
     assert unmap_dma(fd, 1 << 20, 4 * PAGE) == (0, 4 * PAGE)  # the failed cut changed nothing
+
+
+def test_type1_cut_of_an_area_an_access_pins_is_einval(compat, memory):
+    """The cut (vfio_compat.c:229-241) meets iopt_area_split()'s refusal to split an area with
+    an access (io_pagetable.c:1334-1342): EINVAL, no reply, nothing unmapped. Once the pin is
+    gone the same unmap cuts and unmaps."""
+    fd, ioas = compat
+    assert fd.ioctl(B.VFIO_SET_IOMMU, B.VFIO_TYPE1_IOMMU) == 0
+    base = 1 << 20
+    map_dma(fd, base, memory, 4 * PAGE)
+    access = create_access(fd, ioas, B.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES)
+    try:
+        item = access_pages(fd, access, base, PAGE)
+        assert unmap_dma(fd, base + PAGE, PAGE) == (errno.EINVAL, PAGE)
+        assert err(map_dma, fd, base + PAGE, memory, PAGE) == errno.EEXIST  # still mapped
+        destroy_access_pages(fd, access, item)
+        assert unmap_dma(fd, base + PAGE, PAGE) == (0, PAGE)
+        assert unmap_dma(fd, base, 4 * PAGE) == (0, 3 * PAGE)
+    finally:
+        os.close(access)
