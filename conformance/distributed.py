@@ -13,27 +13,30 @@ Why the example database: a failing example that hypothesis shrinks on one machi
 under the machine's key; every other worker reading the same redis replays it first (the reuse
 phase), so a failure found anywhere replays everywhere, and on the next run too.
 
-The VM target is not distributed yet: in the guest, hypothesis runs beside the kernel and cannot
-reach the redis server; it comes with the host-side executor, which keeps hypothesis on the host.
+A VM campaign distributes the same way: hypothesis and the model stay in the worker's process,
+and each task boots a guest on the worker's machine whose executor makes the kernel's steps
+(conformance/executor), so the worker machines need QEMU and the test kernel (built or cached
+there by `kernel build`).
 """
 from __future__ import annotations
 
 import time
 
 
-def run_campaign(other: str, examples: int, steps: int, seed: int | None, db: str | None) -> dict:
+def run_campaign(other: str, examples: int, steps: int, seed: int | None, db: str | None, vm=None,
+                 mix: str = "full") -> dict:
     """One worker's campaign (the task a Dask worker runs), with its host's name."""
     import socket
 
     from conformance import explore
 
-    out = explore.campaign(other, examples, steps, seed, db=db)
+    out = explore.campaign(other, examples, steps, seed, db=db, vm=vm, mix=mix)
     out["host"] = socket.gethostname()
     return out
 
 
 def submit(engine: str, db: str | None, other: str, examples: int, steps: int, jobs: int,
-           seeds: list[int | None]) -> tuple[list[dict], float]:
+           seeds: list[int | None], vm=None, mix: str = "full") -> tuple[list[dict], float]:
     """The campaign as `jobs` tasks on the Dask scheduler at `engine` (tcp://HOST:PORT); each
     worker runs examples/jobs sequences. Returns each task's result and the wall time."""
     from distributed import Client
@@ -41,7 +44,7 @@ def submit(engine: str, db: str | None, other: str, examples: int, steps: int, j
     per = -(-examples // jobs)
     t0 = time.perf_counter()
     with Client(engine, timeout="10s") as client:
-        futures = [client.submit(run_campaign, other, per, steps, seeds[i], db, pure=False, key=f"explore-{i}-{time.time_ns()}")
+        futures = [client.submit(run_campaign, other, per, steps, seeds[i], db, vm, mix, pure=False, key=f"explore-{i}-{time.time_ns()}")
                    for i in range(jobs)]
         results = []
         for f in futures:

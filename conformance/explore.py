@@ -11,11 +11,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import functools
+import inspect
 import errno
 import json
 import mmap
 import os
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from hypothesis.database import DirectoryBasedExampleDatabase
 from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple, rule,
                                  run_state_machine_as_test)
 
+from model import vfs
 from model.limits import PAGE_SIZE, U64_MAX
 from model.uapi import T as B
 
@@ -46,6 +49,7 @@ MEM_LEN = 64 * PAGE
 MEMFD = os.memfd_create("iommufd-differential")
 MEMFD_LEN = 32 * PAGE
 os.ftruncate(MEMFD, MEMFD_LEN)
+_MEMFD_PAGES = mmap.mmap(MEMFD, MEMFD_LEN)  # what the model wrote there, compared with the guest's (OTHER "vm")
 CLOSED_FD = 1000  # a number that names no open file, here and in a reproducer (below RLIMIT_NOFILE's 1024)
 # IOVAs and lengths near the interesting edges: page multiples, odd bytes, the 2 MiB THP cap.
 IOVAS = st.sampled_from([0, PAGE, 3 * PAGE, 1 << 20, (1 << 20) + PAGE, 1 << 21, (1 << 21) + 100, 1 << 32,
@@ -90,6 +94,51 @@ def _scalar_slots(ctype) -> tuple[tuple[int, int], ...]:
 
     walk(ctype, 0)
     return tuple(out)
+def _generated_command(row, data) -> bytes:
+    """A command for IOCTL row `row`, generated from the row's specs: every integer field at the
+    edges of its type (0, 1, each power of two, all ones, page-size-like values), IDs that may
+    exist (any type), pointers into MEM, unmapped, or at the guard page, flags from the enum or
+    not, reserved mostly zero, sizes around min_size and the struct (a zero or a nonzero tail)."""
+    buf = bytearray(row.size)
+
+    def put(off, size, value):
+        buf[off:off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+
+    for off, size in _scalar_slots(getattr(B, row.struct)):
+        put(off, size, data.draw(_edges(size)))
+    for spec in row.ids:
+        put(spec.offset, spec.size, data.draw(st.integers(0, 12)))
+    for name, _type in getattr(B, row.struct)._fields_:
+        if name == "fd":  # a descriptor both sides (and a reproducer) name the same way
+            off = getattr(B, row.struct).fd.offset
+            buf[off:off + 4] = data.draw(st.sampled_from([MEMFD, CLOSED_FD, -1])).to_bytes(4, "little", signed=True)
+    for spec in row.pointers:
+        put(spec.offset, spec.size, data.draw(POINTERS))
+    for spec in row.flags:
+        put(spec.offset, spec.size, data.draw(st.sampled_from(
+            [0, spec.mask, spec.mask & -spec.mask, 1 << (8 * spec.size - 1)])))
+    for spec in row.reserved:
+        put(spec.offset, spec.size, data.draw(st.sampled_from([0, 0, 0, 1])))
+    size = data.draw(st.sampled_from([row.size, row.size, row.size, row.min_size, row.min_size - 1,
+                                      row.size + 8, 0]))
+    buf[0:4] = size.to_bytes(4, "little")
+    buf = buf.ljust(max(size, row.size), b"\0")
+    if size > row.size and data.draw(st.booleans()):
+        buf[size - 1] = 1  # a nonzero tail: E2BIG before the handler
+    return bytes(buf)
+
+
+# IOMMU_TEST_CMD's ops for raw_test_cmd, from the bindings, less those whose answer is not the
+# same on both sides by design: a descriptor answered (each side's own number), a descriptor as
+# the ID (the two sides' descriptor tables differ), the global memory limit (it outlives the
+# example, and hypothesis's examples must be independent).
+TEST_OPS_KEPT_OUT = ("CREATE_ACCESS", "DMABUF_GET", "DMABUF_REVOKE", "ACCESS_PAGES", "ACCESS_RW",
+                     "DESTROY_ACCESS_PAGES", "ACCESS_REPLACE_IOAS", "SET_TEMP_MEMORY_LIMIT")
+TEST_OPS = sorted(v for n, v in vars(B).items() if n.startswith("IOMMU_TEST_OP_")
+                  and n.removeprefix("IOMMU_TEST_OP_") not in TEST_OPS_KEPT_OUT)
+# do_vfs_ioctl()'s commands (fs/ioctl.c) as model/vfs.py names them, and FIONREAD, which goes to
+# the driver for a character device
+VFS_IOCTLS = (vfs.FIOCLEX, vfs.FIONCLEX, vfs.FIONBIO, vfs.FIOASYNC, vfs.FIOQSIZE, termios.FIONREAD)
 MAP_FLAGS = st.sampled_from([
     B.IOMMU_IOAS_MAP_READABLE | B.IOMMU_IOAS_MAP_WRITEABLE,
     B.IOMMU_IOAS_MAP_READABLE, B.IOMMU_IOAS_MAP_WRITEABLE, 0,
@@ -128,16 +177,47 @@ def _kernel_log():
     return _KMSG[0]
 
 
+def user_memory() -> list:
+    """MEM and the memfd's pages as conformance/executor mirrors them in the guest."""
+    from conformance.executor import Region
+
+    return [Region(MEM, MEM_LEN), Region(ctypes.addressof(ctypes.c_char.from_buffer(_MEMFD_PAGES)), MEMFD_LEN)]
+
+
+def _submit(fd, request, struct):
+    """Start one call; a function answering _call()'s (errno, bytes). The guest's executor runs it
+    while the caller answers the model's side; a local file runs it when asked."""
+    if not hasattr(fd, "submit"):
+        return lambda: _call(fd, request, struct)
+    answer = fd.submit(request, struct)
+
+    def finish():
+        try:
+            rc = answer()
+        except OSError as e:
+            return e.errno, bytes(struct)
+        return (0 if rc == 0 else ("rc", rc)), bytes(struct)
+
+    return finish
+
+
+def _read_nonblocking(fd: int, count: int) -> bytes:
+    os.set_blocking(fd, False)
+    return os.read(fd, count)
+
+
 class ModelVsKernel(RuleBasedStateMachine):
-    """The model against OTHER: "kernel" (a real /dev/iommu) or "model" (a second, independent
-    model context: the model must be deterministic and its contexts independent). After every
-    step the model's own invariants are checked, and STEPS counts the steps run."""
+    """The model against OTHER: "kernel" (a real /dev/iommu in this process), "vm" (the test
+    kernel in a guest, its steps made by conformance/executor: CHANNEL) or "model" (a second,
+    independent model context: the model must be deterministic and its contexts independent).
+    After every step the model's own invariants are checked, and STEPS counts the steps run."""
 
     ioas = Bundle("ioas")
     OTHER = "kernel"
     STEPS = 0
     LAST = None  # the Recorder of the latest example: after a failure, the shrunk one's
     KEEP = None  # a list to collect every example's Recorder in (conformance/repro.py's tests)
+    CHANNEL = None  # OTHER "vm": the executor's conformance.executor.Channel
 
     def __init__(self):
         super().__init__()
@@ -148,10 +228,19 @@ class ModelVsKernel(RuleBasedStateMachine):
         type(self).LAST = self.rec
         if self.KEEP is not None:
             self.KEEP.append(self.rec)
+        # every example starts from zeroed user memory, on both sides: what an earlier example
+        # wrote is state hypothesis cannot see, and a replay must meet what the original met
+        ctypes.memset(MEM, 0, MEM_LEN)
+        _MEMFD_PAGES[:] = bytes(MEMFD_LEN)
         self.model = self.rec.wrap(open_iommufd())
-        self.kernel = KernelFile() if self.OTHER == "kernel" else open_iommufd()
+        if self.OTHER == "vm":
+            from conformance.executor import ExecutorFile
+
+            self.kernel = ExecutorFile(self.CHANNEL, self.rec.buffers)
+        else:
+            self.kernel = KernelFile() if self.OTHER == "kernel" else open_iommufd()
         self.live_mappings = []
-        self.kmsg = _kernel_log() if self.OTHER == "kernel" else None
+        self.kmsg = {"kernel": _kernel_log, "vm": lambda: self.kernel}.get(self.OTHER, lambda: None)()
 
     def teardown(self):
         self.rec.active = False
@@ -167,6 +256,24 @@ class ModelVsKernel(RuleBasedStateMachine):
         assert not reports, "kernel report during this step:\n" + "\n".join(reports)
 
     @invariant()
+    def same_user_memory(self):
+        """What the kernel wrote into user memory (MEM, the memfd's pages) is what the model
+        wrote. In one process both sides share the memory; a guest's is its own."""
+        if self.OTHER == "vm":
+            differences = self.CHANNEL.memory_differences()
+            assert not differences, "user memory differs: " + "; ".join(differences[:4])
+
+    def read_fd(self, side: int, fd: int, count: int = 4096) -> bytes:
+        """A non-blocking read() of a descriptor side 0 (the model) or 1 (the kernel) handed out."""
+        return self.kernel.read_fd(fd, count) if side and self.OTHER == "vm" else _read_nonblocking(fd, count)
+
+    def close_fd(self, side: int, fd: int) -> None:
+        if side and self.OTHER == "vm":
+            self.kernel.close_fd(fd)
+        else:
+            os.close(fd)
+
+    @invariant()
     def model_is_consistent(self):
         type(self).STEPS += 1
         self.model.ictx.check_invariants()
@@ -176,8 +283,9 @@ class ModelVsKernel(RuleBasedStateMachine):
     def both(self, request, make):
         """Run the same command (a fresh struct per side) on both; they must agree."""
         m, k = make(), make()
+        kernel = _submit(self.kernel, request, k)
         rm = _call(self.model, request, m)
-        rk = _call(self.kernel, request, k)
+        rk = kernel()
         if rm != rk:
             from conformance.repro import fields_text
 
@@ -199,7 +307,7 @@ class ModelVsKernel(RuleBasedStateMachine):
         out = {}
         for side, fd in (("model", self.model), ("kernel", self.kernel)):
             ranges = (B.iommu_iova_range * 3)()
-            addr = self.rec.buffer(ranges, "ranges") if side == "model" else ctypes.addressof(ranges)
+            addr = self.rec.buffer(ranges, "ranges")
             cmd = B.iommu_ioas_iova_ranges(size=ctypes.sizeof(B.iommu_ioas_iova_ranges), ioas_id=id,
                                            num_iovas=num, allowed_iovas=addr)
             err, raw = _call(fd, B.IOMMU_IOAS_IOVA_RANGES, cmd)
@@ -338,7 +446,7 @@ class ModelVsKernel(RuleBasedStateMachine):
             data = (ctypes.c_uint8 * length)(*[(i * 7 + off) & 0xFF for i in range(length)])
             cmd = B.iommu_test_cmd(size=ctypes.sizeof(B.iommu_test_cmd), op=B.IOMMU_TEST_OP_ACCESS_RW, id=afd)
             cmd.access_rw.iova, cmd.access_rw.length, cmd.access_rw.flags = iova, length, flags
-            cmd.access_rw.uptr = self.rec.buffer(data, "rw") if fd is self.model else ctypes.addressof(data)
+            cmd.access_rw.uptr = self.rec.buffer(data, "rw")
             err, _ = _call(fd, B.IOMMU_TEST_CMD, cmd)
             out.append((err, bytes(data)))
         assert out[0] == out[1], f"ACCESS_RW iova {iova:#x} length {length} flags {flags:#x}: " \
@@ -347,9 +455,9 @@ class ModelVsKernel(RuleBasedStateMachine):
     @rule(access=consumes(accesses))
     def access_close(self, access):
         self.rec.close(access[0])
-        for afd in access:
+        for side, afd in enumerate(access):
             if afd >= 0:
-                os.close(afd)
+                self.close_fd(side, afd)
 
     # -- mock devices and the vIOMMU family (CONFIG_IOMMUFD_TEST's mock driver on both sides) --
 
@@ -373,7 +481,7 @@ class ModelVsKernel(RuleBasedStateMachine):
         err, cmd = self.both(B.IOMMU_IOAS_ALLOC, lambda: B.iommu_ioas_alloc(size=ctypes.sizeof(B.iommu_ioas_alloc)))
         dev = self.mock_device(cmd.out_ioas_id, 0)
         parent = self.nest_parent(dev, cmd.out_ioas_id, B.IOMMU_HWPT_ALLOC_NEST_PARENT)
-        self.base = dev
+        self.base, self.base_ioas = dev, cmd.out_ioas_id
         return self.viommu_alloc(parent, dev, True, 24)
 
     def dev(self, d):
@@ -442,10 +550,9 @@ class ModelVsKernel(RuleBasedStateMachine):
         if fdm < 0:
             return
         got = []
-        for fd in (fdm, fdk):
+        for side, fd in enumerate((fdm, fdk)):
             try:
-                os.set_blocking(fd, False)
-                got.append(os.read(fd, 4096))
+                got.append(self.read_fd(side, fd))
             except BlockingIOError:
                 got.append(b"")  # the model's socket end when empty; the kernel's read answers 0
             except OSError as e:
@@ -456,21 +563,35 @@ class ModelVsKernel(RuleBasedStateMachine):
     @rule(q=consumes(veventqs))
     def veventq_close(self, q):
         self.rec.close(q[1])
-        for fd in q[1:]:
+        for side, fd in enumerate(q[1:]):
             if fd >= 0:
-                os.close(fd)
+                self.close_fd(side, fd)
 
     @rule(dev=st.one_of(devices, st.none(), st.just((0, 0))))
     def trigger_vevent(self, dev):
         dev = self.dev(dev)
         self.test_cmd(B.IOMMU_TEST_OP_TRIGGER_VEVENT, 0, **{"trigger_vevent.dev_id": dev[1]})
 
-    @rule(viommu=viommus, index=st.integers(0, 2), iova=st.one_of(IOVAS, st.just((1 << 24) + 64)),
+    @rule(viommu=viommus, index=st.integers(0, 2), iova=st.one_of(mapped, IOVAS, st.just((1 << 24) + 64)),
           length=LENGTHS)
     def hw_queue_alloc(self, viommu, index, iova, length):
         self.both(B.IOMMU_HW_QUEUE_ALLOC, lambda: B.iommu_hw_queue_alloc(
             size=ctypes.sizeof(B.iommu_hw_queue_alloc), viommu_id=viommu, type=B.IOMMU_HW_QUEUE_TYPE_SELFTEST,
             index=index, nesting_parent_iova=iova, length=length))
+
+    @rule(target=mapped, viommu=viommus, off=st.integers(0, 15), pages=st.integers(1, 4), index=st.integers(0, 1),
+          iova=st.sampled_from([1 << 24, (1 << 24) + 16 * PAGE]))
+    def hw_queue_on_mapping(self, viommu, off, pages, index, iova):
+        """Map pages of MEM into the set-up's IOAS (the nesting parent's: the mock device pins
+        them at once) and allocate a HW queue over them: the queue's pages must be physically
+        contiguous (iommufd_hw_queue_alloc_phys(), viommu.c:344), which the guest's own frames
+        decide on the kernel's side (model/memory.py PFN_SOURCE)."""
+        err, _ = self.both(B.IOMMU_IOAS_MAP, lambda: B.iommu_ioas_map(
+            size=ctypes.sizeof(B.iommu_ioas_map), ioas_id=self.base_ioas, user_va=MEM + off * PAGE,
+            length=pages * PAGE, iova=iova,
+            flags=B.IOMMU_IOAS_MAP_READABLE | B.IOMMU_IOAS_MAP_WRITEABLE | B.IOMMU_IOAS_MAP_FIXED_IOVA))
+        self.hw_queue_alloc(viommu, index, iova, pages * PAGE)
+        return multiple() if err else iova
 
     @rule(viommu=st.one_of(viommus, nested), virt_id=st.sampled_from([0, 1, 0x99]), cache_id=st.integers(0, 4),
           flags=st.sampled_from([0, 1, 2]), n=st.integers(0, 2))
@@ -523,58 +644,76 @@ class ModelVsKernel(RuleBasedStateMachine):
 
     @rule(row=st.sampled_from(RAW_ROWS), data=st.data())
     def raw(self, row, data):
-        """Any IOCTL row, its command generated from the row's specs: every integer field at the
-        edges of its type (0, 1, each power of two, all ones, page-size-like values), IDs that
-        may exist (any type), pointers into MEM, unmapped, or at the guard page, flags from the
-        enum or not, reserved mostly zero, sizes around min_size and the struct (a zero or a
-        nonzero tail). A new ioctl in a header gets this rule with no new code."""
-        buf = bytearray(row.size)
+        """Any IOCTL row, its command generated from the row's specs (_generated_command()). A
+        new ioctl in a header gets this rule with no new code."""
+        self.same_answer(row.name, row.number, _generated_command(row, data))
 
-        def put(off, size, value):
-            buf[off:off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+    @rule(op=st.sampled_from(TEST_OPS), data=st.data())
+    def raw_test_cmd(self, op, data):
+        """IOMMU_TEST_CMD with every op of the mock driver (but TEST_OPS_KEPT_OUT's), the rest of
+        the command generated as `raw` does, the union's members overlapping."""
+        cmd = bytearray(_generated_command(B.BY_NAME["IOMMU_TEST_CMD"], data))
+        cmd[4:8] = op.to_bytes(4, "little")
+        self.same_answer(f"IOMMU_TEST_CMD op {op}", B.IOMMU_TEST_CMD, bytes(cmd))
 
-        for off, size in _scalar_slots(getattr(B, row.struct)):
-            put(off, size, data.draw(_edges(size)))
-        for spec in row.ids:
-            put(spec.offset, spec.size, data.draw(st.integers(0, 12)))
-        for name, _type in getattr(B, row.struct)._fields_:
-            if name == "fd":  # a descriptor both sides (and a reproducer) name the same way
-                off = getattr(B, row.struct).fd.offset
-                buf[off:off + 4] = data.draw(st.sampled_from([MEMFD, CLOSED_FD, -1])).to_bytes(4, "little", signed=True)
-        for spec in row.pointers:
-            put(spec.offset, spec.size, data.draw(POINTERS))
-        for spec in row.flags:
-            put(spec.offset, spec.size, data.draw(st.sampled_from(
-                [0, spec.mask, spec.mask & -spec.mask, 1 << (8 * spec.size - 1)])))
-        for spec in row.reserved:
-            put(spec.offset, spec.size, data.draw(st.sampled_from([0, 0, 0, 1])))
-        size = data.draw(st.sampled_from([row.size, row.size, row.size, row.min_size, row.min_size - 1,
-                                          row.size + 8, 0]))
-        buf[0:4] = size.to_bytes(4, "little")
-        buf = buf.ljust(max(size, row.size), b"\0")
-        if size > row.size and data.draw(st.booleans()):
-            buf[size - 1] = 1  # a nonzero tail: E2BIG before the handler
-
-        raw = bytes(buf)
+    @rule(request=st.sampled_from(VFS_IOCTLS), value=st.sampled_from([0, 1, -1, 2]),
+          pointer=st.sampled_from(["int", "int", 0, MEM + MEM_LEN]))
+    def vfs_ioctl(self, request, value, pointer):
+        """The VFS's own ioctls on /dev/iommu (do_vfs_ioctl(), fs/ioctl.c; model/vfs.py), the
+        argument an int or a pointer nothing readable is at."""
         out = []
         for fd in (self.model, self.kernel):
-            b = bytearray(raw)
+            arg = ctypes.c_int(value) if pointer == "int" else pointer
             try:
-                fd.ioctl(row.number, b)
-                out.append((0, bytes(b)))
+                rc = fd.ioctl(request, arg)
+                out.append((0, rc if isinstance(rc, int) else 0, arg.value if pointer == "int" else None))
             except OSError as e:
-                out.append((e.errno, bytes(b)))
-        assert out[0] == out[1], f"{row.name} {raw.hex()}: model {out[0][0]} != kernel {out[1][0]}"
+                out.append((e.errno, None, None))
+        assert out[0] == out[1], f"VFS ioctl {request:#x} ({pointer}, {value}): model {out[0]} != kernel {out[1]}"
+
+    def same_answer(self, name: str, request: int, raw: bytes) -> None:
+        """The command's bytes to both sides: the same errno and bytes afterwards."""
+        kernel = _submit(self.kernel, request, bytearray(raw))
+        out = [_call(self.model, request, bytearray(raw)), kernel()]
+        assert out[0] == out[1], f"{name} {raw.hex()}: model {out[0][0]} != kernel {out[1][0]}"
 
     @invariant()
     def same_object_ids_answer(self):
-        # IOAS ids 1..8: both sides agree on which exist (IOVA_RANGES with no room: EMSGSIZE vs ENOENT).
-        for id in range(1, 9):
-            a = _call(self.model, B.IOMMU_IOAS_IOVA_RANGES, B.iommu_ioas_iova_ranges(
-                size=ctypes.sizeof(B.iommu_ioas_iova_ranges), ioas_id=id))[0]
-            b = _call(self.kernel, B.IOMMU_IOAS_IOVA_RANGES, B.iommu_ioas_iova_ranges(
-                size=ctypes.sizeof(B.iommu_ioas_iova_ranges), ioas_id=id))[0]
-            assert a == b and a in (errno.EMSGSIZE, errno.ENOENT)
+        # IOAS ids 1..8: both sides agree on which exist (IOVA_RANGES with no room: EMSGSIZE vs
+        # ENOENT). The kernel's eight go out at once (one round trip to a guest).
+        def query(id):
+            return B.iommu_ioas_iova_ranges(size=ctypes.sizeof(B.iommu_ioas_iova_ranges), ioas_id=id)
+
+        kernel = [_submit(self.kernel, B.IOMMU_IOAS_IOVA_RANGES, query(id)) for id in range(1, 9)]
+        for id, answer in zip(range(1, 9), kernel):
+            a = _call(self.model, B.IOMMU_IOAS_IOVA_RANGES, query(id))[0]
+            b = answer()[0]
+            assert a == b and a in (errno.EMSGSIZE, errno.ENOENT), f"IOAS {id}: model {a} != kernel {b}"
+
+
+def with_rules(base: type, drop, name: str = "Explore", **attrs) -> type:
+    """`base` without the rules (and set-ups) named in `drop`: each stays a plain method, so a
+    set-up that calls one still can."""
+    def plain(f):
+        return lambda self, *a, **k: f(self, *a, **k)
+
+    hidden = {n: plain(v) for n, v in inspect.getmembers(base) if n in drop and (
+        getattr(v, "hypothesis_stateful_rule", None) is not None
+        or getattr(v, "hypothesis_stateful_initialize_rule", None) is not None)}
+    assert len(hidden) == len(set(drop)), f"no such rules: {set(drop) - set(hidden)}"
+    return type(name, (base,), {**hidden, **attrs})
+
+
+# The rules of the mock driver's objects: devices, domains, HWPTs, the vIOMMU family, accesses.
+MOCK_RULES = ("setup_viommu", "mock_device", "mock_domain_replace", "nest_parent", "viommu_alloc", "vdevice_alloc",
+              "nested_alloc", "veventq_alloc", "veventq_read", "veventq_close", "trigger_vevent", "hw_queue_alloc",
+              "hw_queue_on_mapping",
+              "invalidate", "check_dev_cache", "destroy_any", "mmap", "munmap", "create_access", "access_rw",
+              "access_close")
+# Rule mixes: "full" (every rule; each run starts with a mock device, a nesting parent and a
+# vIOMMU: heavy in mock objects) and "plain" (IOAS, VFIO compatibility and the generated rule,
+# no mock objects).
+MIXES = {"full": (), "plain": MOCK_RULES}
 
 
 def database(other: str, url: str | None = None):
@@ -594,14 +733,46 @@ def database(other: str, url: str | None = None):
 
 
 def campaign(other: str, examples: int, steps: int, seed: int | None, db: str | None = None,
-             machine_base: type | None = None) -> dict:
+             machine_base: type | None = None, vm: tuple[str | None, str | None] | None = None,
+             mix: str = "full", **options) -> dict:
     """Run the machine `examples` times of up to `steps` steps; what happened, as a dict.
     `db`: a redis URL for a shared example database; `machine_base`: a subclass of
-    ModelVsKernel to run instead (a test's, with a planted bug)."""
-    machine = type("Explore", (machine_base or ModelVsKernel,), {"OTHER": other, "STEPS": 0})
+    ModelVsKernel to run instead (a test's, with a planted bug); other "vm": `vm` is (kernel,
+    profile) of the guest conformance/executor boots for the kernel's side; `mix`: MIXES;
+    `options`: _campaign()'s (shrink, keep)."""
+    if MIXES[mix]:
+        machine_base = with_rules(machine_base or ModelVsKernel, MIXES[mix])
+    if other == "vm":
+        from conformance.executor import ExecutorGone, Guest
+
+        guest = Guest(*(vm or (None, None)))
+        try:
+            with guest as channel:
+                channel.hello(user_memory(), MEMFD, CLOSED_FD)
+                out = _campaign(other, examples, steps, seed, db, machine_base, channel, **options)
+        except ExecutorGone as e:
+            return {"other": other, "steps": 0, "failure": f"the guest's executor: {e}"}
+        if guest.result is not None and guest.result.findings:
+            out["failure"] = (out["failure"] or "") + " kernel reports: " + " | ".join(guest.result.findings)
+        return out
+    return _campaign(other, examples, steps, seed, db, machine_base, **options)
+
+
+def _campaign(other, examples, steps, seed, db, machine_base, channel=None, shrink: bool = True,
+              keep: bool = True) -> dict:
+    """campaign() on `channel` for other "vm"; shrink: shrink a failure (hypothesis's shrink
+    phase); keep: use the example database (a failure saved earlier replays first)."""
+    from hypothesis import Phase
+
+    from model import memory
+
+    machine = type("Explore", (machine_base or ModelVsKernel,), {"OTHER": other, "STEPS": 0, "CHANNEL": channel})
+    # the guest's frames decide the kernel's answers that depend on physical placement
+    memory.PFN_SOURCE = channel.guest_pfns if channel is not None else None
     # one failure, so the example replayed last (the reproducers' record) is the one reported
-    conf = settings(max_examples=examples, stateful_step_count=steps, deadline=None, database=database(other, db),
-                    print_blob=True, report_multiple_bugs=False)
+    conf = settings(max_examples=examples, stateful_step_count=steps, deadline=None,
+                    database=database(other, db) if keep else None, print_blob=True, report_multiple_bugs=False,
+                    phases=[p for p in Phase if shrink or p is not Phase.shrink])
     if seed is not None:  # hypothesis reads a stateful test's seed from the machine class
         from hypothesis import seed as hypothesis_seed
 
@@ -616,6 +787,8 @@ def campaign(other: str, examples: int, steps: int, seed: int | None, db: str | 
         run()
     except Exception as e:  # noqa: BLE001 - the shrunk failure, reported
         failure = f"{type(e).__name__}: {e}"
+    finally:
+        memory.PFN_SOURCE = None
     seconds = time.perf_counter() - t0
     out = {"other": other, "examples": examples, "steps": machine.STEPS, "seconds": round(seconds, 3),
            "steps_per_s": round(machine.STEPS / seconds, 1) if seconds else 0.0, "seed": seed,
@@ -628,7 +801,7 @@ def campaign(other: str, examples: int, steps: int, seed: int | None, db: str | 
 
     label = f"explore (seed {seed})"
     doc = coverage.from_outcomes("model:explore", outcomes.take(), label)
-    if other == "kernel" and not failure:
+    if other in ("kernel", "vm") and not failure:
         doc["passed"]["kernel:explore"] = [label]
     out["coverage"] = doc
     return out
@@ -650,19 +823,31 @@ def reproducers(rec, failure: str, other: str) -> dict[str, str]:
     """The shrunk failing example (hypothesis replays it last) as C and Python programs."""
     from conformance.repro import emit_c, emit_python
 
-    title = f"A sequence on which the model and {'the kernel' if other == 'kernel' else 'itself'} disagree, " \
+    title = f"A sequence on which the model and {'itself' if other == 'model' else 'the kernel'} disagree, " \
             "found by iommufd-conformance explore."
     return {"c": emit_c(rec, title, failure), "py": emit_python(rec, title, failure)}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="one explore worker")
-    ap.add_argument("--other", choices=("model", "kernel"), default="model")
+    ap.add_argument("--other", choices=("model", "kernel", "vm"), default="model",
+                    help="kernel: /dev/iommu here (in a guest); vm: boot a guest whose executor makes the kernel's steps")
+    ap.add_argument("--vm-kernel", help="with --other vm: the vm target's kernel (a series or a bzImage)")
+    ap.add_argument("--vm-profile", help="with --other vm: the VM profile (conformance/vm.py PROFILES)")
+    ap.add_argument("--mix", choices=sorted(MIXES), default="full", help="the rules (MIXES; default full)")
+    ap.add_argument("--plant", help="put a known old model bug back (conformance/bench/explore.py PLANTS)")
+    ap.add_argument("--no-shrink", action="store_true", help="report a failure as found, unshrunk")
+    ap.add_argument("--fresh", action="store_true", help="no example database: nothing saved earlier replays")
     ap.add_argument("--examples", type=int, default=100)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--seed", type=int)
     args = ap.parse_args(argv)
-    result = campaign(args.other, args.examples, args.steps, args.seed)
+    if args.plant:
+        from conformance.bench.explore import PLANTS
+
+        PLANTS[args.plant]()
+    result = campaign(args.other, args.examples, args.steps, args.seed, vm=(args.vm_kernel, args.vm_profile),
+                      mix=args.mix, shrink=not args.no_shrink, keep=not args.fresh)
     print("EXPLORE-RESULT " + json.dumps(result), flush=True)
     return 1 if result["failure"] else 0
 

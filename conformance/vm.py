@@ -246,9 +246,10 @@ def _job_script(argv: list[str], env: dict[str, str], cwd: str, hugepages: int, 
 
 
 def qemu_command(kernel: Path, scratch: Path, *, memory: str, cpus: int, profile: Profile | None = None,
-                 qemu: str = QEMU, cmdline: tuple[str, ...] = ()) -> list[str]:
+                 qemu: str = QEMU, cmdline: tuple[str, ...] = (), devices: tuple[str, ...] = ()) -> list[str]:
     """The QEMU command line of a run (host root read-only, scratch writable, serial console), on
-    the profile's machine: its IOMMU comes before every PCI device, its edu devices last."""
+    the profile's machine: its IOMMU comes before every PCI device, its edu devices last, and
+    `devices` (more QEMU arguments, e.g. the executor's virtio-serial port) after those."""
     profile = profile or PROFILES[DEFAULT_PROFILE]
     iommu = iommu_device_arg(profile, qemu)
     cmdline = " ".join([
@@ -270,6 +271,7 @@ def qemu_command(kernel: Path, scratch: Path, *, memory: str, cpus: int, profile
         "-fsdev", f"local,id=scratch,path={scratch},security_model=none,multidevs=remap",
         "-device", "virtio-9p-pci,fsdev=scratch,mount_tag=scratch",
         *[a for _ in range(profile.edu) for a in ("-device", "edu")],
+        *devices,
     ]
 
 
@@ -293,6 +295,7 @@ def run_in_vm(
     on_console: Callable[[str], None] | None = None,
     profile: str | Profile | None = None,
     cmdline: tuple[str, ...] = (),
+    devices: tuple[str, ...] = (),
 ) -> VmResult:
     """Boot `kernel`, run `argv` as root in the guest, return its status and output.
 
@@ -304,7 +307,7 @@ def run_in_vm(
     exported as IOMMUFD_VM_SCRATCH. on_output/on_console receive the command's output and
     the console text as they arrive. profile names the machine (PROFILES; default mock): with
     devices, the guest binds them to vfio-pci first and the command finds their addresses in
-    IOMMUFD_VFIO_DEVICES. cmdline adds kernel parameters. Raises VmBootError, VmCrash or VmTimeout (each with the partial
+    IOMMUFD_VFIO_DEVICES. cmdline adds kernel parameters, devices QEMU arguments. Raises VmBootError, VmCrash or VmTimeout (each with the partial
     result, and the whole console kept in a file the message names) when the command does not
     run to completion.
     """
@@ -336,7 +339,7 @@ def run_in_vm(
         (ctl / "job.sh").write_text(_job_script(argv, guest_env, cwd or os.getcwd(), hugepages, prof))
         try:
             return _boot(qemu_command(kernel, scratch_dir, memory=memory, cpus=cpus, profile=prof, qemu=qemu,
-                                      cmdline=cmdline), ctl,
+                                      cmdline=cmdline, devices=devices), ctl,
                          timeout, Path(tmp) / "qemu.stderr", on_output, on_console)
         except VmError as e:
             kept = keep_console(e.result.console, prof.name)

@@ -114,11 +114,19 @@ class Vmas:
             return None
 
 
+# Where the machine's frames come from when not from this machine: a function (pid, vas) ->
+# frames or None. `explore --target vm` compares the model with a kernel in a guest, whose own
+# frames of the same user addresses decide the kernel's answer (conformance/executor).
+PFN_SOURCE = None
+
+
 def machine_pfns(pid: int, vas: list[int]) -> list[int] | None:
     """The machine's own frame numbers of the pages at `vas` in process `pid`, from
     /proc/PID/pagemap (bit 63 present, bits 0-54 the PFN; shown only to CAP_SYS_ADMIN), or None
     when any is unknown. Where the kernel's answer depends on physical placement (a HW queue's
     pages must be contiguous), the model asks the machine rather than its own numbering."""
+    if PFN_SOURCE is not None:
+        return PFN_SOURCE(pid, vas)
     try:
         fd = os.open(f"/proc/{pid}/pagemap", os.O_RDONLY)
     except OSError:

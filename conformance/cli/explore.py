@@ -1,8 +1,9 @@
 """`explore --target model|vm[=...]`: differential campaigns (conformance/explore.py).
 
 model: the model against a second model context, every invariant checked after every step;
-vm: the model against the test kernel's /dev/iommu in the guest (one VM per worker). --jobs J runs
-J workers in parallel with seeds S, S+1, ...; the report gives steps and steps per second.
+vm: the model on this machine against the test kernel's /dev/iommu in a guest, whose executor
+(conformance/executor) makes the kernel's steps (one VM per worker). --jobs J runs J workers in
+parallel with seeds S, S+1, ...; the report gives steps and steps per second.
 """
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from conformance.run import ROOT
 
 
-def _worker_args(other: str, examples: int, steps: int, seed) -> list[str]:
-    out = ["--other", other, "--examples", str(examples), "--steps", str(steps)]
+def _worker_args(other: str, examples: int, steps: int, seed, mix: str = "full") -> list[str]:
+    out = ["--other", other, "--examples", str(examples), "--steps", str(steps), "--mix", mix]
     return out + (["--seed", str(seed)] if seed is not None else [])
 
 
@@ -37,48 +38,36 @@ def _cmd_explore(args) -> int:
     per = -(-args.examples // jobs)
     seeds = [None if args.seed is None else args.seed + i for i in range(jobs)]
 
-    def run_model(worker):
-        seed = seeds[worker]
+    other = "vm" if target.name == "vm" else "model"
+    vm_args = []
+    if other == "vm":
+        vm_args = [*(["--vm-kernel", target.value] if target.value else []),
+                   *(["--vm-profile", target.profile] if target.profile else [])]
+
+    def run_worker(worker):
+        # a host process per worker: hypothesis and the model here, for vm a guest of its own
         p = subprocess.run([sys.executable, "-X", "faulthandler", "-m", "conformance.explore",
-                            *_worker_args("model", per, args.steps, seed)], capture_output=True, text=True)
+                            *_worker_args(other, per, args.steps, seeds[worker], args.mix), *vm_args],
+                           capture_output=True, text=True, cwd=str(ROOT))
         sys.stdout.write(p.stdout if p.returncode else "")
         sys.stderr.write(p.stderr)
         return _result(p.stdout) or {"failure": f"worker exit {p.returncode}", "steps": 0}
 
-    def run_vm(worker):
-        from codegen.debian import cache_dir
-        from conformance.run import vm_run
-
-        # each guest's writable scratch (its example database) is kept, one per worker, so a
-        # failure found in the guest replays on the next run
-        scratch = cache_dir() / "explore-vm" / f"worker{worker}"
-        res, failed = vm_run([sys.executable, "-X", "faulthandler", "-m", "conformance.explore",
-                               *_worker_args("kernel", per, args.steps, seeds[worker])], target.value, 3600,
-                              str(ROOT), echo=sys.stderr if args.json else None, scratch=scratch,
-                              profile=target.profile)
-        if failed:
-            return {"failure": "the VM run failed", "steps": 0}
-        out = _result(res.stdout) or {"failure": f"worker exit {res.returncode}", "steps": 0}
-        if res.findings:
-            out["failure"] = (out.get("failure") or "") + " kernel reports: " + " | ".join(res.findings)
-        return out
-
     if args.db and not args.engine:
         raise UsageError("explore --db needs --engine (a local campaign keeps its database in the cache)")
     if args.engine:
-        if target.name != "model":
-            raise UsageError("explore --engine runs model campaigns: in a VM, hypothesis runs in the guest, which "
-                             "cannot reach the shared database")
         from conformance import distributed
 
         try:
-            results, wall = distributed.submit(args.engine, args.db, "model", args.examples, args.steps, jobs, seeds)
+            results, wall = distributed.submit(args.engine, args.db, other, args.examples, args.steps, jobs, seeds,
+                                               vm=(target.value, target.profile) if other == "vm" else None,
+                                               mix=args.mix)
         except OSError as e:
             raise UsageError(f"explore --engine {args.engine}: {e}") from None
     else:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(jobs) as pool:
-            results = list(pool.map(run_vm if target.name == "vm" else run_model, range(jobs)))
+            results = list(pool.map(run_worker, range(jobs)))
         wall = time.perf_counter() - t0
     written = _write_reproducers(results, args)
     from conformance import coverage
@@ -93,20 +82,30 @@ def _cmd_explore(args) -> int:
     failures = [r["failure"] for r in results if r.get("failure")]
     summary = {"target": args.target, "jobs": jobs, "examples": per * jobs, "steps": steps,
                "seconds": round(wall, 2), "steps_per_s": round(steps / wall, 1), "failures": failures,
-               "raise_sites": {k: figures[k] for k in ("sites", "reached", "confirmed")}, "workers": results}
+               "raise_sites": {k: figures[k] for k in ("sites", "reachable", "reached", "confirmed")}, "workers": results}
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
         print(f"explore {args.target}: {jobs} worker(s), {per * jobs} sequences of up to {args.steps} steps: "
               f"{steps} steps in {wall:.1f} s ({steps / wall:.0f} steps/s), "
               f"{'no disagreement' if not failures else f'{len(failures)} failure(s)'}")
-        print(f"  model raise sites reached: {figures['reached']} of {figures['sites']}"
+        rates = [r["steps_per_s"] for r in results if r.get("steps_per_s")]
+        if rates:  # a worker's own rate leaves out its start (a VM's boot)
+            print(f"  per worker: {', '.join(f'{x:.0f}' for x in rates)} steps/s")
+        print(f"  model raise sites reached: {figures['reached']} of {figures['reachable']} reachable"
               + (f", {figures['confirmed']} confirmed by the kernel" if figures["kernel_run"] else ""))
         for f in failures:
             print("  " + f[:2000])
         for path in written:
             print(f"  reproducer: {path}")
-    return 1 if failures else 0
+    short = []
+    if args.min_steps and steps < args.min_steps:
+        short.append(f"{steps} steps, fewer than --min-steps {args.min_steps}")
+    if args.max_seconds and wall > args.max_seconds:
+        short.append(f"{wall:.0f} s, more than --max-seconds {args.max_seconds:g}")
+    for s in short:
+        print(f"iommufd-conformance: explore: {s}", file=sys.stderr)
+    return 1 if failures or short else 0
 
 
 def _write_reproducers(results: list[dict], args) -> list[str]:
@@ -141,11 +140,16 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=50, help="steps per sequence at most (default 50)")
     p.add_argument("--seed", type=int, help="a seed for reproducible campaigns (worker i gets seed + i)")
     p.add_argument("--jobs", "-j", type=int, default=1, help="workers in parallel (one VM each for vm)")
+    p.add_argument("--mix", choices=("full", "plain"), default="full",
+                   help="the rules: full (default; every run starts from mock objects) or plain (IOAS, VFIO "
+                        "compatibility and the generated rule)")
     p.add_argument("--out", help="where a failure's C and Python reproducers go (default: the cache's reproducers/)")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--min-steps", type=int, help="fail unless the campaign ran at least this many steps")
+    p.add_argument("--max-seconds", type=float, help="fail if the campaign took longer (wall time, with boots)")
     p.add_argument("--engine", metavar="ADDRESS",
                    help="submit the campaign to a Dask distributed scheduler (tcp://HOST:8786): --jobs tasks on its "
-                        "workers, on any machine (conformance/distributed.py)")
+                        "workers, on any machine (conformance/distributed.py); for vm each boots its own guest")
     p.add_argument("--db", metavar="redis://HOST:PORT",
                    help="with --engine: hypothesis's RedisExampleDatabase on that server, shared by every worker, so "
                         "a failure found on one machine replays on the others")

@@ -25,11 +25,8 @@ PLANTED: list = []  # the contexts that behave as the old model did
 def _machine(keep: set[str], plant: bool):
     """ModelVsKernel against a second model context, with only the rules in `keep` (and the
     set-up), the old behaviour planted in the first context when `plant`."""
-    def plain(f):  # the method without its rule marker: the set-up still calls some of them
-        return lambda self, *a, **k: f(self, *a, **k)
-
-    hidden = {name: plain(v) for name, v in inspect.getmembers(explore.ModelVsKernel)
-              if getattr(v, "hypothesis_stateful_rule", None) is not None and name not in keep}
+    rules = {name for name, v in inspect.getmembers(explore.ModelVsKernel)
+             if getattr(v, "hypothesis_stateful_rule", None) is not None}
 
     def __init__(self):
         explore.ModelVsKernel.__init__(self)
@@ -37,7 +34,8 @@ def _machine(keep: set[str], plant: bool):
         if plant:
             PLANTED.append(self.model.ictx)
 
-    return type("Planted", (explore.ModelVsKernel,), {"OTHER": "model", "STEPS": 0, "__init__": __init__, **hidden})
+    return explore.with_rules(explore.ModelVsKernel, rules - keep, "Planted", OTHER="model", STEPS=0,
+                              __init__=__init__)
 
 
 def _campaign(machine, examples=150, steps=20):

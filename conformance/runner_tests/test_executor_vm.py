@@ -1,0 +1,90 @@
+"""explore --target vm's design on the test kernel: the model and hypothesis here, the kernel's
+steps made by the guest's executor (conformance/executor). A campaign agrees step by step; a
+model bug planted back is found and shrunk on this side; what the kernel writes into the guest's
+user memory and what the model writes into ours are compared, so a write only one side makes
+is a disagreement."""
+from __future__ import annotations
+
+import ctypes
+import shutil
+
+import pytest
+
+from conformance import executor, explore
+from conformance.runner_tests.test_vm import needs_kernel
+from model import viommu
+from model.limits import PAGE_SIZE
+from model.uapi import B
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the executor")
+
+
+@pytest.fixture(scope="module")
+def guest():
+    with executor.Guest() as channel:
+        channel.hello(explore.user_memory(), explore.MEMFD, explore.CLOSED_FD)
+        yield channel
+
+
+@needs_kernel
+def test_a_campaign_agrees_with_the_kernel_step_by_step(guest):
+    out = explore._campaign("vm", 60, 30, 11, None, None, guest, keep=False)
+    assert out["failure"] is None
+    assert out["steps"] > 500
+    sites = out["coverage"]["sites"]
+    assert any("hw_queue" in s for s in sites) and any("access" in s for s in sites)
+
+
+@needs_kernel
+def test_a_planted_model_bug_is_found_and_shrunk_here(guest, monkeypatch):
+    """The HW queue's contiguity check planted wrong (no run of pages contiguous, not even one
+    page): the kernel's success disagrees with the model's EFAULT, and the shrunk example ends
+    in the queue's allocation."""
+    monkeypatch.setattr(viommu, "_physically_contiguous", lambda access, iova, length, pfns: False)
+    out = explore._campaign("vm", 300, 30, 1, None, None, guest, keep=False)
+    assert out["failure"] and "iommu_hw_queue_alloc" in out["failure"] and "model 14" in out["failure"]
+    assert "hw_queue" in out["reproducers"]["py"].rsplit("# step", 1)[1]
+
+
+@needs_kernel
+def test_a_write_into_user_memory_only_the_kernel_made_is_a_difference(guest):
+    """The kernel writes MEM through an access (IOMMU_TEST_OP_ACCESS_RW); the model side is not
+    asked, so the pages differ, naming where."""
+    k = executor.ExecutorFile(guest, {})
+    try:
+        a = B.iommu_ioas_alloc(size=ctypes.sizeof(B.iommu_ioas_alloc))
+        k.ioctl(B.IOMMU_IOAS_ALLOC, a)
+        k.ioctl(B.IOMMU_IOAS_MAP, B.iommu_ioas_map(
+            size=ctypes.sizeof(B.iommu_ioas_map), ioas_id=a.out_ioas_id, user_va=explore.MEM + 7 * PAGE_SIZE,
+            length=PAGE_SIZE, iova=1 << 24,
+            flags=B.IOMMU_IOAS_MAP_READABLE | B.IOMMU_IOAS_MAP_WRITEABLE | B.IOMMU_IOAS_MAP_FIXED_IOVA))
+        c = B.iommu_test_cmd(size=ctypes.sizeof(B.iommu_test_cmd), op=B.IOMMU_TEST_OP_CREATE_ACCESS,
+                             id=a.out_ioas_id)
+        k.ioctl(B.IOMMU_TEST_CMD, c)
+        data = (ctypes.c_uint8 * 4)(1, 2, 3, 4)
+        rw = B.iommu_test_cmd(size=ctypes.sizeof(B.iommu_test_cmd), op=B.IOMMU_TEST_OP_ACCESS_RW,
+                              id=c.create_access.out_access_fd)
+        rw.access_rw.iova, rw.access_rw.length = (1 << 24) + 8, 4
+        rw.access_rw.flags, rw.access_rw.uptr = B.MOCK_ACCESS_RW_WRITE, ctypes.addressof(data)
+        k.buffers[ctypes.addressof(data)] = (data, "data")
+        k.ioctl(B.IOMMU_TEST_CMD, rw)
+        assert guest.memory_differences() == [
+            f"MEM + {7 * PAGE_SIZE + 8:#x}: model 0000000000000000 != kernel 0102030400000000"]
+    finally:
+        k.close()
+        # the guest's page back as ours is: write it there the way the host's rules would
+        region = guest.regions[0]
+        off = 7 * PAGE_SIZE
+        guest.call(executor.OP_RESET, mem=[(0, off, region.host()[off:off + PAGE_SIZE])])
+        region.guest[off:off + PAGE_SIZE] = region.host()[off:off + PAGE_SIZE]
+    assert guest.memory_differences() == []
+
+
+@needs_kernel
+def test_the_executor_alone_replays_a_campaign(guest, tmp_path):
+    guest.record = []
+    out = explore._campaign("vm", 20, 20, 5, None, None, guest, keep=False)
+    requests = guest.record
+    guest.record = None
+    ran, seconds = guest.replay(requests, tmp_path)
+    assert out["failure"] is None and ran == len(requests) > out["steps"] and seconds > 0
