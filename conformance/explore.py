@@ -150,6 +150,11 @@ class _GetInfo(ctypes.Structure):
     _fields_ = [("info", B.vfio_iommu_type1_info), ("room", ctypes.c_uint8 * 40)]
 
 
+class _Int(ctypes.Structure):
+    """An int argument of a VFS ioctl (written as bytes in a reproducer)."""
+    _fields_ = [("value", ctypes.c_int)]
+
+
 class _ViommuData(ctypes.Structure):
     """The selftest vIOMMU's data with room after it (written as bytes in a reproducer)."""
     _fields_ = [("data", B.iommu_viommu_selftest), ("room", ctypes.c_uint8 * 16)]
@@ -663,7 +668,7 @@ class ModelVsKernel(RuleBasedStateMachine):
         argument an int or a pointer nothing readable is at."""
         out = []
         for fd in (self.model, self.kernel):
-            arg = ctypes.c_int(value) if pointer == "int" else pointer
+            arg = _Int(value) if pointer == "int" else pointer
             try:
                 rc = fd.ioctl(request, arg)
                 out.append((0, rc if isinstance(rc, int) else 0, arg.value if pointer == "int" else None))
@@ -714,6 +719,23 @@ MOCK_RULES = ("setup_viommu", "mock_device", "mock_domain_replace", "nest_parent
 # vIOMMU: heavy in mock objects) and "plain" (IOAS, VFIO compatibility and the generated rule,
 # no mock objects).
 MIXES = {"full": (), "plain": MOCK_RULES}
+
+
+def _hw_queue_never_contiguous() -> None:
+    """The HW queue's contiguity check (model/viommu.py _physically_contiguous(), after
+    iommufd_hw_queue_alloc_phys(), viommu.c:344) planted wrong: no run of pages contiguous, not
+    even a single page, so the model answers EFAULT where the kernel allocates the queue. The
+    check explore once found the model getting wrong on the VM (then: the model's own numbering
+    where the guest's frames were adjacent, which only some runs' placements show; planted this
+    way, every run can find it)."""
+    from model import viommu
+
+    viommu._physically_contiguous = lambda access, iova, length, pfns: False
+
+
+# Known old model bugs put back (`python -m conformance.explore --plant NAME`, for bench explore's
+# shrink time).
+PLANTS = {"hw-queue": _hw_queue_never_contiguous}
 
 
 def database(other: str, url: str | None = None):
@@ -835,7 +857,7 @@ def main(argv=None) -> int:
     ap.add_argument("--vm-kernel", help="with --other vm: the vm target's kernel (a series or a bzImage)")
     ap.add_argument("--vm-profile", help="with --other vm: the VM profile (conformance/vm.py PROFILES)")
     ap.add_argument("--mix", choices=sorted(MIXES), default="full", help="the rules (MIXES; default full)")
-    ap.add_argument("--plant", help="put a known old model bug back (conformance/bench/explore.py PLANTS)")
+    ap.add_argument("--plant", choices=sorted(PLANTS), help="put a known model bug back (PLANTS)")
     ap.add_argument("--no-shrink", action="store_true", help="report a failure as found, unshrunk")
     ap.add_argument("--fresh", action="store_true", help="no example database: nothing saved earlier replays")
     ap.add_argument("--examples", type=int, default=100)
@@ -843,8 +865,6 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int)
     args = ap.parse_args(argv)
     if args.plant:
-        from conformance.bench.explore import PLANTS
-
         PLANTS[args.plant]()
     result = campaign(args.other, args.examples, args.steps, args.seed, vm=(args.vm_kernel, args.vm_profile),
                       mix=args.mix, shrink=not args.no_shrink, keep=not args.fresh)

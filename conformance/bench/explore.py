@@ -15,8 +15,8 @@ run, for the plain mix and the full (mock-heavy) mix (conformance/explore.py MIX
   host in the loop: the kernel's own speed for the same steps;
 - host alone: the same campaign with a second model context for the kernel (no guest): what
   hypothesis, the machine and the model cost here, the other limit.
-Then the shrink time of the HW-queue divergence explore once found on the VM (PLANTS), old and
-new: the campaign's time to the failure unshrunk, and with shrinking.
+Then the shrink time of a HW-queue divergence planted in the model (conformance/explore.py
+PLANTS), old and new: the campaign's time to the failure unshrunk, and with shrinking.
 """
 from __future__ import annotations
 
@@ -55,19 +55,6 @@ def per_call(n: int, recorded: bool) -> float:
         return seconds
 
 
-def _hw_queue_always_contiguous() -> None:
-    """The HW queue's contiguity check (model/viommu.py _physically_contiguous(), after
-    iommufd_hw_queue_alloc_phys(), viommu.c:344) planted wrong: every run of pages taken as
-    contiguous, so the model answers success where the kernel, over pages whose frames are not
-    adjacent, answers EFAULT. The check explore once found the model getting wrong on the VM
-    (the other way round: the model's own numbering where the guest's frames were adjacent)."""
-    from model import viommu
-
-    viommu._physically_contiguous = lambda access, iova, length, pfns: True
-
-
-# Known old model bugs put back (`python -m conformance.explore --plant NAME`).
-PLANTS = {"hw-queue": _hw_queue_always_contiguous}
 
 
 def _worker(argv: list[str], where: str, kernel, profile) -> dict:
@@ -150,6 +137,7 @@ def main(argv=None) -> int:
     ap.add_argument("--shrink-seed", type=int, default=1)
     ap.add_argument("--shrink-examples", type=int, default=300)
     ap.add_argument("--no-shrink", action="store_true", help="skip the shrink-time measurement")
+    ap.add_argument("--no-rates", action="store_true", help="measure the shrink time only")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.target == "vm":
@@ -163,8 +151,9 @@ def main(argv=None) -> int:
 
 
 def _main_vm(args) -> int:
-    result = {"rates": [vm_rates(mix, args.examples, args.old_examples, args.steps, args.seed, args.kernel,
-                                 args.profile) for mix in ("plain", "full")]}
+    result = {"rates": [] if args.no_rates else [
+        vm_rates(mix, args.examples, args.old_examples, args.steps, args.seed, args.kernel, args.profile)
+        for mix in ("plain", "full")]}
     if not args.no_shrink:
         result["shrink"] = shrink_times(args.shrink_examples, args.steps, args.shrink_seed, args.kernel,
                                         args.profile)

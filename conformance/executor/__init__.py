@@ -20,6 +20,7 @@ import errno as errno_mod
 import os
 import socket
 import struct
+import subprocess
 import tempfile
 import threading
 import time
@@ -353,10 +354,16 @@ class Guest:
             self.error = e
 
     def __enter__(self) -> Channel:
+        from codegen.debian import DependencyError, FetchError
+        from conformance.kbuild import KernelBuildError
         from conformance.run import kernel_for
 
-        image, series = kernel_for(self.kernel)
-        exe = build()
+        try:
+            image, series = kernel_for(self.kernel)
+            exe = build()
+        except (OSError, ValueError, KernelBuildError, DependencyError, FetchError,
+                subprocess.CalledProcessError) as e:
+            raise ExecutorGone(f"no guest to run the executor in: {e}") from None
         self._dir = tempfile.TemporaryDirectory(prefix="iommufd-executor-")
         path = f"{self._dir.name}/port"
         devices = ("-device", "virtio-serial-pci,id=iommufd-exec",
@@ -391,11 +398,15 @@ class Guest:
     def _check(self, deadline: float) -> None:
         if not self.thread.is_alive() or time.monotonic() > deadline:
             self.thread.join(timeout=5)
-            why = self.error or (f"the guest exited ({self.result.returncode}) before its executor answered:\n"
-                                 + "\n".join(self.result.stdout.splitlines()[-20:]) if self.result else
-                                 f"no answer from the guest's executor within {self.BOOT_TIMEOUT} s")
+            if self.error is not None:
+                why = str(self.error)
+            elif self.result is not None:
+                why = (f"the guest exited ({self.result.returncode}) before its executor answered:\n"
+                       + "\n".join(self.result.stdout.splitlines()[-20:]))
+            else:
+                why = f"no answer from the guest's executor within {self.BOOT_TIMEOUT} s"
             self.__exit__(None, None, None)
-            raise ExecutorGone(str(why))
+            raise ExecutorGone(why)
 
     def __exit__(self, *exc) -> None:
         if self.sock is not None:

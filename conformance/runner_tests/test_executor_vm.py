@@ -40,7 +40,7 @@ def test_a_planted_model_bug_is_found_and_shrunk_here(guest, monkeypatch):
     """The HW queue's contiguity check planted wrong (no run of pages contiguous, not even one
     page): the kernel's success disagrees with the model's EFAULT, and the shrunk example ends
     in the queue's allocation."""
-    monkeypatch.setattr(viommu, "_physically_contiguous", lambda access, iova, length, pfns: False)
+    monkeypatch.setattr(viommu, "_physically_contiguous", lambda access, iova, length, pfns: False)  # explore.PLANTS["hw-queue"]
     out = explore._campaign("vm", 300, 30, 1, None, None, guest, keep=False)
     assert out["failure"] and "iommu_hw_queue_alloc" in out["failure"] and "model 14" in out["failure"]
     assert "hw_queue" in out["reproducers"]["py"].rsplit("# step", 1)[1]
