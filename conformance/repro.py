@@ -77,6 +77,7 @@ class Call:
     word: int | None = None  # mmap: the first u32 of the mapping
     data: bytes = b""  # read: what it answered
     new_fds: dict = field(default_factory=dict)  # ioctl: output field path -> descriptor variable
+    fd_ids: dict = field(default_factory=dict)  # an access op's ID, a descriptor: its number -> variable
 
 
 class Recorder:
@@ -158,6 +159,8 @@ class Recorder:
             ctype = type(arg) if isinstance(arg, (ctypes.Structure, ctypes.Union)) else _struct_of(request)
             c = self._call("ioctl", request=request, ctype=ctype, arg=bytes(arg))
             c.buffers = self._referenced(c.arg)
+            if request == B.IOMMU_TEST_CMD and int.from_bytes(c.arg[4:8], "little") in _ACCESS_OPS:
+                c.fd_ids = dict(self.fd_vars)  # the ID names the access by its descriptor
         try:
             rc = file.ioctl(request, arg, mutate_flag)
             c.rc = rc if isinstance(rc, int) else 0
@@ -217,6 +220,11 @@ class Recorder:
 
 
 _FD_OUTPUTS: dict[type, bool] = {}
+
+
+# IOMMU_TEST_CMD ops whose `id` is an access's descriptor (selftest.c iommufd_access_get())
+_ACCESS_OPS = {B.IOMMU_TEST_OP_ACCESS_RW, B.IOMMU_TEST_OP_ACCESS_PAGES, B.IOMMU_TEST_OP_DESTROY_ACCESS_PAGES,
+               B.IOMMU_TEST_OP_ACCESS_REPLACE_IOAS}
 
 
 def _has_fd_output(ctype) -> bool:
@@ -334,6 +342,7 @@ class Namer:
 
     def __init__(self, rec: Recorder):
         self.mem, self.mem_len, self.memfd = rec.mem, rec.mem_len, rec.memfd
+        self.fd_ids: dict[int, str] = {}  # the step's descriptor IDs (Call.fd_ids)
 
     def scalar(self, path: str, ct, value: int, buffers: dict[int, str]) -> Value:
         size = ctypes.sizeof(ct)
@@ -346,6 +355,8 @@ class Namer:
             return Value(f"(__u64)(uintptr_t){'' if is_array else '&'}{name}", f"ctypes.addressof({name})")
         if leaf == "fd" and value == self.memfd:
             return Value("memfd", "memfd")
+        if path == "id" and value in self.fd_ids:
+            return Value(self.fd_ids[value], f"fds[{self.fd_ids[value]!r}]")
         return _literal(ct, value)
 
 
@@ -478,7 +489,9 @@ def _ioctl_step(s: Step, c: Call, namer: Namer) -> None:
             b.name = b.name if b.name not in {n for n, _ in addrs.values()} else f"{b.name}{len(addrs) + 1}"
             addrs[b.address] = b.name, issubclass(b.ctype, ctypes.Array)
     choose = _union_chooser([c.arg, c.out], _op_words(c.ctype, c.arg))
+    namer.fd_ids = c.fd_ids
     s.init = make_init(c.ctype, c.arg, namer, addrs, choose)
+    namer.fd_ids = {}
     for b in c.buffers:
         bchoose = _union_chooser([b.before, b.after], set())
         before = make_init(b.ctype, b.before, namer, {}, bchoose)

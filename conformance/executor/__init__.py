@@ -180,34 +180,32 @@ class Channel:
         if r.err:
             raise ExecutorGone(f"the executor could not set up the guest's user memory: {os.strerror(r.err)}")
 
-    def sync(self) -> list[tuple[int, int, bytes]]:
-        """The pages where our user memory and the guest's differ, as writes for a request's
-        `mem` (the guest's copies updated as if sent): an example starts from equal memory."""
-        out = []
+    def _differing_pages(self):
+        """(region index, offset, our page, the guest's page) where the two differ."""
         for i, r in enumerate(self.regions):
             host = r.host()
             if host == r.guest:
                 continue
             for off in range(0, r.length, PAGE):
                 if host[off:off + PAGE] != r.guest[off:off + PAGE]:
-                    out.append((i, off, host[off:off + PAGE]))
-                    r.guest[off:off + PAGE] = host[off:off + PAGE]
-        return out
+                    yield i, off, host[off:off + PAGE], bytes(r.guest[off:off + PAGE])
+
+    def sync(self) -> list[tuple[int, int, bytes]]:
+        """The pages where our user memory and the guest's differ, as writes for a request's
+        `mem` (the guest's copies updated as if sent): an example starts from equal memory."""
+        out = list(self._differing_pages())
+        for i, off, ours, _ in out:
+            self.regions[i].guest[off:off + PAGE] = ours
+        return [(i, off, ours) for i, off, ours, _ in out]
 
     def memory_differences(self) -> list[str]:
-        """Pages where the host's user memory (what the model wrote) and the guest's (what the
-        kernel wrote) differ."""
+        """Where the host's user memory (what the model wrote) and the guest's (what the kernel
+        wrote) differ: each page's first differing byte, both sides' 8 bytes from there."""
         out = []
-        for i, r in enumerate(self.regions):
-            host = r.host()
-            if host == r.guest:
-                continue
-            for off in range(0, r.length, PAGE):
-                a, b = host[off:off + PAGE], r.guest[off:off + PAGE]
-                if a != b:
-                    at = next(j for j in range(PAGE) if a[j] != b[j])
-                    out.append(f"{('MEM', 'memfd')[i]} + {off + at:#x}: model {a[at:at + 8].hex()} "
-                               f"!= kernel {b[at:at + 8].hex()}")
+        for i, off, a, b in self._differing_pages():
+            at = next(j for j in range(PAGE) if a[j] != b[j])
+            out.append(f"{('MEM', 'memfd')[i]} + {off + at:#x}: model {a[at:at + 8].hex()} "
+                       f"!= kernel {b[at:at + 8].hex()}")
         return out
 
     def guest_pfns(self, pid: int, vas: list[int]) -> list[int] | None:

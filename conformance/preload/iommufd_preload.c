@@ -362,7 +362,10 @@ int ioctl(int fd, unsigned long request, ...)
 	if (request == FIOASYNC && fd >= 0 && fd < MAX_FDS && served[fd] != SERVED_NONE &&
 	    served[fd] != SERVED_FAIL_NTH)
 		return served_fioasync(arg);
-	if (fd < 0 || fd >= MAX_FDS || served[fd] != SERVED_IOMMU || ((request >> 8) & 0xff) != IOMMUFD_TYPE)
+	/* FIONREAD too: for a character device do_vfs_ioctl() leaves it to the driver (the model's
+	 * vfs.py answers it as iommufd does); the socket here would answer its own queue */
+	if (fd < 0 || fd >= MAX_FDS || served[fd] != SERVED_IOMMU ||
+	    (((request >> 8) & 0xff) != IOMMUFD_TYPE && request != FIONREAD))
 		return ((int (*)(int, unsigned long, void *))next("ioctl"))(fd, request, arg);
 	req.arg = (uint64_t)(uintptr_t)arg;
 	req.tid = gettid();
