@@ -27,11 +27,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from model.uapi import B
+
 SOURCE = Path(__file__).with_name("executor.c")
 PORT = "iommufd.executor"
 (OP_HELLO, OP_OPEN, OP_IOCTL, OP_MMAP, OP_MUNMAP, OP_READ, OP_CLOSE, OP_RESET, OP_REPLAY, OP_QUIT,
  OP_PAGEMAP) = range(1, 12)
-REQ = struct.Struct("<IHHiIQQiiII")  # len, op, nbufs, fd, arg_len, request, value, prot, flags, nmem, pad
+REQ = struct.Struct("<IHHiIQQiiII")  # len, op, nbufs, fd, arg_len, request, value, prot, flags, nmem, check
 REP = struct.Struct("<IiqIHHIIQ")  # len, err, rc, arg_len, nbufs, npages, kmsg_len, word, value
 BUFDESC = struct.Struct("<II")  # offset of the pointer in the arg, length
 MEMW = struct.Struct("<IIII")  # region, offset, length, pad
@@ -101,9 +103,10 @@ class Channel:
         self.sock.close()
 
     def submit(self, op: int, *, fd: int = -1, request: int = 0, value: int = 0, arg: bytes = b"",
-               bufs=(), mem=(), prot: int = 0, flags: int = 0) -> int:
+               bufs=(), mem=(), prot: int = 0, flags: int = 0, check: bool = True) -> int:
         """Send one request; its ticket for reply(). bufs: (offset of the pointer in arg, the
-        bytes it points to); mem: (region, offset, bytes) to write into the guest's user memory."""
+        bytes it points to); mem: (region, offset, bytes) to write into the guest's user memory;
+        check: the executor compares user memory afterwards and sends the pages that changed."""
         parts = [arg, b"\0" * (_pad(len(arg)) - len(arg))]
         for off, data in bufs:
             parts += [BUFDESC.pack(off, len(data)), data, b"\0" * (_pad(len(data)) - len(data))]
@@ -113,7 +116,7 @@ class Channel:
         while self.sent - self.received >= self.WINDOW:  # the guest blocks on a full channel: take replies
             self._take_reply()
         msg = REQ.pack(REQ.size + len(body), op, len(bufs), fd, len(arg), request & (2**64 - 1), value & (2**64 - 1),
-                       prot, flags, len(mem), 0) + body
+                       prot, flags, len(mem), int(check)) + body
         try:
             self.sock.sendall(msg)
         except OSError as e:
@@ -271,7 +274,7 @@ class ExecutorFile:
         value, or OSError with the kernel's errno)."""
         objs = []
         if isinstance(arg, int):
-            ticket = self.ch.submit(OP_IOCTL, fd=self.fd, request=request, value=arg)
+            ticket = self.ch.submit(OP_IOCTL, fd=self.fd, request=request, value=arg, check=self._user_pointer(arg))
         else:
             raw = bytes(arg)
             bufs = []
@@ -281,7 +284,11 @@ class ExecutorFile:
                     obj = self.buffers[value][0]
                     bufs.append((off, bytes(obj)))
                     objs.append(obj)
-            ticket = self.ch.submit(OP_IOCTL, fd=self.fd, request=request, arg=raw, bufs=bufs)
+            # the kernel writes user memory through a pointer it is given, or (the mock's access
+            # ops, IOMMU_TEST_CMD) through pages an IOAS maps: only then is it compared
+            check = request == B.IOMMU_TEST_CMD or any(
+                self._user_pointer(int.from_bytes(raw[off:off + 8], "little")) for off in range(0, len(raw) - 7, 8))
+            ticket = self.ch.submit(OP_IOCTL, fd=self.fd, request=request, arg=raw, bufs=bufs, check=check)
 
         def answer():
             r = self.ch.reply(ticket)
@@ -299,6 +306,10 @@ class ExecutorFile:
 
     def ioctl(self, request: int, arg=0, mutate_flag: bool = True):
         return self.submit(request, arg)()
+
+    def _user_pointer(self, value: int) -> bool:
+        """Whether `value` points into the user memory the guest mirrors (its guard page too)."""
+        return any(r.address <= value < r.address + r.length + PAGE for r in self.ch.regions)
 
     def mmap(self, length: int, prot: int, flags: int, offset: int = 0) -> RemoteMapping:
         r = self.ch.call(OP_MMAP, fd=self.fd, request=length, value=offset, prot=prot, flags=flags)
