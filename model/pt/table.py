@@ -233,13 +233,7 @@ def vtdss(levels: int = 4, max_vasz_lg2: int | None = None, pgsize_bitmap: int |
     """VT-d second stage (fmt/vtdss.py): `levels` 3-5 (top level 2-4, vtdss.h:252), IOVA bits
     max_vasz_lg2 (default: all the levels span, 39/48/57); pgsize_bitmap, if given, masks the
     format's 4K | 2M | 1G as intel-iommu masks it by cap SLLPS (iommu.c:2983-2989)."""
-    if not _vtdss.MIN_TOP_LEVEL <= levels - 1 <= _vtdss.MAX_TOP_LEVEL:
-        raise ValueError(f"vtdss has 3 to 5 levels, not {levels}")
-    vasz = 12 + ITEMS_LG2 * levels if max_vasz_lg2 is None else max_vasz_lg2
-    t = IoPageTable(VTDSS, levels - 1, 12, vasz, _vtdss.MAX_OUTPUT_ADDRESS_LG2, features=features)
-    if pgsize_bitmap is not None:
-        t.pgsize_bitmap &= pgsize_bitmap
-    return t
+    return _intel_table(VTDSS, _vtdss, "vtdss has 3 to 5 levels", levels, max_vasz_lg2, pgsize_bitmap, features)
 
 
 def x86_64(levels: int = 4, max_vasz_lg2: int | None = None, pgsize_bitmap: int | None = None,
@@ -247,10 +241,18 @@ def x86_64(levels: int = 4, max_vasz_lg2: int | None = None, pgsize_bitmap: int 
     """x86-64 long mode / VT-d first stage (fmt/x86_64.py): `levels` 4 or 5 (x86_64.h:245),
     IOVA bits max_vasz_lg2 (default 48 / 57), sign-extended as intel-iommu configures it
     (iommu.c:2866); pgsize_bitmap, if given, masks the format's 4K | 2M | 1G (iommu.c:2888-2891)."""
-    if not _x86_64.MIN_TOP_LEVEL <= levels - 1 <= _x86_64.MAX_TOP_LEVEL:
-        raise ValueError(f"x86_64 has 4 or 5 levels, not {levels}")
+    return _intel_table(X86_64, _x86_64, "x86_64 has 4 or 5 levels", levels, max_vasz_lg2, pgsize_bitmap,
+                        features)
+
+
+def _intel_table(fmt: int, unit, levels_are: str, levels: int, max_vasz_lg2: int | None,
+                 pgsize_bitmap: int | None, features: int) -> IoPageTable:
+    """One of intel-iommu's two formats (`unit`: its fmt module): 4 KiB tables at every level,
+    IOVA bits all the levels span unless given, the leaf sizes masked by pgsize_bitmap."""
+    if not unit.MIN_TOP_LEVEL <= levels - 1 <= unit.MAX_TOP_LEVEL:
+        raise ValueError(f"{levels_are}, not {levels}")
     vasz = 12 + ITEMS_LG2 * levels if max_vasz_lg2 is None else max_vasz_lg2
-    t = IoPageTable(X86_64, levels - 1, 12, vasz, _x86_64.MAX_OUTPUT_ADDRESS_LG2, features=features)
+    t = IoPageTable(fmt, levels - 1, 12, vasz, unit.MAX_OUTPUT_ADDRESS_LG2, features=features)
     if pgsize_bitmap is not None:
         t.pgsize_bitmap &= pgsize_bitmap
     return t
