@@ -237,3 +237,136 @@ def render(p: Probe) -> str:
     for name, known in p.ioctls.items():
         lines.append(f"  {name:<32} {'yes' if known else 'no (ENOTTY)'}")
     return "\n".join(lines)
+
+
+# -- profiles: the machine's IOMMU unit and PCI devices as data (model/profile.py) ------------------
+
+SYSFS_IOMMU = "/sys/class/iommu"
+
+
+# The register attributes each driver shows (intel/iommu.c intel_iommu_groups; amd/iommu.c
+# amd_iommu_groups): the counters beside them (domains_used, ...) are not hardware.
+UNIT_REGISTERS = {"intel-iommu": ("version", "address", "cap", "ecap"), "amd-iommu": ("cap", "features")}
+
+
+def _unit_registers() -> dict:
+    """The first IOMMU unit's registers as its driver shows them in sysfs: (driver, {attr: hex}).
+    amd_iommu's `features` is "EFR:EFR2" (amd_iommu_show_features()): two registers."""
+    from pathlib import Path
+
+    units = sorted(Path(SYSFS_IOMMU).iterdir()) if Path(SYSFS_IOMMU).is_dir() else []
+    for unit in units:
+        for driver, attrs in UNIT_REGISTERS.items():
+            d = unit / driver
+            if d.is_dir():
+                regs = {}
+                for a in attrs:
+                    values = (d / a).read_text().strip().split(":")
+                    for suffix, v in zip(("", "2"), values):
+                        regs[a + suffix] = hex(int(v, 16))
+                return {"driver": driver, "unit": unit.name, "registers": regs}
+    raise LookupError(f"no intel-iommu or amd-iommu unit under {SYSFS_IOMMU}: this machine's IOMMU is not "
+                      "one the model has a driver for")
+
+
+def _pci_device(bdf: str) -> dict:
+    from conformance import vfio_device as vd
+
+    d = vd.SYSFS_PCI / bdf
+    vendor, device = vd.pci_id(bdf)
+    group = vd.iommu_group(bdf)
+    resv = []
+    for ln in open(f"/sys/kernel/iommu_groups/{group}/reserved_regions").read().splitlines():
+        s, e, kind = ln.split()
+        resv.append([hex(int(s, 16)), hex(int(e, 16)), kind])
+    resources = [[hex(int(x, 16)) for x in ln.split()] for ln in (d / "resource").read_text().splitlines()]
+    return {"bdf": bdf, "vendor": hex(vendor), "device": hex(device), "iommu_group": group,
+            "config": (d / "config").read_bytes().hex(), "resources": resources, "reserved_regions": resv}
+
+
+def _observe_vfio(fd, bdf: str) -> dict:
+    """What iommufd and vfio-pci answered for `bdf`: the checks a model of this machine must pass."""
+    from conformance import vfio_device as vd
+
+    obs: dict = {"device": bdf}
+    with vd.VfioDevice(bdf) as dev:
+        dev_id = dev.bind(fd.fd)
+        data = (ctypes.c_uint8 * 64)()
+        hw = _struct("iommu_hw_info", dev_id=dev_id, data_len=64, data_uptr=ctypes.addressof(data))
+        fd.ioctl(B.IOMMU_GET_HW_INFO, hw)
+        obs["hw_info"] = {"type": hw.out_data_type, "data": bytes(data)[:hw.data_len].hex(),
+                          "capabilities": hex(hw.out_capabilities), "max_pasid_log2": hw.out_max_pasid_log2}
+        ioas = _struct("iommu_ioas_alloc")
+        fd.ioctl(B.IOMMU_IOAS_ALLOC, ioas)
+        allocs = {}
+        for flag in ("NONE", "NEST_PARENT", "DIRTY_TRACKING", "PASID"):
+            value = getattr(B, f"IOMMU_HWPT_ALLOC_{flag}", 0)
+            h = _struct("iommu_hwpt_alloc", dev_id=dev_id, pt_id=ioas.out_ioas_id, flags=value)
+            e = _errno(fd, B.IOMMU_HWPT_ALLOC, h)
+            allocs[flag] = "ok" if e == 0 else _name(e)
+            if e == 0:
+                fd.ioctl(B.IOMMU_DESTROY, _struct("iommu_destroy", id=h.out_hwpt_id))
+        obs["hwpt_alloc"] = allocs
+        fd.ioctl(B.IOMMU_VFIO_IOAS, _struct("iommu_vfio_ioas", op=B.IOMMU_VFIO_IOAS_SET, ioas_id=ioas.out_ioas_id))
+        obs["attach_pt_is_ioas"] = dev.attach(ioas.out_ioas_id) != ioas.out_ioas_id
+        ranges = (B.iommu_iova_range * 16)()
+        r = _struct("iommu_ioas_iova_ranges", ioas_id=ioas.out_ioas_id, num_iovas=16,
+                    allowed_iovas=ctypes.addressof(ranges))
+        fd.ioctl(B.IOMMU_IOAS_IOVA_RANGES, r)
+        obs["iova_ranges_attached"] = [[hex(ranges[i].start), hex(ranges[i].last)] for i in range(r.num_iovas)]
+        obs["iova_alignment"] = hex(r.out_iova_alignment)
+        info = B.vfio_iommu_type1_info(argsz=ctypes.sizeof(B.vfio_iommu_type1_info))
+        fd.ioctl(B.VFIO_IOMMU_GET_INFO, info)
+        obs["iova_pgsizes"] = hex(info.iova_pgsizes)  # the attached domain's pgsize_bitmap
+        di = dev.info()
+        obs["vfio_device_info"] = {"flags": hex(di.flags), "num_regions": di.num_regions, "num_irqs": di.num_irqs}
+        regions = []
+        for i in range(di.num_regions):
+            buf = bytearray(4096)  # room for the capability chain
+            ri = B.vfio_region_info.from_buffer(buf)
+            ri.argsz, ri.index = len(buf), i
+            e = _errno(dev, B.VFIO_DEVICE_GET_REGION_INFO, buf)
+            ri = B.vfio_region_info.from_buffer_copy(buf)
+            entry = {"index": i, "errno": _name(e) if e else "ok"}
+            if not e:
+                entry.update(flags=hex(ri.flags), size=hex(ri.size), offset=hex(ri.offset), argsz=ri.argsz,
+                             cap_offset=ri.cap_offset,
+                             caps=bytes(buf[ctypes.sizeof(B.vfio_region_info):ri.argsz]).hex() if ri.cap_offset else "")
+            regions.append(entry)
+        obs["vfio_regions"] = regions
+        irqs = []
+        for i in range(di.num_irqs):
+            ii = B.vfio_irq_info(argsz=ctypes.sizeof(B.vfio_irq_info), index=i)
+            e = _errno(dev, B.VFIO_DEVICE_GET_IRQ_INFO, ii)
+            irqs.append({"index": i, "errno": _name(e) if e else "ok", "flags": hex(ii.flags), "count": ii.count})
+        obs["vfio_irqs"] = irqs
+        cfg = B.vfio_region_info(argsz=ctypes.sizeof(B.vfio_region_info), index=B.VFIO_PCI_CONFIG_REGION_INDEX)
+        dev.ioctl(B.VFIO_DEVICE_GET_REGION_INFO, cfg)
+        # config space as vfio-pci virtualizes it (vfio_pci_config.c): what a VMM reads, unlike sysfs
+        obs["vfio_config"] = os.pread(dev.fd, cfg.size, cfg.offset).hex()
+    return obs
+
+
+def capture_profile(fd, name: str, bdfs: list[str]) -> dict:
+    """This machine's profile (model/profile.py's format) for the devices `bdfs` (bound to
+    vfio-pci): the unit's registers and each device from sysfs, and what iommufd and VFIO
+    answered for the first device."""
+    import platform
+    import time
+
+    from model.profile import FORMAT
+
+    if not bdfs:
+        raise LookupError("no VFIO devices to capture (name them with --vfio-device, or use a VM profile with "
+                          "devices: vm:vtd, vm:amd)")
+    unit = _unit_registers()
+    return {
+        "format": FORMAT, "name": name,
+        "provenance": {"kernel": f"Linux {platform.release()} {platform.version()}",
+                       "captured": time.strftime("%Y-%m-%d"),
+                       "command": "iommufd-conformance probe --save-profile",
+                       "unit": unit["unit"]},
+        "unit": {"driver": unit["driver"], "registers": unit["registers"]},
+        "devices": [_pci_device(b) for b in bdfs],
+        "observed": _observe_vfio(fd, bdfs[0]),
+    }
