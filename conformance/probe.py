@@ -269,6 +269,23 @@ def _unit_registers() -> dict:
                       "one the model has a driver for")
 
 
+# Module parameters that change what iommufd and VFIO answer (the VM's amd profile sets the
+# first on the kernel command line: its unit has no interrupt remapping)
+MODULE_PARAMS = ("iommufd/allow_unsafe_interrupts", "vfio_iommu_type1/allow_unsafe_interrupts",
+                 "vfio/enable_unsafe_noiommu_mode")
+
+
+def _module_params() -> dict:
+    from pathlib import Path
+
+    out = {}
+    for name in MODULE_PARAMS:
+        f = Path("/sys/module") / name.split("/")[0] / "parameters" / name.split("/")[1]
+        if f.is_file():
+            out[name.replace("/", ".")] = f.read_text().strip()
+    return out
+
+
 def _pci_device(bdf: str) -> dict:
     from conformance import vfio_device as vd
 
@@ -367,6 +384,7 @@ def capture_profile(fd, name: str, bdfs: list[str]) -> dict:
                        "command": "iommufd-conformance probe --save-profile",
                        "unit": unit["unit"]},
         "unit": {"driver": unit["driver"], "registers": unit["registers"]},
+        "params": _module_params(),
         "devices": [_pci_device(b) for b in bdfs],
         "observed": _observe_vfio(fd, bdfs[0]),
     }

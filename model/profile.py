@@ -9,6 +9,8 @@ What the model decides from (inputs), read as the kernel's drivers read them:
 - `unit.registers`: the IOMMU's registers as the driver exposes them in sysfs
   (intel-iommu: /sys/class/iommu/dmarN/intel-iommu/{cap,ecap,version,address}; amd_iommu:
   /sys/class/iommu/ivhdN/amd-iommu/{cap,features});
+- `params`: module parameters that change answers (iommufd.allow_unsafe_interrupts: Y/N), from
+  /sys/module/*/parameters;
 - per PCI device: its config space (the sysfs `config` file as root reads it), its BARs (the
   sysfs `resource` lines), its IOMMU group and the group's reserved regions.
 
@@ -58,6 +60,7 @@ class Profile:
     path: Path
     provenance: dict
     unit: IommuUnit
+    params: dict  # "module.parameter" -> its sysfs text ("Y", "N", ...)
     devices: tuple[PciDeviceInfo, ...]
     observed: dict
 
@@ -88,7 +91,7 @@ def parse(data: dict, path: Path) -> Profile:
             for d in data["devices"])
         return Profile(name=data["name"], path=path, provenance=dict(data["provenance"]),
                        unit=IommuUnit(unit["driver"], {k: _int(v) for k, v in unit["registers"].items()}),
-                       devices=devices, observed=dict(data.get("observed", {})))
+                       params=dict(data.get("params", {})), devices=devices, observed=dict(data.get("observed", {})))
     except ProfileError:
         raise
     except (KeyError, TypeError, ValueError) as e:
