@@ -91,6 +91,8 @@ def pytest_configure(config):
         os.environ[vfio_device.DEVICES_ENV] = ",".join(devices)
     vfio_device.ON_IOCTL = _record_device_ioctl
     target = _target(config)
+    if target.name == "model":
+        vfio_device.PLAYED_PROFILE = target.model_profile()
     if target.in_process and (why := target.unavailable()):
         raise pytest.UsageError(f"{OPTION} {target.name}: {why}")
 
@@ -307,9 +309,9 @@ class _Fd:
             raise
 
     def fileno(self) -> int:
-        """The open file's descriptor, for calls that take an iommufd (VFIO_DEVICE_BIND_IOMMUFD);
-        the model's file has none."""
-        fd = getattr(self._f, "fd", None)
+        """The open file's descriptor, for calls that take an iommufd (VFIO_DEVICE_BIND_IOMMUFD):
+        the model's file holds one that stands for it (model/file.py)."""
+        fd = self._f.fileno() if hasattr(self._f, "fileno") else getattr(self._f, "fd", None)
         if not isinstance(fd, int):
             raise pytest.skip.Exception(f"target {self.target}: its file has no descriptor to pass to another "
                                         "device's ioctl", _use_item_location=True)
@@ -394,10 +396,14 @@ def iommufd(open_iommufd):
 @pytest.fixture(scope="session")
 def vfio_devices(request) -> list[str]:
     """PCI addresses of the target's VFIO devices (bound to vfio-pci): --vfio-device, or the VM
-    profile's (IOMMUFD_VFIO_DEVICES). The model has none."""
+    profile's (IOMMUFD_VFIO_DEVICES), or the devices of the machine the model plays (model:vtd).
+    The model alone (the mock) has none."""
     from conformance.vfio_device import devices_from_env
 
-    if _target(request.config).name != "kernel":
+    target = _target(request.config)
+    if target.name == "model":
+        return target.vfio_devices()
+    if target.name != "kernel":
         return []
     return request.config.getoption("--vfio-device") or devices_from_env()
 
@@ -410,7 +416,8 @@ def no_vfio_device_reason(request, wanted: int = 1) -> str | None:
     if len(have) >= wanted:
         return None
     if _target(request.config).name == "model":
-        return "the model has no VFIO devices (only the selftest's mock IOMMU device)"
+        return ("the model alone has no VFIO devices (only the selftest's mock IOMMU device): --iommufd-target "
+                "model:vtd plays a machine with two")
     return (f"needs {wanted} VFIO device(s), the target has {len(have)}: name devices bound to vfio-pci with "
             f"--vfio-device BDF, or run on --target vm:vtd ({DEVICES_ENV} in the guest)")
 
@@ -421,9 +428,9 @@ def vfio_device(request):
     the test; a skip that says why when the target has none."""
     if why := no_vfio_device_reason(request):
         pytest.skip(why)
-    from conformance.vfio_device import VfioDevice
+    from conformance.vfio_device import open_device
 
-    with VfioDevice(request.getfixturevalue("vfio_devices")[0]) as dev:
+    with open_device(request.getfixturevalue("vfio_devices")[0]) as dev:
         yield dev
 
 
@@ -432,9 +439,9 @@ def vfio_device2(request, vfio_device):
     """A second VFIO device, in its own IOMMU group (the vtd and amd profiles give two)."""
     if why := no_vfio_device_reason(request, 2):
         pytest.skip(why)
-    from conformance.vfio_device import VfioDevice
+    from conformance.vfio_device import open_device
 
-    with VfioDevice(request.getfixturevalue("vfio_devices")[1]) as dev:
+    with open_device(request.getfixturevalue("vfio_devices")[1]) as dev:
         yield dev
 
 
@@ -446,6 +453,14 @@ def blocked_dma(request):
     to report (a VM profile's silent_faults, e.g. QEMU's amd-iommu)."""
     from conformance.vm import SILENT_FAULTS_ENV
 
+    target = _target(request.config)
+    if target.name == "model" and (machine := target.machine()) is not None:
+        def on_model(fn, *args, **kw):  # the model's IOMMU logs its faults on its machine
+            before = len(machine.faults)
+            fn(*args, **kw)
+            return machine.faults[before:]
+
+        return on_model
     log = _kernel_log(request.config)
     silent = os.environ.get(SILENT_FAULTS_ENV)
 

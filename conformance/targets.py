@@ -1,6 +1,8 @@
 """Targets: what a conformance test's `fd.ioctl()` talks to, behind one interface.
 
-model   the executable model (model.open_iommufd), in this process
+model   the executable model (model.open_iommufd), in this process; model:PROFILE plays a
+        captured machine (vtd, amd: the VM's machines as model/profiles/ holds them, or a profile
+        file a user captured with `probe --save-profile`): its IOMMU driver and its VFIO devices
 served  the model as a server (conformance/server.py) in the parent process: the suite runs
         under the preload library (conformance/preload/), so its open("/dev/iommu"), ioctls,
         mmaps and the read()/write()/readlink() of the descriptors the model hands out take
@@ -56,6 +58,16 @@ class Target:
         """Why this target cannot run here, or None."""
         return None
 
+    @classmethod
+    def profiles(cls) -> tuple[str, ...]:
+        """The machine profiles `NAME:PROFILE` may name."""
+        return ()
+
+    def vfio_devices(self) -> list[str]:
+        """PCI addresses of the VFIO devices this target brings itself (the VM's come through
+        IOMMUFD_VFIO_DEVICES in the guest, a real machine's through --vfio-device)."""
+        return []
+
     def open(self) -> IommuFile:
         raise NotImplementedError(f"target {self.name} is not opened in this process")
 
@@ -67,12 +79,52 @@ class Target:
 class ModelTarget(Target):
     name = "model"
 
+    @classmethod
+    def profiles(cls) -> tuple[str, ...]:
+        from conformance.vm import PROFILES
+
+        return tuple(n for n, p in PROFILES.items() if p.model_profile or n == "mock")
+
+    def model_profile(self) -> str | None:
+        """The profile file's name or path the model plays, None for the mock alone."""
+        if not self.profile or self.profile == "mock":
+            return None
+        if self.profile.endswith(".json"):
+            return self.profile
+        from conformance.vm import PROFILES
+
+        return PROFILES[self.profile].model_profile
+
+    def machine(self):
+        """The model's machine of this target's profile (model/platform.py), None for the mock."""
+        name = self.model_profile()
+        if name is None:
+            return None
+        from model.platform import machine
+
+        return machine(name)
+
     def unavailable(self) -> str | None:
         from model.uapi import SERIES, TARGET_SERIES
 
         if TARGET_SERIES != SERIES:
             return f"the model implements Linux {SERIES}, not {TARGET_SERIES} (IOMMUFD_TARGET_SERIES)"
+        if (name := self.model_profile()) is not None:
+            from model.profile import ProfileError, load
+
+            try:
+                load(name)
+            except ProfileError as e:
+                return str(e)
         return None
+
+    def vfio_devices(self) -> list[str]:
+        name = self.model_profile()
+        if name is None:
+            return []
+        from model.profile import load
+
+        return [d.bdf for d in load(name).devices]
 
     def open(self) -> IommuFile:
         from model import open_iommufd
@@ -80,7 +132,15 @@ class ModelTarget(Target):
         return open_iommufd()
 
     def describe(self) -> str:
-        return f"the model of Linux {SERIES} (uapi {B.KERNEL_VERSION})"
+        base = f"the model of Linux {SERIES} (uapi {B.KERNEL_VERSION})"
+        name = self.model_profile()
+        if name is None:
+            return base
+        from model.profile import load
+
+        prof = load(name)
+        where = prof.provenance.get("qemu") or prof.provenance.get("machine", "?")
+        return f"{base} playing {prof.name} ({prof.unit.driver}, {len(prof.devices)} device(s); captured on {where})"
 
 
 class KernelFile:
@@ -153,6 +213,12 @@ class VmTarget(Target):
     in_process = False
     takes_value = True  # vm=BZIMAGE
 
+    @classmethod
+    def profiles(cls) -> tuple[str, ...]:
+        from conformance.vm import PROFILES
+
+        return tuple(PROFILES)
+
     def describe(self) -> str:
         from conformance.vm import profile_named
 
@@ -165,21 +231,29 @@ TARGETS: dict[str, type[Target]] = {t.name: t for t in (ModelTarget, ServedTarge
 
 
 def parse_target(spec: str) -> Target:
-    """"vm=/path/bzImage:vtd" -> VmTarget("/path/bzImage", "vtd"); ValueError for anything unknown."""
+    """"vm=/path/bzImage:vtd" -> VmTarget("/path/bzImage", "vtd"); "model:vtd" -> ModelTarget(None,
+    "vtd"); "model:/path/mine.json" plays a captured profile; ValueError for anything unknown."""
     from conformance.vm import PROFILES
 
     head, colon, profile = spec.rpartition(":")
-    if not colon or profile not in PROFILES and ("/" in profile or "=" in profile):  # a path with a colon
+    if colon and profile.endswith(".json") and head == "model":
+        pass  # model:FILE.json
+    elif not colon or profile not in PROFILES and ("/" in profile or "=" in profile):  # a path with a colon
         head, profile = spec, ""
     elif profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r} in target {spec!r}; choose one of {', '.join(PROFILES)}")
     name, _, value = head.partition("=")
     cls = TARGETS.get(name)
     if cls is None:
-        raise ValueError(f"unknown target {spec!r}; choose one of {', '.join(TARGETS)} (vm[=KERNEL][:PROFILE])")
+        raise ValueError(f"unknown target {spec!r}; choose one of {', '.join(TARGETS)} (vm[=KERNEL][:PROFILE], "
+                         "model[:PROFILE])")
     if value and not cls.takes_value:
         raise ValueError(f"target {name} takes no value")
-    if profile and not cls.takes_value:
-        raise ValueError(f"target {name} has no machine profiles: only vm boots one (vm:{profile}); on a "
-                         "kernel target name its VFIO devices with --vfio-device")
+    if profile and not profile.endswith(".json") and profile not in cls.profiles():
+        if not cls.profiles():
+            raise ValueError(f"target {name} has no machine profiles: vm boots one (vm:{profile}) and the model "
+                             f"plays one (model:{profile}); on a kernel target name its VFIO devices with --vfio-device")
+        raise ValueError(f"target {name} has no profile {profile!r}; choose one of {', '.join(cls.profiles())}")
+    if profile.endswith(".json") and cls is not ModelTarget:
+        raise ValueError(f"only the model plays a profile file (model:{profile})")
     return cls(value or None, profile or None)

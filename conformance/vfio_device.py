@@ -7,7 +7,9 @@ to an IOAS or HWPT, then regions (vfio_pci_core_ioctl()'s GET_REGION_INFO; confi
 its region's offset through pread/pwrite, BARs by mmap). Devices are named by PCI address as
 the kernel's VFIO selftests name them, already bound to vfio-pci: the VM's profiles bind theirs
 (conformance/vm.py) and pass them in IOMMUFD_VFIO_DEVICES; on a real machine the user names
-them with --vfio-device.
+them with --vfio-device; `--target model:vtd` plays a captured machine's devices (model/vfio,
+`ModelVfioDevice`), whose BARs are objects rather than memory (Python in the same process cannot
+trap a load from a mapping), so BAR registers are reached through `Bar.read32/write32` on both.
 
 Edu (QEMU hw/misc/edu.c): BAR0 is 1 MiB of registers that take 4- or 8-byte accesses only; the
 DMA engine copies between a 4 KiB buffer at device address 0x40000 and a bus address (an IOVA
@@ -49,6 +51,11 @@ def device_ioctl_name(request: int) -> str:
     return f"{request:#x}"
 
 
+# The profile the model plays in this process (`--iommufd-target model:vtd`; the pytest plugin
+# sets it), or None: devices are then the machine's.
+PLAYED_PROFILE: str | None = None
+
+
 def devices_from_env() -> list[str]:
     return [d for d in os.environ.get(DEVICES_ENV, "").split(",") if d]
 
@@ -80,6 +87,23 @@ def _sz(cls) -> int:
     return ctypes.sizeof(cls)
 
 
+class MappedBar:
+    """A BAR mapped into this process: registers are loads and stores (ctypes' integer types
+    load and store whole words, as edu's 4- and 8-byte-only registers need)."""
+
+    def __init__(self, mapping: libc.Mapping):
+        self.mapping = mapping
+
+    def read32(self, reg: int) -> int:
+        return ctypes.c_uint32.from_address(self.mapping.addr + reg).value
+
+    def write32(self, reg: int, value: int) -> None:
+        ctypes.c_uint32.from_address(self.mapping.addr + reg).value = value
+
+    def munmap(self) -> None:
+        self.mapping.munmap()
+
+
 class VfioDevice:
     """An open VFIO device cdev. Every call raises OSError with the kernel's errno."""
 
@@ -88,13 +112,50 @@ class VfioDevice:
         self.path = cdev_path(bdf)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         self._regions: dict[int, object] = {}
-        self._maps: list[libc.Mapping] = []
+        self._maps: list = []
+
+    def reopen(self) -> "VfioDevice":
+        """Another open of the same device (the cdev admits one open file at a time)."""
+        return VfioDevice(self.bdf)
+
+    # What sysfs says of the device and its IOMMU (the model's device answers from its machine)
+    def pci_id(self) -> tuple[int, int]:
+        return pci_id(self.bdf)
+
+    def iommu_group(self) -> int | None:
+        return iommu_group(self.bdf)
+
+    def reserved_regions(self) -> list[tuple[int, int, str]]:
+        """The device's IOMMU group's reserved regions (iommu_group_show_resv_regions())."""
+        text = Path(f"/sys/kernel/iommu_groups/{self.iommu_group()}/reserved_regions").read_text()
+        return [(int(s, 16), int(e, 16), kind) for s, e, kind in (ln.split() for ln in text.splitlines())]
+
+    def unit_registers(self) -> list[dict[str, int]]:
+        """Every IOMMU unit's registers as its driver shows them (/sys/class/iommu/*/intel-iommu or
+        amd-iommu: cap, ecap, ...)."""
+        units = []
+        for u in sorted(Path("/sys/class/iommu").glob("*")):
+            for drv in ("intel-iommu", "amd-iommu"):
+                d = u / drv
+                if d.is_dir():
+                    units.append({a: int((d / a).read_text().split(":")[0], 16) for a in ("cap", "ecap", "features")
+                                  if (d / a).is_file()})
+        return units
+
+    def _ioctl(self, request: int, arg):
+        return fcntl.ioctl(self.fd, request, arg)
+
+    def _pread(self, n: int, offset: int) -> bytes:
+        return os.pread(self.fd, n, offset)
+
+    def _pwrite(self, data: bytes, offset: int) -> int:
+        return os.pwrite(self.fd, data, offset)
 
     def ioctl(self, request: int, arg):
         if self.fd < 0:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
         try:
-            rc = fcntl.ioctl(self.fd, request, arg)
+            rc = self._ioctl(request, arg)
         except OSError as e:
             if ON_IOCTL:
                 ON_IOCTL(request, e.errno)
@@ -138,10 +199,10 @@ class VfioDevice:
         return self._regions[index]
 
     def config_read(self, offset: int, n: int) -> bytes:
-        return os.pread(self.fd, n, self.region(B.VFIO_PCI_CONFIG_REGION_INDEX).offset + offset)
+        return self._pread(n, self.region(B.VFIO_PCI_CONFIG_REGION_INDEX).offset + offset)
 
     def config_write(self, offset: int, data: bytes) -> None:
-        if os.pwrite(self.fd, data, self.region(B.VFIO_PCI_CONFIG_REGION_INDEX).offset + offset) != len(data):
+        if self._pwrite(data, self.region(B.VFIO_PCI_CONFIG_REGION_INDEX).offset + offset) != len(data):
             raise OSError(errno.EIO, f"short config space write at {offset:#x}")
 
     def enable_bus_master(self) -> None:
@@ -150,14 +211,18 @@ class VfioDevice:
         cmd = int.from_bytes(self.config_read(PCI_COMMAND, 2), "little")
         self.config_write(PCI_COMMAND, (cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER).to_bytes(2, "little"))
 
-    def mmap_bar(self, index: int = 0) -> libc.Mapping:
-        """mmap of BAR `index` at its region's offset (vfio_pci_core_mmap()); unmapped by close()."""
+    def mmap_bar(self, index: int = 0):
+        """mmap of BAR `index` at its region's offset (vfio_pci_core_mmap()), as a Bar; unmapped by
+        close()."""
         r = self.region(index)
         if not r.flags & B.VFIO_REGION_INFO_FLAG_MMAP:
             raise OSError(errno.EINVAL, f"region {index} of {self.bdf} cannot be mmapped (flags {r.flags:#x})")
-        m = libc.mmap(self.fd, r.size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, r.offset)
+        m = self._mmap_region(r)
         self._maps.append(m)
         return m
+
+    def _mmap_region(self, r):
+        return MappedBar(libc.mmap(self.fd, r.size, mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_SHARED, r.offset))
 
     def close(self) -> None:
         """Unmap the BARs and close: a mapping holds the device file open, and the cdev admits
@@ -174,6 +239,86 @@ class VfioDevice:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class ModelVfioDevice(VfioDevice):
+    """A device of the machine the model plays (model/vfio: the device cdev and vfio-pci over the
+    profile's devices), with the same calls; its BAR mapping is the model's MMIO object."""
+
+    def __init__(self, bdf: str, profile: str):
+        from model.vfio import open_device
+
+        self.bdf = bdf
+        self.path = Path(f"model:{profile}:{bdf}")
+        self._profile = profile
+        self._file = open_device(bdf, profile)
+        self.fd = self._file.fileno()
+        self._regions = {}
+        self._maps = []
+
+    def _ioctl(self, request: int, arg):
+        return self._file.ioctl(request, arg)
+
+    def reopen(self) -> "VfioDevice":
+        return ModelVfioDevice(self.bdf, self._profile)
+
+    def _info(self):
+        from model.platform import machine
+
+        return machine(self._profile).devices[self.bdf].info
+
+    def pci_id(self) -> tuple[int, int]:
+        return self._info().vendor, self._info().device
+
+    def iommu_group(self) -> int | None:
+        return self._info().iommu_group
+
+    def reserved_regions(self) -> list[tuple[int, int, str]]:
+        return list(self._info().reserved_regions)
+
+    def unit_registers(self) -> list[dict[str, int]]:
+        from model.platform import machine
+
+        return [dict(machine(self._profile).profile.unit.registers)]
+
+    def _pread(self, n: int, offset: int) -> bytes:
+        return self._file.pread(n, offset)
+
+    def _pwrite(self, data: bytes, offset: int) -> int:
+        return self._file.pwrite(data, offset)
+
+    def _mmap_region(self, r):
+        return ModelBar(self._file.mmap_bar(r.index))
+
+    def close(self) -> None:
+        for m in self._maps:
+            m.munmap()
+        self._maps.clear()
+        if self.fd >= 0:
+            self._file.close()
+            self.fd = -1
+
+
+class ModelBar:
+    """The model's BAR mapping (model.vfio) with MappedBar's calls."""
+
+    def __init__(self, mmio):
+        self.mmio = mmio
+
+    def read32(self, reg: int) -> int:
+        return self.mmio.read(reg, 4)
+
+    def write32(self, reg: int, value: int) -> None:
+        self.mmio.write(reg, 4, value)
+
+    def munmap(self) -> None:
+        self.mmio.munmap()
+
+
+def open_device(bdf: str) -> VfioDevice:
+    """The device `bdf`: the model's when it plays a profile here (PLAYED_PROFILE), else the
+    machine's cdev."""
+    return ModelVfioDevice(bdf, PLAYED_PROFILE) if PLAYED_PROFILE else VfioDevice(bdf)
 
 
 class Edu:
@@ -194,12 +339,12 @@ class Edu:
         self.bar = dev.mmap_bar(0)
         dev.enable_bus_master()
 
-    # BAR0 takes 4- and 8-byte accesses only; ctypes' integer types load and store whole words.
+    # BAR0 takes 4- and 8-byte accesses only
     def read32(self, reg: int) -> int:
-        return ctypes.c_uint32.from_address(self.bar.addr + reg).value
+        return self.bar.read32(reg)
 
     def write32(self, reg: int, value: int) -> None:
-        ctypes.c_uint32.from_address(self.bar.addr + reg).value = value
+        self.bar.write32(reg, value)
 
     def alive(self) -> bool:
         """The identification register, and the liveness register's inversion."""

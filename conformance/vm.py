@@ -155,6 +155,9 @@ class Profile:
     cmdline: tuple[str, ...] = ()
     edu: int = 0  # QEMU edu devices (hw/misc/edu.c: a DMA engine), bound to vfio-pci in the guest
     silent_faults: str | None = None  # why the guest sees no report of a DMA its IOMMU blocks
+    # the machine as the model plays it (`--target model:NAME`): a profile `probe --target
+    # vm:NAME --save-profile model/profiles/FILE.json` captured from this machine
+    model_profile: str | None = None
 
 
 SILENT_FAULTS_ENV = "IOMMUFD_SILENT_FAULTS"  # the profile's silent_faults, for the tests in the guest
@@ -170,14 +173,15 @@ PROFILES: dict[str, Profile] = {p.name: p for p in (
             machine=("-M", "q35"), iommu="intel-iommu",
             iommu_options=(("intremap", "on"), ("x-scalable-mode", "on"), ("x-pasid-mode", "on"),
                            ("aw-bits", "48"), ("snoop-control", "on")),
-            cmdline=("intel_iommu=on,sm_on",), edu=2),
+            cmdline=("intel_iommu=on,sm_on",), edu=2, model_profile="qemu-vtd"),
     # amd-iommu without interrupt remapping (not tried under TCG): the group's MSI is not isolated,
     # so iommufd_device_bind() needs the module's unsafe-interrupts switch.
     Profile("amd", "q35 with QEMU's amd-iommu (AMD-Vi) and two edu devices bound to vfio-pci",
             machine=("-M", "q35"), iommu="amd-iommu",
             cmdline=("iommufd.allow_unsafe_interrupts=1",), edu=2,
             # measured with QEMU 7.2: the DMA is blocked, but no IO_PAGE_FAULT event reaches the log
-            silent_faults="QEMU's amd-iommu logs no IO_PAGE_FAULT event the guest reports for a blocked DMA"),
+            silent_faults="QEMU's amd-iommu logs no IO_PAGE_FAULT event the guest reports for a blocked DMA",
+            model_profile="qemu-amd"),
 )}
 DEFAULT_PROFILE = "mock"
 

@@ -128,14 +128,21 @@ def close_devices() -> None:
 def _device(fd) -> tuple[int, int]:
     """(ioas, dev_id): the target's first VFIO device bound to `fd`, or a mock device attached to a
     fresh IOAS where the target has no VFIO device."""
-    from conformance.vfio_device import VfioDevice, devices_from_env
+    from conformance import vfio_device
 
-    bdfs = devices_from_env() if getattr(fd, "target", None) == "kernel" and hasattr(B, "vfio_device_bind_iommufd") \
-        else []
+    target = getattr(fd, "target", None)
+    bdfs = []
+    if hasattr(B, "vfio_device_bind_iommufd"):
+        if target == "kernel":
+            bdfs = vfio_device.devices_from_env()
+        elif target == "model" and vfio_device.PLAYED_PROFILE:
+            from model.profile import load
+
+            bdfs = [d.bdf for d in load(vfio_device.PLAYED_PROFILE).devices]
     if not bdfs:
         ioas, _, _, idev = _mock_device(fd)
         return ioas, idev
-    dev = VfioDevice(bdfs[0])
+    dev = vfio_device.open_device(bdfs[0])
     OPEN_DEVICES.append(dev)
     return ioas_alloc(fd), dev.bind(fd.fileno())
 

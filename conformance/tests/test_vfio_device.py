@@ -13,13 +13,12 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-from pathlib import Path
 
 import pytest
 
 from conformance.tests.helpers import B, PAGE, R, Buf, destroy, err, hw_info, hwpt_alloc, ioas_alloc, iova_ranges, \
     map_, map_file, require, sz, unmap
-from conformance.vfio_device import Edu, iommu_group, pci_id
+from conformance.vfio_device import Edu
 
 require("VFIO_DEVICE_BIND_IOMMUFD", "vfio_device_bind_iommufd")
 
@@ -33,19 +32,12 @@ def _bound(iommufd, dev) -> int:
 
 def _edu(dev) -> Edu:
     """The bound device's edu (its regions answer only once it is bound)."""
-    if pci_id(dev.bdf) != (Edu.VENDOR, Edu.DEVICE):
-        pytest.skip(f"{dev.bdf} is {pci_id(dev.bdf)[0]:04x}:{pci_id(dev.bdf)[1]:04x}, not QEMU's edu: the DMA tests "
+    if dev.pci_id() != (Edu.VENDOR, Edu.DEVICE):
+        pytest.skip(f"{dev.bdf} is {dev.pci_id()[0]:04x}:{dev.pci_id()[1]:04x}, not QEMU's edu: the DMA tests "
                     "drive edu's DMA engine")
     edu = Edu(dev)
     assert edu.alive(), f"{dev.bdf}: edu's ID and liveness registers do not answer through the BAR0 mapping"
     return edu
-
-
-def _reserved_regions(bdf: str) -> list[tuple[int, int, str]]:
-    """The device's IOMMU group's reserved regions as sysfs lists them (iommu_group_show_resv_regions())."""
-    g = iommu_group(bdf)
-    text = Path(f"/sys/kernel/iommu_groups/{g}/reserved_regions").read_text()
-    return [(int(s, 16), int(e, 16), kind) for s, e, kind in (ln.split() for ln in text.splitlines())]
 
 
 # VFIO_DEVICE_BIND_IOMMUFD: vfio_df_ioctl_bind_iommufd() (device_cdev.c)
@@ -88,8 +80,6 @@ def test_bind_refuses_bad_arguments_and_stays_unbound(iommufd, vfio_device):
 
 
 def test_closing_the_device_unbinds_it(iommufd, vfio_device):
-    from conformance.vfio_device import VfioDevice
-
     dev_id = _bound(iommufd, vfio_device)
     ioas = ioas_alloc(iommufd)
     vfio_device.attach(ioas)
@@ -98,7 +88,7 @@ def test_closing_the_device_unbinds_it(iommufd, vfio_device):
     # vfio_df_unbind_iommufd() on close: detached and unbound, the IOAS is free and the ID gone
     destroy(iommufd, ioas)
     assert err(hw_info, iommufd, dev_id, 64) == errno.ENOENT
-    with VfioDevice(vfio_device.bdf) as dev:  # and the device binds again
+    with vfio_device.reopen() as dev:  # and the device binds again
         assert _bound(iommufd, dev) != 0
 
 
@@ -122,9 +112,7 @@ def test_get_hw_info_describes_the_unit(iommufd, vfio_device):
         # intel_iommu_hw_info(): the unit's own CAP and ECAP registers, as sysfs shows them
         assert cmd.data_len == sz(B.iommu_hw_info_vtd)
         vtd = B.iommu_hw_info_vtd.from_buffer_copy(data)
-        units = sorted(Path("/sys/class/iommu").glob("dmar*"))
-        regs = {(int((u / "intel-iommu" / "cap").read_text(), 16), int((u / "intel-iommu" / "ecap").read_text(), 16))
-                for u in units}
+        regs = {(u["cap"], u["ecap"]) for u in vfio_device.unit_registers() if "ecap" in u}
         assert (vtd.cap_reg, vtd.ecap_reg) in regs, f"cap {vtd.cap_reg:#x} ecap {vtd.ecap_reg:#x} not in {regs}"
     elif cmd.out_data_type == getattr(B, "IOMMU_HW_INFO_TYPE_AMD", None):
         assert cmd.data_len == sz(B.iommu_hw_info_amd)
@@ -146,7 +134,7 @@ def test_attach_to_an_ioas_narrows_its_ranges_to_the_unit(iommufd, vfio_device):
     assert align == PAGE
     # iopt_table_enforce_dev_resv_regions(): every reserved region of the group but
     # direct-relaxable ones is taken out; the aperture ends at a power of two
-    resv = [(s, e) for s, e, kind in _reserved_regions(vfio_device.bdf) if kind != "direct-relaxable"]
+    resv = [(s, e) for s, e, kind in vfio_device.reserved_regions() if kind != "direct-relaxable"]
     assert any(s <= MSI_WINDOW[0] and MSI_WINDOW[1] <= e for s, e in resv), resv
     end = ranges[-1][1]
     # (QEMU 7.2's amd-iommu and intel-iommu stop below 2^64; QEMU 10's amd-iommu spans all 64 bits)
@@ -335,7 +323,7 @@ def test_a_read_only_mapping_is_not_written(iommufd, vfio_device, blocked_dma):
 
 
 def test_two_devices_in_two_ioases_do_not_see_each_other(iommufd, vfio_device, vfio_device2, blocked_dma):
-    assert iommu_group(vfio_device.bdf) != iommu_group(vfio_device2.bdf)
+    assert vfio_device.iommu_group() != vfio_device2.iommu_group()
     _bound(iommufd, vfio_device)
     _bound(iommufd, vfio_device2)
     a, b = _edu(vfio_device), _edu(vfio_device2)

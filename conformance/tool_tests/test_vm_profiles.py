@@ -18,9 +18,30 @@ def test_target_names_kernel_and_profile(spec, value, profile):
     assert (t.name, t.value, t.profile) == ("vm", value, profile)
 
 
+@pytest.mark.parametrize("spec,profile,played", [
+    ("model", None, None), ("model:mock", "mock", None), ("model:vtd", "vtd", "qemu-vtd"),
+    ("model:amd", "amd", "qemu-amd"), ("model:/home/me/mine.json", "/home/me/mine.json", "/home/me/mine.json"),
+])
+def test_the_model_plays_the_vms_machines_as_captured(spec, profile, played):
+    t = parse_target(spec)
+    assert (t.name, t.profile, t.model_profile()) == ("model", profile, played)
+
+
+def test_every_vm_machine_with_devices_has_a_captured_profile_the_model_reads():
+    from model.profile import load
+
+    for p in vm.PROFILES.values():
+        if p.edu:
+            assert p.model_profile, f"vm:{p.name} has devices but no captured profile for model:{p.name}"
+            prof = load(p.model_profile)
+            assert prof.provenance["vm_profile"] == p.name
+            assert len(prof.devices) == p.edu
+
+
 @pytest.mark.parametrize("spec,words", [
-    ("vm:nope", "unknown profile 'nope'"), ("model:vtd", "has no machine profiles"),
-    ("kernel:amd", "has no machine profiles"),
+    ("vm:nope", "unknown profile 'nope'"), ("model:nope", "unknown profile 'nope'"),
+    ("kernel:amd", "has no machine profiles"), ("served:vtd", "has no machine profiles"),
+    ("vm:/x/mine.json", "unknown target"),
 ])
 def test_a_bad_profile_is_a_clear_error(spec, words):
     with pytest.raises(ValueError, match=words):
