@@ -32,7 +32,7 @@ from model.uapi import B
 SOURCE = Path(__file__).with_name("executor.c")
 PORT = "iommufd.executor"
 (OP_HELLO, OP_OPEN, OP_IOCTL, OP_MMAP, OP_MUNMAP, OP_READ, OP_CLOSE, OP_RESET, OP_REPLAY, OP_QUIT,
- OP_PAGEMAP) = range(1, 12)
+ OP_PAGEMAP, OP_OPEN_DEVICE, OP_PREAD, OP_PWRITE) = range(1, 15)
 REQ = struct.Struct("<IHHiIQQiiII")  # len, op, nbufs, fd, arg_len, request, value, prot, flags, nmem, check
 REP = struct.Struct("<IiqIHHIIQ")  # len, err, rc, arg_len, nbufs, npages, kmsg_len, word, value
 BUFDESC = struct.Struct("<II")  # offset of the pointer in the arg, length
@@ -268,6 +268,10 @@ class ExecutorFile:
         self.fd = r.rc  # the guest's descriptor
         self.open = True
 
+    def fileno(self) -> int:
+        """The guest's descriptor number, for a call that takes it (VFIO_DEVICE_BIND_IOMMUFD)."""
+        return self.fd
+
     def submit(self, request: int, arg=0):
         """Send the call and return a function that waits for its answer: it writes the struct
         and the buffers back as the kernel left them and answers as ioctl() does (the return
@@ -337,6 +341,34 @@ class ExecutorFile:
 
         lines, self.ch.kmsg = self.ch.kmsg, []
         return parse_findings("\n".join(lines)) if lines else []
+
+
+class ExecutorDevice(ExecutorFile):
+    """A VFIO device cdev in the guest (the device at PCI address `bdf`, bound to vfio-pci), with
+    ModelVfioDevice's file calls: ioctl, pread and pwrite at region offsets. Closed with the
+    example (OP_RESET closes every descriptor the steps made)."""
+
+    def __init__(self, channel: Channel, buffers: dict, bdf: str):
+        self.ch, self.buffers, self.bdf = channel, buffers, bdf
+        r = channel.call(OP_OPEN_DEVICE, arg=bdf.encode())
+        _raise(r.err)
+        self.fd = r.rc
+        self.open = True
+
+    def pread(self, n: int, offset: int) -> bytes:
+        r = self.ch.call(OP_PREAD, fd=self.fd, request=n, value=offset)
+        _raise(r.err)
+        return r.arg
+
+    def pwrite(self, data: bytes, offset: int) -> int:
+        r = self.ch.call(OP_PWRITE, fd=self.fd, value=offset, arg=bytes(data), check=True)
+        _raise(r.err)
+        return r.rc
+
+    def close(self) -> None:
+        if self.open:
+            self.open = False
+            _raise(self.ch.call(OP_CLOSE, fd=self.fd).err)
 
 
 class Guest:

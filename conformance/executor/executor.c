@@ -56,6 +56,9 @@ enum {
 	OP_REPLAY = 9,	/* arg: a file of requests; rc = nanoseconds, value: requests run */
 	OP_QUIT = 10,
 	OP_PAGEMAP = 11,	/* arg: addresses (u64): the frames there, faulted in (0: not shown) */
+	OP_OPEN_DEVICE = 12,	/* arg: a PCI address bound to vfio-pci: rc = its cdev's descriptor */
+	OP_PREAD = 13,	/* fd, request: count, value: offset: the bytes come back as the arg */
+	OP_PWRITE = 14,	/* fd, value: offset, arg: the bytes: rc = bytes written */
 };
 
 struct req {
@@ -346,6 +349,35 @@ static int hello(const struct req *r, const uint8_t *arg)
 	return 0;
 }
 
+/* /dev/vfio/devices/vfioN of the device at PCI address `bdf` (its sysfs vfio-dev/ directory) */
+static int open_device(const uint8_t *arg, uint32_t len)
+{
+	char bdf[64], path[320];
+	struct dirent *e;
+	DIR *d;
+
+	if (len == 0 || len >= sizeof(bdf) || memchr(arg, '/', len)) {
+		errno = EINVAL;
+		return -1;
+	}
+	memcpy(bdf, arg, len);
+	bdf[len] = 0;
+	snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/vfio-dev", bdf);
+	d = opendir(path);
+	if (!d)
+		return -1;
+	while ((e = readdir(d)) && strncmp(e->d_name, "vfio", 4))
+		;
+	if (!e) {
+		closedir(d);
+		errno = ENODEV;
+		return -1;
+	}
+	snprintf(path, sizeof(path), "/dev/vfio/devices/%s", e->d_name);
+	closedir(d);
+	return open(path, O_RDWR | O_CLOEXEC);
+}
+
 static void reset(void)
 {
 	/* every descriptor between stdio and the executor's own but the memfd */
@@ -514,6 +546,23 @@ static void handle(const struct req *r, uint8_t *p, struct out *o, int live)
 		break;
 	case OP_RESET:
 		reset();
+		break;
+	case OP_OPEN_DEVICE:
+		rep.rc = open_device(arg, r->arg_len);
+		rep.err = rep.rc < 0 ? errno : 0;
+		break;
+	case OP_PREAD: {
+		uint8_t *buf = put(o, NULL, r->request);
+		ssize_t n = pread(fd, buf, r->request, (off_t)r->value);
+		rep.err = n < 0 ? errno : 0;
+		rep.rc = n;
+		o->len = at + PAD8(sizeof(rep)) + PAD8(n > 0 ? n : 0);
+		rep.arg_len = n > 0 ? n : 0;
+		break;
+	}
+	case OP_PWRITE:
+		rep.rc = pwrite(fd, arg, r->arg_len, (off_t)r->value);
+		rep.err = rep.rc < 0 ? errno : 0;
 		break;
 	case OP_PAGEMAP:
 		rep.err = pagemap(arg, r->arg_len / 8);

@@ -126,3 +126,26 @@ def test_the_executor_keeps_only_the_hosts_capabilities(channel):
     ours = machine_pfns(os.getpid(), vas)
     theirs = channel.guest_pfns(0, vas)
     assert (ours is None) == (theirs is None)
+
+
+def test_pread_and_pwrite_at_an_offset_and_the_pages_they_change(channel):
+    """OP_PREAD / OP_PWRITE (a VFIO device's region reads and writes in the guest) on the shared
+    memfd: the bytes land at the offset, and the page a write changed comes back as changed."""
+    dev = executor.ExecutorDevice.__new__(executor.ExecutorDevice)
+    dev.ch, dev.buffers, dev.open, dev.fd, dev.bdf = channel, {}, True, explore.MEMFD, "memfd"
+    assert dev.pwrite(b"region bytes", 3 * 4096 + 5) == 12
+    assert dev.pread(12, 3 * 4096 + 5) == b"region bytes"
+    assert dev.pread(4, explore.MEMFD_LEN + 8) == b""  # past the end: 0 bytes, as pread(2)
+    with pytest.raises(OSError) as e:
+        executor.ExecutorDevice.pread(type("D", (), {"ch": channel, "fd": explore.CLOSED_FD})(), 4, 0)
+    assert e.value.errno == errno.EBADF
+    # the executor's memfd is its own copy (described, not shared): the page the write changed
+    # came back, and differs from ours exactly where it wrote
+    assert os.pread(explore.MEMFD, 12, 3 * 4096 + 5) != b"region bytes"
+    assert channel.memory_differences() == [f"memfd + {3 * 4096 + 5:#x}: model {bytes(8).hex()} "
+                                            f"!= kernel {b'region b'.hex()}"]
+
+
+def test_a_device_that_is_not_there_is_the_errno_of_its_sysfs_lookup(channel):
+    for bdf, want in (("0000:7f:1f.7", errno.ENOENT), ("../../x", errno.EINVAL), ("", errno.EINVAL)):
+        assert channel.call(executor.OP_OPEN_DEVICE, arg=bdf.encode()).err == want
