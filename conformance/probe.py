@@ -264,6 +264,8 @@ def _unit_registers() -> dict:
                     values = (d / a).read_text().strip().split(":")
                     for suffix, v in zip(("", "2"), values):
                         regs[a + suffix] = hex(int(v, 16))
+                if driver == "amd-iommu":
+                    regs.update(_amd_firmware())
                 return {"driver": driver, "unit": unit.name, "registers": regs}
     raise LookupError(f"no intel-iommu or amd-iommu unit under {SYSFS_IOMMU}: this machine's IOMMU is not "
                       "one the model has a driver for")
@@ -284,6 +286,18 @@ def _module_params() -> dict:
         if f.is_file():
             out[name.replace("/", ".")] = f.read_text().strip()
     return out
+
+
+def _amd_firmware() -> dict:
+    """What amd_iommu reads from firmware rather than the unit: the IVRS table's IVinfo dword
+    (EFRSup, VAsize: init.c early_amd_iommu_init()), and whether interrupt remapping came up
+    (check_ioapic_information() found the IOAPIC in the IVHD; the MSI and IOAPIC irq chips are
+    then the remapping ones, "IR-" in /proc/interrupts)."""
+    from pathlib import Path
+
+    ivrs = Path("/sys/firmware/acpi/tables/IVRS").read_bytes()  # root only
+    chips = Path("/proc/interrupts").read_text()
+    return {"ivinfo": hex(int.from_bytes(ivrs[36:40], "little")), "intremap": hex(int(" IR-" in chips))}
 
 
 def _pci_device(bdf: str) -> dict:

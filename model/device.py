@@ -1,11 +1,14 @@
 """Devices (drivers/iommu/iommufd/device.c): bind, attach, replace and detach (PASIDs too), the
 automatic domains of an IOAS, in-kernel accesses (iommufd_access_*), and IOMMU_GET_HW_INFO.
 
-A device is a driver's struct device with its iommu_ops (`dev.ops`): the model's only driver is
-the mock IOMMU of CONFIG_IOMMUFD_TEST (model/selftest/mock.py), reached through those ops as
-device.c reaches a driver, never by import. Each mock device is alone in its iommu_group
-(generic_device_group()), so an iommufd_group holds one device here, but the code keeps the
-group's per-PASID attach table (igroup->pasid_attach) as the kernel does.
+A device is a driver's struct device with its iommu_ops (`dev.ops`), reached through those ops as
+device.c reaches a driver, never by import: the mock IOMMU of CONFIG_IOMMUFD_TEST
+(model/selftest/mock.py), or a real unit's driver (model/intel_iommu.py, model/amd_iommu.py) for
+a PCI device of a machine (model/platform.py). A real device's group is an iommu_group of the
+iommu core (model/iommu.py: its devices attach together, DMA ownership); each mock device is
+alone in a group that is a bare object (generic_device_group()), attached through the mock's
+ops. The context keeps one iommufd_group per iommu_group (ictx->groups), with the group's
+per-PASID attach table (igroup->pasid_attach) as the kernel does.
 
 References: the kernel's obj->users is the model's `refs + 1` (objects.py); a driver holding an
 object (bind, access_create) or an attachment adds one, and IOMMU_DESTROY answers EBUSY while
@@ -25,6 +28,7 @@ from model.pages import IOMMUFD_ACCESS_RW_WRITE
 from model.uapi import B
 
 IOMMU_NO_PASID = 0
+PCI_PASID_CTRL_ENABLE, PCI_PASID_CTRL_EXEC, PCI_PASID_CTRL_PRIV = 0x01, 0x02, 0x04  # uapi/linux/pci_regs.h
 
 
 class IommufdAttach:
@@ -36,11 +40,58 @@ class IommufdAttach:
 
 
 class IommufdGroup:
-    """struct iommufd_group."""
+    """struct iommufd_group: one per iommu_group and context (ictx->groups), kref'd by the
+    devices bound there."""
 
-    def __init__(self, group):
+    def __init__(self, ictx, group):
+        self.ictx = ictx
         self.group = group
+        self.refs = 1
         self.pasid_attach: dict[int, IommufdAttach] = {}
+        self.sw_msi_start = None  # PHYS_ADDR_MAX: no IOMMU_RESV_SW_MSI region seen
+
+
+def _ctx_groups(ictx) -> dict:
+    """ictx->groups (xa_init() in iommufd_fops_open()): the context's iommufd_groups by group."""
+    groups = getattr(ictx, "groups", None)
+    if groups is None:
+        groups = ictx.groups = {}
+    return groups
+
+
+def iommufd_get_group(ictx, dev) -> IommufdGroup:
+    """iommufd_get_group() (device.c:66): ENODEV for a device without an iommu_group; the
+    context's iommufd_group of the device's group, a new one the first time."""
+    if dev.group is None:
+        raise IommufdError(errno.ENODEV)
+    groups = _ctx_groups(ictx)
+    igroup = groups.get(dev.group)
+    if igroup is not None:
+        igroup.refs += 1
+        return igroup
+    igroup = groups[dev.group] = IommufdGroup(ictx, dev.group)
+    return igroup
+
+
+def iommufd_put_group(igroup: IommufdGroup) -> None:
+    """iommufd_put_group() -> iommufd_group_release() (device.c:26): the last reference takes it
+    out of ictx->groups."""
+    igroup.refs -= 1
+    if not igroup.refs:
+        groups = _ctx_groups(igroup.ictx)
+        if groups.get(igroup.group) is igroup:
+            del groups[igroup.group]
+
+
+def iommufd_selftest_is_mock_dev(dev) -> bool:
+    """iommufd_selftest_is_mock_dev() (selftest.c: dev->release == mock_dev_release): the
+    model's devices off the PCI bus are the mock bus's."""
+    return not dev.is_pci
+
+
+def _group_devices(dev) -> list:
+    """for_each_group_device(): an iommu_group's devices; a mock device is alone in its group."""
+    return getattr(dev.group, "devices", None) or [dev]
 
 
 class IommufdDevice(IommufdObject):
@@ -48,18 +99,36 @@ class IommufdDevice(IommufdObject):
 
     type = "DEVICE"
 
-    def __init__(self, ictx, dev):
+    def __init__(self, ictx, dev, igroup: IommufdGroup):
         super().__init__()
         self.ictx = ictx
         self.dev = dev
-        self.igroup = IommufdGroup(dev.group)
+        self.igroup = igroup
         self.enforce_cache_coherency = dev.ops.capable(dev, IOMMU_CAP_ENFORCE_CACHE_COHERENCY)
         self.vdev = None
         self.destroying = False
 
 
 def iommufd_device_destroy(idev: IommufdDevice) -> None:
-    """iommufd_device_destroy(): DMA ownership and the group go (nothing the model keeps)."""
+    """iommufd_device_destroy() (device.c:184): DMA ownership is released (a real group goes
+    back to its default domain with the last owner), then the group reference."""
+    _release_dma_owner(idev.dev)
+    iommufd_put_group(idev.igroup)
+
+
+def _claim_dma_owner(dev, owner) -> None:
+    """iommu_device_claim_dma_owner(): a real iommu_group's ownership (model/iommu.py); the mock's
+    groups keep none (each mock device is bound once, alone in its group)."""
+    claim = getattr(dev.group, "claim_dma_owner", None)
+    if claim is not None:
+        claim(owner)
+
+
+def _release_dma_owner(dev) -> None:
+    """iommu_device_release_dma_owner()."""
+    release = getattr(dev.group, "release_dma_owner", None)
+    if release is not None:
+        release()
 
 
 def iommufd_get_device(ucmd, id: int) -> IommufdDevice:
@@ -68,11 +137,29 @@ def iommufd_get_device(ucmd, id: int) -> IommufdDevice:
 
 
 def iommufd_device_bind(ictx, dev) -> IommufdDevice:
-    """iommufd_device_bind(): EINVAL without IOMMU_CAP_CACHE_COHERENCY; the object is finalized
+    """iommufd_device_bind() (device.c:211): EINVAL without IOMMU_CAP_CACHE_COHERENCY (a device
+    without an IOMMU has none: device_iommu_capable(), iommu.c:2007); the group (ENODEV); a
+    real device whose group cannot isolate MSI is EPERM unless the module parameter
+    iommufd.allow_unsafe_interrupts is set (device.c:236-247; the mock's devices are exempt);
+    DMA ownership of the group (EPERM: another owner; EBUSY: in use); then the object, finalized
     at once, with the binding driver as a user until iommufd_device_unbind()."""
-    if not dev.ops.capable(dev, IOMMU_CAP_CACHE_COHERENCY):
+    if dev.ops is None or not dev.ops.capable(dev, IOMMU_CAP_CACHE_COHERENCY):
         raise IommufdError(errno.EINVAL)
-    idev = ictx.objects.alloc(IommufdDevice(ictx, dev))
+    igroup = iommufd_get_group(ictx, dev)
+    try:
+        if not iommufd_selftest_is_mock_dev(dev) and not igroup.group.has_isolated_msi():
+            if not dev.allow_unsafe_interrupts:
+                raise IommufdError(errno.EPERM)
+            # dev_warn(): "MSI interrupts are not secure, they cannot be isolated by the platform..."
+        _claim_dma_owner(dev, ictx)
+        try:
+            idev = ictx.objects.alloc(IommufdDevice(ictx, dev, igroup))
+        except BaseException:
+            _release_dma_owner(dev)
+            raise
+    except BaseException:
+        iommufd_put_group(igroup)
+        raise
     idev.refs += 1
     ictx.objects.finalize(idev)
     return idev
@@ -136,21 +223,48 @@ def _hwpt_pasid_compat(hwpt, idev: IommufdDevice, pasid: int) -> None:
 
 def _domain_attach(domain, idev: IommufdDevice, pasid: int, old=None) -> None:
     """iommu_attach_group_handle() / iommu_attach_device_pasid() / the replace variants: the
-    driver's attach_dev or set_dev_pasid (iommu.c). A PASID needs set_dev_pasid (EOPNOTSUPP)
-    and a domain of the device's driver (EINVAL); a device without PASID support skips the
-    PASID checks and the driver call (max_pasids 0)."""
+    driver's attach_dev or set_dev_pasid for each device of the group (iommu.c). A real group
+    attaches as one (__iommu_attach_group(), iommu.c:2355: EBUSY when the group is on a domain
+    other than its default or blocking one; then __iommu_group_set_domain(), which puts the
+    devices done back on failure). A PASID needs set_dev_pasid (EOPNOTSUPP) and a domain of the
+    device's driver (EINVAL); devices without PASID support (max_pasids 0) skip the PASID
+    checks and the driver call (iommu.c:3660-3671, __iommu_set_group_pasid(): 3556)."""
     dev = idev.dev
+    group = dev.group
     if pasid == IOMMU_NO_PASID:
-        dev.ops.attach_dev(domain, dev)
+        set_domain = getattr(group, "set_domain", None)
+        if set_domain is None:
+            dev.ops.attach_dev(domain, dev)
+            return
+        if old is None and group.domain is not None and \
+                group.domain is not group.default_domain and group.domain is not group.blocking_domain:
+            raise IommufdError(errno.EBUSY)
+        set_domain(domain)
         return
     if domain.dops is None or not hasattr(domain.dops, "set_dev_pasid"):
         raise IommufdError(errno.EOPNOTSUPP)
     if domain.owner is not dev.ops:
         raise IommufdError(errno.EINVAL)
-    if dev.max_pasids and pasid >= dev.max_pasids:
-        raise IommufdError(errno.EINVAL)
-    if dev.max_pasids:
-        dev.ops.set_dev_pasid(domain, dev, pasid, old)
+    devices = _group_devices(dev)
+    for d in devices:
+        if d.max_pasids and pasid >= d.max_pasids:
+            raise IommufdError(errno.EINVAL)
+    done = []
+    try:
+        for d in devices:
+            if d.max_pasids:
+                d.ops.set_dev_pasid(domain, d, pasid, old)
+                done.append(d)
+    except BaseException:
+        for d in done:  # err_revert: back to the old domain, or off the PASID
+            if old is not None:
+                d.ops.set_dev_pasid(old, d, pasid, domain)
+            else:
+                d.ops.set_dev_pasid(d.ops.blocked_domain, d, pasid, domain)
+        raise
+    pasid_array = getattr(group, "pasid_array", None)
+    if pasid_array is not None:
+        pasid_array[pasid] = domain
 
 
 def iommufd_hw_pagetable_attach(hwpt, idev: IommufdDevice, pasid: int) -> None:
@@ -185,16 +299,31 @@ def iommufd_hw_pagetable_attach(hwpt, idev: IommufdDevice, pasid: int) -> None:
 
 
 def iommufd_device_attach_reserved_iova(idev: IommufdDevice, hwpt_paging) -> None:
-    """iommufd_device_attach_reserved_iova() -> iopt_table_enforce_dev_resv_regions(): the
-    device's reserved regions become reserved IOVA (owner: the device). The mock driver
-    reports none and no MSI window, so this reserves nothing."""
+    """iommufd_device_attach_reserved_iova() (device.c:406) -> iopt_table_enforce_dev_resv_regions()
+    (io_pagetable.c:1502): the device's reserved regions (iommu_get_resv_regions(): the driver's,
+    (start, last, type)) become reserved IOVA owned by the device, except direct-relaxable ones;
+    a driver offering both hardware and software MSI windows, or two software ones, is EINVAL
+    (WARN_ON). The mock driver reports none. A software MSI window (IOMMU_RESV_SW_MSI, an ARM
+    unit's) would make the group's sw_msi_start and iommufd_group_setup_msi() install the MSI
+    pages; x86's units report hardware windows only, so that path is not modelled."""
     iopt = hwpt_paging.ioas.iopt
-    for start, last in idev.dev.resv_regions():
-        try:
-            iopt.reserve_iova(start, last, idev.dev)
-        except IommufdError:
-            iopt.remove_reserved_iova(idev.dev)
-            raise
+    dev = idev.dev
+    num_hw_msi = num_sw_msi = 0
+    try:
+        for start, last, kind in dev.resv_regions():
+            if kind == "direct-relaxable":
+                continue
+            if kind == "msi":
+                num_hw_msi += 1
+            elif kind == "sw_msi":
+                idev.igroup.sw_msi_start = start
+                num_sw_msi += 1
+            iopt.reserve_iova(start, last, dev)
+        if (num_sw_msi and num_hw_msi) or num_sw_msi > 1:
+            raise IommufdError(errno.EINVAL)
+    except IommufdError:
+        iopt.remove_reserved_iova(dev)
+        raise
 
 
 def iommufd_hw_pagetable_put(ictx, hwpt) -> None:
@@ -586,11 +715,15 @@ def iommufd_access_rw(access: IommufdAccess, iova: int, length: int, flags: int,
 # -- IOMMU_GET_HW_INFO ---------------------------------------------------------------------------
 
 def iommufd_get_hw_info(ucmd) -> int:
-    """iommufd_get_hw_info() (device.c): flags other than INPUT_TYPE EOPNOTSUPP, __reserved[0..2]
-    EOPNOTSUPP, in_data_type cleared without INPUT_TYPE, then the device (ENOENT). The driver's
-    hw_info (its error: EOPNOTSUPP for a type it does not know) gives data and length; min(
-    data_len, length) bytes go to data_uptr and the rest of the user's data_len is cleared
-    (EFAULT), data_len answers the driver's length, capabilities and max_pasid_log2 follow."""
+    """iommufd_get_hw_info() (device.c:1545): flags other than INPUT_TYPE EOPNOTSUPP,
+    __reserved[0..2] EOPNOTSUPP, in_data_type cleared without INPUT_TYPE, then the device
+    (ENOENT). The driver's hw_info (its error: EOPNOTSUPP for a type it does not know) gives data
+    and length; a driver without the op answers type NONE and no data whatever the type asked;
+    min(data_len, length) bytes go to data_uptr and the rest of the user's data_len is cleared
+    (EFAULT), data_len answers the driver's length. Capabilities: DIRTY_TRACKING, and
+    PCI_ATS_NOT_SUPPORTED when the driver cannot use ATS for the device; max_pasid_log2 from
+    dev->iommu->max_pasids, and for a PCI device with PASIDs the PASID control's EXEC and PRIV
+    (pci_pasid_status(), device.c:1633-1652)."""
     cmd = ucmd.cmd
     if cmd.flags & ~B.IOMMU_HW_INFO_FLAG_INPUT_TYPE:
         raise IommufdError(errno.EOPNOTSUPP)
@@ -600,7 +733,11 @@ def iommufd_get_hw_info(ucmd) -> int:
         cmd.in_data_type = B.IOMMU_HW_INFO_TYPE_DEFAULT
     idev = iommufd_get_device(ucmd, cmd.dev_id)
     dev = idev.dev
-    data, cmd.out_data_type = dev.ops.hw_info(dev, cmd.in_data_type)
+    hw_info = getattr(dev.ops, "hw_info", None)
+    if hw_info is not None:
+        data, cmd.out_data_type = hw_info(dev, cmd.in_data_type)
+    else:  # a driver without the op (amd_iommu without CONFIG_AMD_IOMMU_IOMMUFD): NONE, no data
+        data, cmd.out_data_type = b"", B.IOMMU_HW_INFO_TYPE_NONE
     copy_len = min(cmd.data_len, len(data))
     from model.uaccess import clear_user, copy_to_user
 
@@ -614,5 +751,13 @@ def iommufd_get_hw_info(ucmd) -> int:
     if not dev.ops.capable(dev, IOMMU_CAP_PCI_ATS_SUPPORTED):
         cmd.out_capabilities |= B.IOMMU_HW_CAP_PCI_ATS_NOT_SUPPORTED
     cmd.out_max_pasid_log2 = dev.max_pasids.bit_length() - 1 if dev.max_pasids else 0
+    if dev.max_pasids and dev.is_pci:  # pci_pasid_status(): the PASID control as the driver enabled it
+        ctrl = dev.pasid_status()
+        if ctrl < 0 or not ctrl & PCI_PASID_CTRL_ENABLE:  # WARN_ON_ONCE (device.c:1642)
+            idev.ictx.warn("iommufd_get_hw_info", "ctrl < 0 || !(ctrl & PCI_PASID_CTRL_ENABLE)")
+        if ctrl & PCI_PASID_CTRL_EXEC:
+            cmd.out_capabilities |= B.IOMMU_HW_CAP_PCI_PASID_EXEC
+        if ctrl & PCI_PASID_CTRL_PRIV:
+            cmd.out_capabilities |= B.IOMMU_HW_CAP_PCI_PASID_PRIV
     ucmd.respond()
     return 0

@@ -2,7 +2,8 @@
 IOMMU_HWPT_ALLOC, dirty tracking, the dirty bitmap, and IOMMU_HWPT_INVALIDATE.
 
 Domains come from the device's driver (dev.ops: domain_alloc_paging_flags, domain_alloc_nested;
-the mock IOMMU's in model/selftest/mock.py) as hw_pagetable.c gets them from dev_iommu_ops().
+the mock IOMMU's in model/selftest/mock.py, a real unit's in model/intel_iommu.py and
+model/amd_iommu.py) as hw_pagetable.c gets them from dev_iommu_ops().
 """
 from __future__ import annotations
 
@@ -106,11 +107,25 @@ def iommufd_get_hwpt_paging(ucmd, id: int) -> HwptPaging:
     return ucmd.ictx.objects.get(id, "HWPT_PAGING")
 
 
+def iommufd_hwpt_paging_enforce_cc(hwpt: HwptPaging) -> None:
+    """iommufd_hwpt_paging_enforce_cc() (hw_pagetable.c:72): the domain's enforce_cache_coherency
+    op decides, once; EINVAL (a WARN_ON: the driver reported the capability) when it cannot. Set
+    before iopt_table_add_domain(): a unit with a per-PTE snoop bit sets it in every map after."""
+    if hwpt.enforce_cache_coherency:
+        return
+    op = getattr(hwpt.domain.dops, "enforce_cache_coherency", None)
+    if op is not None:
+        hwpt.enforce_cache_coherency = bool(op(hwpt.domain))
+    if not hwpt.enforce_cache_coherency:
+        raise IommufdError(errno.EINVAL)
+
+
 def iommufd_hwpt_paging_alloc(ictx, ioas, idev, pasid: int, flags: int, user_data: IommuUserData | None,
                               immediate_attach=None) -> HwptPaging:
     """iommufd_hwpt_paging_alloc(): flags EOPNOTSUPP (unknown, DIRTY_TRACKING on a device that
     cannot, FAULT_ID_VALID with NEST_PARENT); the object is reserved, the driver makes the
-    domain (its errors), immediate_attach attaches the device, and iopt_table_add_domain()
+    domain (its errors), a device that can enforce cache coherency makes the domain enforce it
+    (hw_pagetable.c:182), immediate_attach attaches the device, and iopt_table_add_domain()
     fills it from the IOAS. Any failure aborts and destroys the object. Not finalized.
     immediate_attach: device.c's (iommufd_hw_pagetable_attach, iommufd_hw_pagetable_detach)."""
     valid_flags = (B.IOMMU_HWPT_ALLOC_NEST_PARENT | B.IOMMU_HWPT_ALLOC_DIRTY_TRACKING
@@ -131,6 +146,8 @@ def iommufd_hwpt_paging_alloc(ictx, ioas, idev, pasid: int, flags: int, user_dat
         hwpt.domain = dev.ops.domain_alloc_paging_flags(dev, flags & ~B.IOMMU_HWPT_FAULT_ID_VALID, user_data)
         hwpt.domain.owner = dev.ops
         hwpt.domain.iommufd_hwpt = hwpt
+        if idev.enforce_cache_coherency:
+            iommufd_hwpt_paging_enforce_cc(hwpt)
         if immediate_attach:
             immediate_attach[0](hwpt, idev, pasid)
         try:
@@ -148,10 +165,12 @@ def iommufd_hwpt_paging_alloc(ictx, ioas, idev, pasid: int, flags: int, user_dat
 
 
 def iommufd_hwpt_nested_alloc(ictx, parent: HwptPaging, idev, flags: int, user_data: IommuUserData) -> HwptNested:
-    """iommufd_hwpt_nested_alloc(): EOPNOTSUPP for flags other than FAULT_ID_VALID and PASID or
-    no data; EINVAL for a parent that is automatic, not NEST_PARENT, or another driver's."""
+    """iommufd_hwpt_nested_alloc() (hw_pagetable.c:226): EOPNOTSUPP for flags other than
+    FAULT_ID_VALID and PASID, no data, or a driver without domain_alloc_nested; EINVAL for a
+    parent that is automatic, not NEST_PARENT, or another driver's."""
     dev = idev.dev
-    if flags & ~(B.IOMMU_HWPT_FAULT_ID_VALID | B.IOMMU_HWPT_ALLOC_PASID) or not user_data.len:
+    if flags & ~(B.IOMMU_HWPT_FAULT_ID_VALID | B.IOMMU_HWPT_ALLOC_PASID) or not user_data.len or \
+            getattr(dev.ops, "domain_alloc_nested", None) is None:
         raise IommufdError(errno.EOPNOTSUPP)
     if parent.auto_domain or not parent.nest_parent or parent.domain.owner is not dev.ops:
         raise IommufdError(errno.EINVAL)
