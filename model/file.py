@@ -19,14 +19,28 @@ context's lock (as the kernel's locks make it atomic on the objects it touches);
 for the ioctl in flight, and an ioctl after it answers EBADF. After fork() a real file is shared
 by parent and child; the model's state lives in the parent's memory, so the child's use of an
 inherited model file answers ENOSYS ("not modelled") instead of diverging silently.
+
+A descriptor: `fileno()` is a real one that stands for the file (an empty memfd made at open and
+closed at close), so calls that take an iommufd by number (VFIO_DEVICE_BIND_IOMMUFD,
+model/vfio) find the context as iommufd_ctx_from_fd() does: fget() of the number in the
+caller's table (/proc/PID/fd for another process), then the file's inode looked up among the
+open model contexts (EBADFD for any other file). A driver that took the file keeps the context
+(iommufd_ctx_put() drops it): close() then releases it only with the last reference. What the
+model cannot see is a dup() of the descriptor: the context goes with close() of this object
+(and its driver references), whatever copies of the number are left.
+
+`fcntl_ioctl()` is the argument contract above, shared with the other model files that take
+ioctls (model/vfio's device file).
 """
 from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import mmap
 import os
 import threading
+import weakref
 
 from model import libc, vfs
 from model.libc import Mapping
@@ -52,52 +66,31 @@ class IommufdFile:
         except IommufdError as e:
             raise OSError(e.errno, os.strerror(e.errno)) from None
         self.f_flags = vfs.FileFlags()
+        self._fd_box = [_register(self.ictx)]
+        # a file dropped without close() gives its descriptor back when collected (the context
+        # is not released: only close() releases it)
+        weakref.finalize(self, _file_dropped, self._fd_box, self.ictx)
 
     def ioctl(self, request: int, arg=0, mutate_flag: bool = True):
-        if isinstance(arg, int):
-            return self._call(request & 0xFFFFFFFF, arg, None)
-        try:
-            view = memoryview(arg)
-        except TypeError:
-            if not isinstance(arg, str):
-                raise TypeError("ioctl argument must be an int or a buffer, "
-                                f"not {type(arg).__name__}") from None
-            view = memoryview(arg.encode())
-        with view:
-            n = view.nbytes
-            if view.readonly or not mutate_flag:
-                if n > IOCTL_BUFSZ:
-                    raise ValueError("ioctl string arg too long")
-                bounce = ctypes.create_string_buffer(view.tobytes(), IOCTL_BUFSZ + 1)
-                self._call(request & 0xFFFFFFFF, ctypes.addressof(bounce), bounce)
-                return bounce.raw[:n]
-            user = (ctypes.c_char * n).from_buffer(view)  # TypeError if not C-contiguous, as fcntl
-            try:
-                if n > IOCTL_BUFSZ:  # passed in place
-                    return self._call(request & 0xFFFFFFFF, ctypes.addressof(user), None)
-                bounce = ctypes.create_string_buffer(IOCTL_BUFSZ + 1)  # per call: threads share the file
-                ctypes.memmove(bounce, user, n)
-                try:
-                    return self._call(request & 0xFFFFFFFF, ctypes.addressof(bounce), bounce)
-                finally:
-                    ctypes.memmove(user, bounce, n)
-            finally:
-                del user  # give the buffer export back before the view is released
+        return fcntl_ioctl(self._call, request, arg, mutate_flag)
+
+    def fileno(self) -> int:
+        """The descriptor that stands for this file (EBADF once closed, as a closed file's
+        number would be)."""
+        if self._fd_box[0] < 0:
+            raise OSError(errno.EBADF, os.strerror(errno.EBADF))
+        return self._fd_box[0]
 
     def _call(self, cmd: int, addr: int, bounce) -> int:
         """sys_ioctl(): the file, do_vfs_ioctl(), then the driver under the context's lock."""
         ictx = self.ictx
         if ictx is None:
             raise OSError(errno.EBADF, os.strerror(errno.EBADF))
-        pid = os.getpid()
         try:
-            if pid != self._owner:
+            if os.getpid() != self._owner:
                 raise NotModelled("a model /dev/iommu inherited across fork() (its state is not shared "
                                   "with the parent)")
-            if self._pid is not None:
-                pid = self._pid
-            mm = BouncedMemory(pid, addr, IOCTL_BUFSZ + 1) if bounce is not None and pid == self._owner else None
-            task = _current_task(pid, mm)
+            task = caller_task(self._owner, self._pid, addr, bounce, "a model /dev/iommu")
             rc = vfs.do_vfs_ioctl(self.f_flags, task, cmd, addr)
             if rc is not None:
                 outcomes.record(cmd, 0)
@@ -166,15 +159,177 @@ class IommufdFile:
         """close(): iommufd_fops_release() once the ioctl in flight (if any) is done. In a forked
         child the parent's state is left alone."""
         ictx, self.ictx = self.ictx, None
+        close_box(self._fd_box)
         if ictx is not None and os.getpid() == self._owner:
-            with ictx.lock:
-                ictx.release()
+            iommufd_ctx_put(ictx)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+def close_box(box: list) -> None:
+    """Close the descriptor in a one-item list once (a file's close() and its finalizer share it)."""
+    fd, box[0] = box[0], -1
+    if fd >= 0:
+        os.close(fd)
+
+
+def fcntl_ioctl(call, request: int, arg, mutate_flag: bool = True):
+    """fcntl.ioctl(fd, request, arg, mutate_flag)'s handling of `arg` (Modules/fcntlmodule.c, the
+    module docstring above): `call(cmd, addr, bounce)` makes the system call with the command,
+    the user address of the argument, and the bounce buffer it lives in (None: the caller's own
+    memory, or an int argument)."""
+    if isinstance(arg, int):
+        return call(request & 0xFFFFFFFF, arg, None)
+    try:
+        view = memoryview(arg)
+    except TypeError:
+        if not isinstance(arg, str):
+            raise TypeError("ioctl argument must be an int or a buffer, "
+                            f"not {type(arg).__name__}") from None
+        view = memoryview(arg.encode())
+    with view:
+        n = view.nbytes
+        if view.readonly or not mutate_flag:
+            if n > IOCTL_BUFSZ:
+                raise ValueError("ioctl string arg too long")
+            bounce = ctypes.create_string_buffer(view.tobytes(), IOCTL_BUFSZ + 1)
+            call(request & 0xFFFFFFFF, ctypes.addressof(bounce), bounce)
+            return bounce.raw[:n]
+        user = (ctypes.c_char * n).from_buffer(view)  # TypeError if not C-contiguous, as fcntl
+        try:
+            if n > IOCTL_BUFSZ:  # passed in place
+                return call(request & 0xFFFFFFFF, ctypes.addressof(user), None)
+            bounce = ctypes.create_string_buffer(IOCTL_BUFSZ + 1)  # per call: threads share the file
+            ctypes.memmove(bounce, user, n)
+            try:
+                return call(request & 0xFFFFFFFF, ctypes.addressof(bounce), bounce)
+            finally:
+                ctypes.memmove(user, bounce, n)
+        finally:
+            del user  # give the buffer export back before the view is released
+
+
+def caller_task(owner: int, pid: int | None, addr: int, bounce, what: str) -> Task:
+    """`current` for a call on a model file whose state lives in process `owner` and whose user
+    pointers address process `pid` (None: the caller): NotModelled in a forked child; the bounce
+    buffer of fcntl_ioctl() is read in place when it is this process's."""
+    me = os.getpid()
+    if me != owner:
+        raise NotModelled(f"{what} inherited across fork() (its state is not shared with the parent)")
+    if pid is None:
+        pid = me
+    mm = BouncedMemory(pid, addr, IOCTL_BUFSZ + 1) if bounce is not None and pid == owner else None
+    return _current_task(pid, mm)
+
+
+# -- the descriptors that stand for open contexts ------------------------------------------------
+
+class _OpenFile:
+    """The struct file of an open /dev/iommu: its context, the descriptor standing for it, and
+    its references (the descriptor's, and each get_file() a driver took)."""
+
+    __slots__ = ("ictx", "inode", "refs")
+
+    def __init__(self, ictx: IommufdCtx, inode: tuple[int, int]):
+        self.ictx, self.inode, self.refs = ictx, inode, 1
+
+
+_FILES: dict[tuple[int, int], _OpenFile] = {}  # (st_dev, st_ino) of the standing descriptor
+_BY_CTX: dict[int, _OpenFile] = {}  # id(ictx) -> its file
+_FILES_LOCK = threading.Lock()
+
+
+def _register(ictx: IommufdCtx) -> int:
+    """A descriptor for a new context: an empty memfd (its own inode, which names the file)."""
+    fd = os.memfd_create("iommufd", os.MFD_CLOEXEC)
+    st = os.fstat(fd)
+    f = _OpenFile(ictx, (st.st_dev, st.st_ino))
+    with _FILES_LOCK:
+        _FILES[f.inode] = f
+        _BY_CTX[id(ictx)] = f
+    return fd
+
+
+def _forget(f: _OpenFile) -> None:
+    for inode in [k for k, v in _FILES.items() if v is f]:
+        del _FILES[inode]
+    del _BY_CTX[id(f.ictx)]
+
+
+def _file_dropped(box: list, ictx: IommufdCtx) -> None:
+    """The finalizer of a file collected without close(): its descriptor and its reference go."""
+    if box[0] < 0:
+        return
+    close_box(box)
+    with _FILES_LOCK:
+        f = _BY_CTX.get(id(ictx))
+        if f is not None and f.ictx is ictx:
+            f.refs -= 1
+            if not f.refs:
+                _forget(f)
+
+
+def iommufd_file_register(ictx: IommufdCtx, inode: tuple[int, int]) -> None:
+    """The open file of a context that no IommufdFile stands for (a server's context, whose
+    client's descriptor is its end of a connection): the file named by `inode` holds the
+    context with one reference (the client's descriptor), which iommufd_ctx_put() gives back;
+    iommufd_ctx_from_fd() of the client's number then finds it."""
+    f = _OpenFile(ictx, inode)
+    with _FILES_LOCK:
+        _FILES[inode] = f
+        _BY_CTX[id(ictx)] = f
+
+
+def fget_inode(pid: int, fd: int) -> tuple[int, int]:
+    """fget(fd) in process `pid`'s table: the file's (st_dev, st_ino); IommufdError(EBADF) for a
+    number nothing has open, or an O_PATH descriptor (fget() skips FMODE_PATH files)."""
+    if fd < 0:
+        raise IommufdError(errno.EBADF)
+    try:
+        if pid == os.getpid():
+            st = os.fstat(fd)
+            fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        else:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                fl = int(next(ln for ln in f if ln.startswith("flags:")).split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        raise IommufdError(errno.EBADF) from None
+    if fl & getattr(os, "O_PATH", 0o10000000):
+        raise IommufdError(errno.EBADF)
+    return st.st_dev, st.st_ino
+
+
+def iommufd_ctx_from_fd(pid: int, fd: int) -> IommufdCtx:
+    """iommufd_ctx_from_fd() (drivers/iommu/iommufd/main.c:680): fget() (EBADF), EBADFD for a file
+    that is not an iommufd (f_op != &iommufd_fops), else the context with a reference taken (the
+    file's, which iommufd_ctx_put() gives back)."""
+    inode = fget_inode(pid, fd)
+    with _FILES_LOCK:
+        f = _FILES.get(inode)
+        if f is None or f.refs == 0:
+            raise IommufdError(errno.EBADFD)
+        f.refs += 1
+        return f.ictx
+
+
+def iommufd_ctx_put(ictx: IommufdCtx) -> None:
+    """iommufd_ctx_put() (main.c:701) -> fput(): the context is released with the file's last
+    reference (iommufd_fops_release()), under its lock (after the ioctl in flight, if any)."""
+    with _FILES_LOCK:
+        f = _BY_CTX.get(id(ictx))
+        if f is not None:
+            f.refs -= 1
+            if f.refs:
+                return
+            _forget(f)
+    with ictx.lock:
+        if not ictx.released:
+            ictx.release()
 
 
 def _current_task(pid: int, mm=None) -> Task:

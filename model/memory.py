@@ -45,7 +45,7 @@ HPAGE_PAGES = HPAGE_SIZE // PAGE_SIZE
 class Vma:
     """One line of /proc/PID/maps."""
 
-    __slots__ = ("start", "end", "perms", "offset", "dev", "ino", "path")
+    __slots__ = ("start", "end", "perms", "offset", "dev", "ino", "path", "page_size")
 
     def __init__(self, line: str):
         parts = line.split(None, 5)
@@ -57,6 +57,7 @@ class Vma:
         self.dev = os.makedev(major, minor)
         self.ino = int(parts[4])
         self.path = parts[5].strip() if len(parts) > 5 else ""
+        self.page_size = HPAGE_SIZE if self.hugetlb else PAGE_SIZE  # smaps' KernelPageSize (Vmas)
 
     @property
     def hugetlb(self) -> bool:
@@ -77,6 +78,25 @@ class Vmas:
         except OSError:
             self.vmas = []
         self.starts = [v.start for v in self.vmas]
+        if any(v.hugetlb for v in self.vmas):
+            self._huge_page_sizes(pid)
+
+    def _huge_page_sizes(self, pid: int) -> None:
+        """A hugetlb mapping's page size (2 MiB or 1 GiB: MAP_HUGE_1GB, a hugetlbfs mount's
+        pagesize=) from /proc/PID/smaps' KernelPageSize (vma_kernel_pagesize())."""
+        sizes, start = {}, None
+        try:
+            with open(f"/proc/{pid}/smaps") as f:
+                for line in f:
+                    if line[:1] in "0123456789abcdef" and "-" in line.split(None, 1)[0]:
+                        start = int(line.split("-", 1)[0], 16)
+                    elif line.startswith("KernelPageSize:") and start is not None:
+                        sizes[start] = int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            return
+        for v in self.vmas:
+            if v.hugetlb and sizes.get(v.start, 0) > PAGE_SIZE:
+                v.page_size = sizes[v.start]
 
     def find(self, va: int) -> Vma | None:
         i = bisect.bisect_right(self.starts, va) - 1
@@ -96,7 +116,7 @@ class Vmas:
         """(the key of the page at va, frames per block): see the module docstring."""
         va &= ~(PAGE_SIZE - 1)
         v = self.find(va)
-        block = HPAGE_PAGES if v is not None and v.hugetlb else 1
+        block = v.page_size // PAGE_SIZE if v is not None and v.hugetlb else 1
         if v is not None and (v.shared_file or v.hugetlb) and v.ino:
             return ("file", v.dev, v.ino, (v.offset + va - v.start) // PAGE_SIZE), block
         return ("anon", pid, va // PAGE_SIZE), block
@@ -290,6 +310,10 @@ class PhysicalMemory:
         self._blocks: dict[tuple, int] = {}  # huge pages: (key minus page, block index) -> first pfn
         self.pins: dict[tuple, int] = {}  # key -> pin count (page refcount / GUP_PIN_COUNTING_BIAS)
         self.pfn: dict[tuple, int] = {}  # key -> pfn, while pinned
+        self.key_of: dict[int, tuple] = {}  # pfn -> key, while pinned (pfn_to_page())
+        # key -> (pid, VA) a pin of a user page found it at: where a device's DMA reaches a
+        # shared file's page when the file itself is not held (frame_rw())
+        self.where: dict[tuple, tuple[int, int]] = {}
         self.kernel_pages: dict[int, "KernelPages"] = {}  # first pfn -> pages a driver allocated
         # (st_dev, st_ino) -> [the open file, how many of its pages are pinned]: the file a
         # pinned page of it is read through once no mm maps it (frame_file())
@@ -308,14 +332,18 @@ class PhysicalMemory:
             self._blocks[bkey] = base
         return base + key[-1] % block
 
-    def pin(self, key: tuple, block: int = 1, backing: Callable[[], BackingFile | None] | None = None) -> int:
+    def pin(self, key: tuple, block: int = 1, backing: Callable[[], BackingFile | None] | None = None,
+            where: tuple[int, int] | None = None) -> int:
         """pin_user_pages() of one page: its frame number. A file's page pinned for the first
         time keeps the file open (`backing()` opens it, called only when no pinned page of
-        that file has it open already)."""
+        that file has it open already). `where`: the (pid, VA) the page was found at."""
         with self.lock:
             pfn = self.pfn.get(key)
+            if where is not None and key not in self.where:
+                self.where[key] = where
             if pfn is None:
                 pfn = self.pfn[key] = self._block_pfn(key, block)
+                self.key_of[pfn] = key
                 if backing is not None and key[0] == "file":
                     held = self.files.get(key[1:3])
                     if held is not None:
@@ -338,7 +366,8 @@ class PhysicalMemory:
                 self.pins[key] = n
             else:
                 del self.pins[key]
-                del self.pfn[key]
+                self.key_of.pop(self.pfn.pop(key), None)
+                self.where.pop(key, None)
                 if key in self.file_pages:
                     self.file_pages.discard(key)
                     held = self.files[key[1:3]]
@@ -360,6 +389,54 @@ class PhysicalMemory:
         with self.lock:
             held = self.files.get(key[1:3])
         return None if held is None else (held[0], key[3] * PAGE_SIZE)
+
+    def frame_rw(self, pfn: int, offset: int, n: int, data: bytes | None = None) -> bytes:
+        """A device's DMA into frame `pfn` (memcpy through the direct map): `data` written at
+        `offset`, or n bytes read there. The frame's bytes are where its key says: a page of
+        private anonymous memory in its process's mm (process_vm_readv/writev at its VA); a
+        shared file's page through the file its pin holds open (frame_file()), else through the
+        mapping it was pinned from; a driver's page (KernelPages) in the model's own mapping of
+        it. NotModelled for a frame nothing pinned (the model has no RAM behind an unpinned
+        number), and for a page of a process that is gone (frame_file() says why)."""
+        from model.objects import NotModelled
+        from model.uaccess import UserFault, UserMemory
+
+        write = data is not None
+        n = len(data) if write else n
+        kp = kernel_pages_of(self, pfn)
+        if kp is not None:
+            pages, index = kp
+            lo = index * PAGE_SIZE + offset
+            if write:
+                pages.buf[lo:lo + n] = data
+                return b""
+            return bytes(pages.buf[lo:lo + n])
+        with self.lock:
+            key = self.key_of.get(pfn)
+            where = self.where.get(key) if key is not None else None
+        if key is None:
+            raise NotModelled(f"DMA to frame {pfn:#x}, which no pin holds (memory the model has no bytes for)")
+        if key[0] == "anon":
+            where = (key[1], key[2] * PAGE_SIZE)
+        elif key[0] == "file":
+            held = self.frame_file(key)
+            if held is not None:
+                f, base = held
+                if write:
+                    f.write(base + offset, data)
+                    return b""
+                return f.read(base + offset, n)
+        if where is None:
+            raise NotModelled(f"DMA to frame {pfn:#x} ({key[0]} page): the model has no way to its bytes")
+        pid, va = where
+        try:
+            if write:
+                UserMemory(pid).write(va + offset, data)
+                return b""
+            return UserMemory(pid).read(va + offset, n)
+        except (UserFault, RuntimeError):
+            raise NotModelled(f"DMA to frame {pfn:#x}: its page is no longer mapped where it was pinned "
+                              f"(process {pid}, {va:#x}); the kernel's pinned page outlives that") from None
 
     def lookup(self, key: tuple) -> int:
         """get_user_pages_fast() + put_page(): the frame of a page; a page nobody pins gets a

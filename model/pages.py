@@ -147,7 +147,8 @@ class IoptPages:
             memory = self.accounts.memory
             for i, (key, block) in zip(fresh, keys):
                 self.keys[i] = key
-                self.pfns[i] = memory.pin(key, block, self._backing(vmas, i) if key[0] == "file" else None)
+                where = (self.source_pid, self.uptr + i * PAGE_SIZE) if self.type == IOPT_ADDRESS_USER else None
+                self.pfns[i] = memory.pin(key, block, self._backing(vmas, i) if key[0] == "file" else None, where)
         return [self.pfns[i] for i in range(first_index, last_index + 1)]
 
     def _user_pin_buffer(self) -> None:

@@ -42,7 +42,7 @@ def _edu(dev) -> Edu:
 
 # VFIO_DEVICE_BIND_IOMMUFD: vfio_df_ioctl_bind_iommufd() (device_cdev.c)
 
-def test_bind_answers_a_device_id_once(iommufd, vfio_device):
+def test_bind_answers_a_device_id_once(iommufd, open_iommufd, vfio_device):
     # before the bind every other ioctl is refused (vfio_device_fops_unl_ioctl(): !access_granted)
     info = B.vfio_region_info(argsz=sz(B.vfio_region_info), index=0)
     assert err(vfio_device.ioctl, B.VFIO_DEVICE_GET_REGION_INFO, info) == errno.EINVAL
@@ -53,9 +53,9 @@ def test_bind_answers_a_device_id_once(iommufd, vfio_device):
     assert err(destroy, iommufd, dev_id) == errno.EBUSY
     # one device cannot be bound twice, to this context or another
     assert err(_bound, iommufd, vfio_device) == errno.EINVAL
-    with open("/dev/iommu", "rb", buffering=0) as other:
-        cmd = B.vfio_device_bind_iommufd(argsz=sz(B.vfio_device_bind_iommufd), iommufd=other.fileno())
-        assert err(vfio_device.ioctl, B.VFIO_DEVICE_BIND_IOMMUFD, cmd) == errno.EINVAL
+    other = open_iommufd()
+    cmd = B.vfio_device_bind_iommufd(argsz=sz(B.vfio_device_bind_iommufd), iommufd=other.fileno())
+    assert err(vfio_device.ioctl, B.VFIO_DEVICE_BIND_IOMMUFD, cmd) == errno.EINVAL
     vfio_device.region(B.VFIO_PCI_CONFIG_REGION_INDEX)  # and now the device answers
 
 

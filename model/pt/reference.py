@@ -136,6 +136,18 @@ class ReferencePageTable:
         start = self._covering(iova)
         return 0 if start is None else self.blocks[start][0] + (iova - start)
 
+    def translate(self, iova: int) -> tuple[int, int, int]:
+        """The oracle of walk.translate(): (status, paddr, prot) with status 0 nothing mapped, 1 a
+        leaf (the prot FORMATS says it stores), 2 past the table's IOVA bits (or, sign-extended,
+        with the sign bit set)."""
+        if iova < 0 or iova >> self.max_vasz_lg2 or self._sign_bad(iova):
+            return 2, 0, 0
+        start = self._covering(iova)
+        if start is None:
+            return 0, 0, 0
+        pa, _lg2, prot, _dirty = self.blocks[start]
+        return 1, pa + (iova - start), prot
+
     def set_dirty(self, iova: int) -> int:
         if not self.rules.dirty:
             return -errno.EOPNOTSUPP

@@ -152,6 +152,26 @@ class IoPageTable:
             out[(iovas >> self._sign_bit) != 0] = 0
         return out
 
+    def translate_many(self, iovas: np.ndarray) -> np.ndarray:
+        """What the unit's walk finds for a DMA at each IOVA (walk.translate()): rows of (status,
+        paddr, prot) with status walk.T_NONE / T_LEAF / T_RANGE. With PT_FEAT_SIGN_EXTEND an IOVA
+        with the sign bit set (and not all ones above it, which no IOVA below 2^63 has) is out
+        of range, as pt_check_range() has it."""
+        iovas = np.ascontiguousarray(iovas, dtype=np.int64)
+        out = np.zeros((iovas.shape[0], 3), dtype=np.int64)
+        walk.translate(self.tables, self.meta, iovas, out)
+        if self._sign_bit is not None:
+            bad = (iovas >> self._sign_bit) != 0
+            out[bad] = (walk.T_RANGE, 0, 0)
+        return out
+
+    def translate(self, iova: int) -> tuple[int, int, int]:
+        """translate_many() of one IOVA: (status, paddr, prot); T_RANGE for one no int64 holds."""
+        if not self._ok(iova):
+            return walk.T_RANGE, 0, 0
+        s, pa, prot = self.translate_many(np.array([iova], dtype=np.int64))[0]
+        return int(s), int(pa), int(prot)
+
     def read_and_clear_dirty(self, iova: int, size: int, flags: int, dirty) -> int:
         if not self.dirty_supported:
             return -errno.EOPNOTSUPP

@@ -388,6 +388,43 @@ def iova_to_phys(tables, meta, vas, out):
     return 0
 
 
+# translate()'s answer per IOVA: out[k, T_STATUS] is one of these
+T_STATUS, T_PA, T_PROT = 0, 1, 2
+T_NONE, T_LEAF, T_RANGE = 0, 1, 2  # nothing mapped; a leaf (pa, prot); past the table's IOVA bits
+
+
+@njit(cache=True)
+def translate(tables, meta, vas, out):
+    """The walk a unit's hardware makes for a DMA request at each IOVA of `vas`: out[k] = (status,
+    physical address, prot), prot the IOMMU_READ | IOMMU_WRITE the leaf grants as the hardware
+    reads its bits (fmt.entry_prot()). T_NONE where no leaf maps the IOVA (the walk met a
+    non-present entry), T_RANGE for an IOVA the table's address width does not reach."""
+    f, g, top, vasz = meta[M_FMT], meta[M_GRANULE], meta[M_TOP], meta[M_VASZ]
+    for k in range(vas.shape[0]):
+        va = vas[k]
+        out[k, T_STATUS], out[k, T_PA], out[k, T_PROT] = T_NONE, 0, 0
+        if va < 0 or va >> vasz:
+            out[k, T_STATUS] = T_RANGE
+            continue
+        row = 0
+        lv = top
+        while True:
+            isz = g + ITEMS_LG2 * lv
+            e = tables[row, (va >> isz) & (NITEMS - 1)]
+            t = fmt.entry_type(f, e, lv)
+            if t == TABLE:
+                row = _table_row(f, e, g)
+                lv -= 1
+                continue
+            if t == OA:
+                lg2 = fmt.entry_lg2sz(f, e, isz, g)
+                out[k, T_STATUS] = T_LEAF
+                out[k, T_PA] = fmt.entry_oa(f, e, lg2, g) | (va & ((1 << lg2) - 1))
+                out[k, T_PROT] = fmt.entry_prot(f, e)
+            break
+    return 0
+
+
 @njit(cache=True)
 def read_and_clear_dirty(tables, meta, va, length, no_clear, out):
     """NS(read_and_clear_dirty)(): (status, records written to out[:, (iova, length)], the IOVA to
