@@ -23,8 +23,8 @@ from pathlib import Path
 
 from hypothesis import settings, strategies as st
 from hypothesis.database import DirectoryBasedExampleDatabase
-from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple, rule,
-                                 run_state_machine_as_test)
+from hypothesis.stateful import (Bundle, RuleBasedStateMachine, consumes, initialize, invariant, multiple,
+                                 precondition, rule, run_state_machine_as_test)
 
 from model import vfs
 from model.limits import PAGE_SIZE, U64_MAX
@@ -223,6 +223,9 @@ class ModelVsKernel(RuleBasedStateMachine):
     LAST = None  # the Recorder of the latest example: after a failure, the shrunk one's
     KEEP = None  # a list to collect every example's Recorder in (conformance/repro.py's tests)
     CHANNEL = None  # OTHER "vm": the executor's conformance.executor.Channel
+    PROFILE = None  # OTHER "vm" on a machine with devices: the profile the model plays (model:vtd)
+    VFIO_DEVICES: tuple[str, ...] = ()  # their PCI addresses, the same in the guest
+    SILENT_FAULTS = False  # the VM's IOMMU logs no report of a blocked DMA (QEMU's amd-iommu)
 
     def __init__(self):
         super().__init__()
@@ -246,11 +249,17 @@ class ModelVsKernel(RuleBasedStateMachine):
             self.kernel = KernelFile() if self.OTHER == "kernel" else open_iommufd()
         self.live_mappings = []
         self.kmsg = {"kernel": _kernel_log, "vm": lambda: self.kernel}.get(self.OTHER, lambda: None)()
+        self.vfio = []  # (model device, kernel device) per device of the profile
+        if self.PROFILE and self.OTHER == "vm":
+            self._open_vfio()
 
     def teardown(self):
         self.rec.active = False
         for m in self.live_mappings:
             m.munmap()  # once: a consumed mapping is already gone
+        for pair in self.vfio:
+            for dev in pair:
+                dev.close()  # unbinds: the next example finds the machine's devices free
         self.model.close()
         self.kernel.close()
 
@@ -676,6 +685,184 @@ class ModelVsKernel(RuleBasedStateMachine):
                 out.append((e.errno, None, None))
         assert out[0] == out[1], f"VFS ioctl {request:#x} ({pointer}, {value}): model {out[0]} != kernel {out[1]}"
 
+    # -- VFIO devices: the machine's, on both sides (OTHER "vm" on a profile with devices) --------
+    # The model plays the profile the VM's machine was captured as (model/profiles/), its devices
+    # opened by PCI address on both sides (model/vfio; the guest's cdev through the executor).
+
+    vbound = Bundle("vbound")  # (device index, dev_id) a bind answered
+    vhwpts = Bundle("vhwpts")  # HWPT IDs allocated for a bound device
+
+    def _open_vfio(self) -> None:
+        """Both sides' devices for this example (each side's file: pread/pwrite at region offsets
+        and ioctl)."""
+        from conformance.executor import ExecutorDevice
+        from model.vfio import open_device
+
+        for bdf in self.VFIO_DEVICES:
+            self.vfio.append((open_device(bdf, self.PROFILE), ExecutorDevice(self.CHANNEL, self.rec.buffers, bdf)))
+        self.machine_faults = len(self.machine().faults)
+
+    def machine(self):
+        from model.platform import machine
+
+        return machine(self.PROFILE)
+
+    def both_devices(self, which: int, request: int, make):
+        """The same device command on both sides' device `which` (make(side) builds each side's
+        struct: an iommufd descriptor number differs by side); (errno, model struct, kernel struct)."""
+        m, k = make(0), make(1)
+        kernel = _submit(self.vfio[which][1], request, k)
+        rm = _call(self.vfio[which][0], request, m)
+        rk = kernel()
+        return rm[0], rk[0], m, k
+
+    @precondition(lambda self: self.vfio)
+    @rule(target=vbound, which=st.integers(0, 1), iommufd=st.sampled_from(["own", "own", "own", -1, "closed", "memfd"]),
+          flags=st.sampled_from([0, 0, 0, 1 << 7]), argsz=st.sampled_from([None, None, None, 8]))
+    def vfio_bind(self, which, iommufd, flags, argsz):
+        """VFIO_DEVICE_BIND_IOMMUFD: the errno and the device ID."""
+        files = (self.model, self.kernel)
+
+        def make(side):
+            fd = {"own": lambda: files[side].fileno(), "closed": lambda: CLOSED_FD, "memfd": lambda: MEMFD}.get(
+                iommufd, lambda: iommufd)()
+            return B.vfio_device_bind_iommufd(argsz=argsz or ctypes.sizeof(B.vfio_device_bind_iommufd), flags=flags,
+                                              iommufd=fd)
+        em, ek, m, k = self.both_devices(which, B.VFIO_DEVICE_BIND_IOMMUFD, make)
+        assert (em, m.out_devid) == (ek, k.out_devid), \
+            f"bind device {which} ({iommufd}): model {em} devid {m.out_devid} != kernel {ek} devid {k.out_devid}"
+        return multiple() if em else (which, m.out_devid)
+
+    @precondition(lambda self: self.vfio)
+    @rule(which=st.integers(0, 1), pt=st.one_of(ioas, vhwpts, st.integers(0, 12)),
+          pasid=st.sampled_from([None, None, None, 0, 1]))
+    def vfio_attach(self, which, pt, pasid):
+        """VFIO_DEVICE_ATTACH_IOMMUFD_PT to an IOAS, a HWPT or a number (replace when attached):
+        the errno and the pt_id written back (the automatic HWPT's)."""
+        def make(side):
+            return B.vfio_device_attach_iommufd_pt(
+                argsz=ctypes.sizeof(B.vfio_device_attach_iommufd_pt), pt_id=pt,
+                flags=0 if pasid is None else B.VFIO_DEVICE_ATTACH_PASID, pasid=pasid or 0)
+        em, ek, m, k = self.both_devices(which, B.VFIO_DEVICE_ATTACH_IOMMUFD_PT, make)
+        assert (em, bytes(m)) == (ek, bytes(k)), f"attach device {which} to {pt} (pasid {pasid}): model {em} " \
+                                                 f"pt {m.pt_id} != kernel {ek} pt {k.pt_id}"
+
+    @precondition(lambda self: self.vfio)
+    @rule(which=st.integers(0, 1), pasid=st.sampled_from([None, None, 0, 1]))
+    def vfio_detach(self, which, pasid):
+        def make(side):
+            return B.vfio_device_detach_iommufd_pt(argsz=ctypes.sizeof(B.vfio_device_detach_iommufd_pt),
+                                                   flags=0 if pasid is None else B.VFIO_DEVICE_DETACH_PASID,
+                                                   pasid=pasid or 0)
+        em, ek, _, _ = self.both_devices(which, B.VFIO_DEVICE_DETACH_IOMMUFD_PT, make)
+        assert em == ek, f"detach device {which} (pasid {pasid}): model {em} != kernel {ek}"
+
+    @precondition(lambda self: self.vfio)
+    @rule(target=vhwpts, dev=vbound, pt=st.one_of(ioas, st.integers(0, 8)),
+          flags=st.sampled_from([0, 0, B.IOMMU_HWPT_ALLOC_NEST_PARENT, B.IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
+                                 getattr(B, "IOMMU_HWPT_ALLOC_PASID", 0)]))
+    def vfio_hwpt_alloc(self, dev, pt, flags):
+        """HWPT_ALLOC on the real driver (the model's from the profile's bits)."""
+        err, cmd = self.both(B.IOMMU_HWPT_ALLOC, lambda: B.iommu_hwpt_alloc(
+            size=ctypes.sizeof(B.iommu_hwpt_alloc), flags=flags, dev_id=dev[1], pt_id=pt))
+        return multiple() if err else cmd.out_hwpt_id
+
+    @precondition(lambda self: self.vfio)
+    @rule(dev=vbound, data_len=st.sampled_from([0, 8, 24, 64]))
+    def vfio_hw_info(self, dev, data_len):
+        """GET_HW_INFO of a bound device: the driver's payload (VT-d: cap/ecap) into MEM."""
+        self.both(B.IOMMU_GET_HW_INFO, lambda: B.iommu_hw_info(
+            size=ctypes.sizeof(B.iommu_hw_info), dev_id=dev[1], data_len=data_len, data_uptr=MEM + 2 * PAGE))
+
+    @precondition(lambda self: self.vfio)
+    @rule(which=st.integers(0, 1), index=st.integers(0, 9), argsz=st.sampled_from([None, None, 8, 64]))
+    def vfio_region_info(self, which, index, argsz):
+        def make(side):
+            return B.vfio_region_info(argsz=argsz or ctypes.sizeof(B.vfio_region_info), index=index)
+        em, ek, m, k = self.both_devices(which, B.VFIO_DEVICE_GET_REGION_INFO, make)
+        assert (em, bytes(m)) == (ek, bytes(k)), f"region {index} of device {which}: model {em} {bytes(m).hex()} " \
+                                                 f"!= kernel {ek} {bytes(k).hex()}"
+
+    @precondition(lambda self: self.vfio)
+    @rule(which=st.integers(0, 1), off=st.sampled_from([0, 2, 4, 6, 8, 0x10, 0x2c, 0x34, 0x3c, 0x40, 0xfc]),
+          n=st.sampled_from([1, 2, 4]))
+    def vfio_config_read(self, which, off, n):
+        """Config space as vfio-pci virtualizes it (vfio_pci_config.c); EINVAL before a bind."""
+        out = []
+        for dev in self.vfio[which]:
+            try:
+                out.append(_RegionIo(dev).config_read(off, n))
+            except OSError as e:
+                out.append(e.errno)
+        assert out[0] == out[1], f"config {off:#x}+{n} of device {which}: model {out[0]} != kernel {out[1]}"
+
+    @precondition(lambda self: self.vfio)
+    @rule(which=st.integers(0, 1), src=st.one_of(mapped, mapped.map(lambda v: v + 100), IOVAS),
+          dst=st.one_of(mapped, mapped.map(lambda v: v + PAGE - 16), IOVAS),
+          n=st.sampled_from([1, 8, 100, PAGE - 8, 2000]))
+    def edu_dma(self, which, src, dst, n):
+        """The device's DMA through its domain: it reads n bytes at IOVA src into its buffer, then
+        writes them to IOVA dst. What lands in user memory is compared after the step
+        (same_user_memory); here, whether each side's IOMMU reported a blocked DMA, and where."""
+        from conformance.executor import OP_PAGEMAP
+        from conformance.vfio_device import PCI_COMMAND, PCI_COMMAND_MASTER, PCI_COMMAND_MEMORY, Edu
+
+        out = []
+        for dev in self.vfio[which]:
+            io = _RegionIo(dev)
+            try:
+                # memory decoding (vfio-pci's BAR accesses want it) and bus mastering (QEMU drops
+                # the DMA of a device that is not a bus master), as a VMM sets them
+                cmd = int.from_bytes(io.config_read(PCI_COMMAND, 2), "little")
+                io.config_write(PCI_COMMAND, (cmd | PCI_COMMAND_MEMORY | PCI_COMMAND_MASTER).to_bytes(2, "little"))
+                for a, b, to_pci in ((src, Edu.BUF, False), (Edu.BUF, dst, True)):
+                    _edu_transfer(io, a, b, n, to_pci)
+                out.append(0)
+            except OSError as e:
+                out.append(e.errno)
+        assert out[0] == out[1], f"edu DMA {src:#x} -> {dst:#x} on device {which}: model {out[0]} != kernel {out[1]}"
+        model = sorted(_fault_lines(self.machine().faults[self.machine_faults:]))
+        self.machine_faults = len(self.machine().faults)
+        if self.SILENT_FAULTS or out[0]:
+            return
+        # The guest logs a fault when its fault interrupt is handled, which may be after the
+        # engine says done: wait for as many reports as the model made (any reply brings the
+        # log along), and give one that the model did not make a moment to show.
+        kernel, deadline = [], time.monotonic() + (2.0 if model else 0.05)
+        while True:
+            kernel += _fault_lines(self.kernel_faults())
+            if (model and len(kernel) >= len(model)) or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+            self.CHANNEL.call(OP_PAGEMAP, arg=b"")  # a request that only brings the log
+        kernel.sort()
+        # dmar_fault() prints through one ratelimit state (dmar.c:1944-1961: DEFAULT_RATELIMIT_BURST,
+        # 10 prints per DEFAULT_RATELIMIT_INTERVAL, 5 s; its "DRHD: handling fault status reg"
+        # line and each record take one): a report the model makes may be one the kernel was
+        # not allowed to print. The machine's log holds every report the unit raised.
+        missing = list(model)
+        for line in kernel:
+            if line in missing:
+                missing.remove(line)
+        limited = missing and len(kernel) < len(model) and _recent_prints() >= RATELIMIT_BURST - 2
+        assert model == kernel or (limited and len(missing) == len(model) - len(kernel)), \
+            f"edu DMA {src:#x} -> {dst:#x} ({n} bytes): the IOMMU's reports: model {model} != kernel {kernel}"
+
+    def kernel_faults(self) -> list[str]:
+        """The guest kernel's IOMMU fault reports since the last call, taken out of the log the
+        no_kernel_report invariant reads (a blocked DMA is the device rules' business)."""
+        from conformance.vm import parse_findings
+
+        faults: list[str] = []
+        lines, self.CHANNEL.kmsg = self.CHANNEL.kmsg, []
+        parse_findings("\n".join(lines), expecting=True, faults=faults)
+        now = time.monotonic()
+        _PRINTS.extend(now for ln in lines if "DRHD: handling fault status" in ln)
+        _PRINTS.extend(now for _ in _fault_lines(faults))
+        others = [ln for ln in lines if not any(ln in f for f in faults)]
+        self.CHANNEL.kmsg = others
+        return faults
+
     def same_answer(self, name: str, request: int, raw: bytes) -> None:
         """The command's bytes to both sides: the same errno and bytes afterwards."""
         kernel = _submit(self.kernel, request, bytearray(raw))
@@ -694,6 +881,65 @@ class ModelVsKernel(RuleBasedStateMachine):
             a = _call(self.model, B.IOMMU_IOAS_IOVA_RANGES, query(id))[0]
             b = answer()[0]
             assert a == b and a in (errno.EMSGSIZE, errno.ENOENT), f"IOAS {id}: model {a} != kernel {b}"
+
+
+class _RegionIo:
+    """A VFIO PCI device file's regions by offset (index << VFIO_PCI_OFFSET_SHIFT, vfio_pci_core.h):
+    config space (index 7) and BAR0's registers (index 0), through the file's pread/pwrite (the
+    model's device file, or the guest's through the executor)."""
+
+    CONFIG = 7 << 40
+
+    def __init__(self, file):
+        self.file = file
+
+    def config_read(self, offset: int, n: int) -> bytes:
+        return self.file.pread(n, self.CONFIG + offset)
+
+    def config_write(self, offset: int, data: bytes) -> None:
+        self.file.pwrite(data, self.CONFIG + offset)
+
+    def bar_read32(self, reg: int) -> int:
+        return int.from_bytes(self.file.pread(4, reg), "little")
+
+    def bar_write32(self, reg: int, value: int) -> None:
+        self.file.pwrite(value.to_bytes(4, "little"), reg)
+
+
+def _edu_transfer(dev, src: int, dst: int, n: int, to_pci: bool, timeout: float = 10) -> None:
+    """One edu DMA through BAR0's registers (region reads and writes, on either side), waiting for
+    the engine (conformance/vfio_device.py Edu: the same registers)."""
+    from conformance.vfio_device import Edu
+
+    for reg, v in ((Edu.REG_DMA_SRC, src), (Edu.REG_DMA_DST, dst), (Edu.REG_DMA_CNT, n)):
+        dev.bar_write32(reg, v & 0xFFFFFFFF)
+        dev.bar_write32(reg + 4, v >> 32)
+    dev.bar_write32(Edu.REG_DMA_CMD, Edu.DMA_RUN | (Edu.DMA_TO_PCI if to_pci else 0))
+    deadline = time.monotonic() + timeout
+    while dev.bar_read32(Edu.REG_DMA_CMD) & Edu.DMA_RUN:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"edu DMA {src:#x} -> {dst:#x} did not complete in {timeout} s")
+        time.sleep(0.002)
+
+
+# When the guest kernel printed IOMMU fault lines (host clock): its ratelimit outlives examples.
+_PRINTS: list[float] = []
+RATELIMIT_BURST, RATELIMIT_INTERVAL = 10, 5.0  # include/linux/ratelimit_types.h DEFAULT_RATELIMIT_*
+
+
+def _recent_prints() -> int:
+    """How many fault prints the guest made within a ratelimit interval (and a margin) of now."""
+    horizon = time.monotonic() - RATELIMIT_INTERVAL - 0.5
+    _PRINTS[:] = [t for t in _PRINTS if t >= horizon]
+    return len(_PRINTS)
+
+
+def _fault_lines(reports: list[str]) -> list[str]:
+    """The fault lines of IOMMU fault reports (intel-iommu's "[DMA Read ...] ... fault addr ..",
+    AMD-Vi's "Event logged [IO_PAGE_FAULT ..."), without what the kernel prints after them."""
+    from conformance.vm import IOMMU_FAULT
+
+    return [ln for r in reports for ln in r.splitlines() if IOMMU_FAULT.match(ln)]
 
 
 def with_rules(base: type, drop, name: str = "Explore", **attrs) -> type:
@@ -767,28 +1013,50 @@ def campaign(other: str, examples: int, steps: int, seed: int | None, db: str | 
     if other == "vm":
         from conformance.executor import ExecutorGone, Guest
 
+        from conformance.vm import IOMMU_FAULT
+
         guest = Guest(*(vm or (None, None)))
+        devices = device_rules(vm[1] if vm else None)
         try:
             with guest as channel:
                 channel.hello(user_memory(), MEMFD, CLOSED_FD)
-                out = _campaign(other, examples, steps, seed, db, machine_base, channel, **options)
+                out = _campaign(other, examples, steps, seed, db, machine_base, channel, devices=devices, **options)
         except ExecutorGone as e:
             return {"other": other, "steps": 0, "failure": f"the guest's executor: {e}"}
-        if guest.result is not None and guest.result.findings:
-            out["failure"] = (out["failure"] or "") + " kernel reports: " + " | ".join(guest.result.findings)
+        # a blocked DMA's report on the console is the device rules' business (edu_dma compared it)
+        findings = [f for f in (guest.result.findings if guest.result is not None else [])
+                    if not (devices and IOMMU_FAULT.match(f))]
+        if findings:
+            out["failure"] = (out["failure"] or "") + " kernel reports: " + " | ".join(findings)
         return out
     return _campaign(other, examples, steps, seed, db, machine_base, **options)
 
 
+def device_rules(vm_profile: str | None) -> dict:
+    """The machine's attributes that turn the device rules on for a VM profile with devices and a
+    captured profile the model plays (vm:vtd -> model/profiles/qemu-vtd.json); {} otherwise."""
+    from conformance.vm import profile_named
+
+    prof = profile_named(vm_profile)
+    if not prof.edu or not prof.model_profile:
+        return {}
+    from model.profile import load
+
+    return {"PROFILE": prof.model_profile, "VFIO_DEVICES": tuple(d.bdf for d in load(prof.model_profile).devices),
+            "SILENT_FAULTS": bool(prof.silent_faults)}
+
+
 def _campaign(other, examples, steps, seed, db, machine_base, channel=None, shrink: bool = True,
-              keep: bool = True) -> dict:
+              keep: bool = True, devices: dict | None = None) -> dict:
     """campaign() on `channel` for other "vm"; shrink: shrink a failure (hypothesis's shrink
-    phase); keep: use the example database (a failure saved earlier replays first)."""
+    phase); keep: use the example database (a failure saved earlier replays first); devices:
+    device_rules()'s attributes."""
     from hypothesis import Phase
 
     from model import memory
 
-    machine = type("Explore", (machine_base or ModelVsKernel,), {"OTHER": other, "STEPS": 0, "CHANNEL": channel})
+    machine = type("Explore", (machine_base or ModelVsKernel,),
+                   {"OTHER": other, "STEPS": 0, "CHANNEL": channel, **(devices or {})})
     # the guest's frames decide the kernel's answers that depend on physical placement
     memory.PFN_SOURCE = channel.guest_pfns if channel is not None else None
     # one failure, so the example replayed last (the reproducers' record) is the one reported

@@ -204,7 +204,13 @@ class BusMaster:
         else:
             reason = VTD_FR_WRITE if write else VTD_FR_READ
         page = iova & ~(PAGE_SIZE - 1)  # dma_frcd_page_addr()
-        faults.append(f"DMAR: [{'DMA Write' if write else 'DMA Read'} NO_PASID] Request device "
+        # dmar_fault_do_one() prints the PASID when the record has PP set. QEMU's unit in
+        # scalable mode with PASID support records a walk through the RID_PASID entry's table
+        # with its PASID, 0 (measured on 7.2.13 under QEMU 7.2: "[DMA Read PASID 0x0] ...");
+        # a request it stops before any PASID entry (the blocked case) has none: NO_PASID.
+        ecap = unit_registers(platform).get("ecap", 0)
+        walked = why != BLOCKED and _qemu(platform) and ecap >> 43 & 1 and ecap >> 40 & 1
+        faults.append(f"DMAR: [{'DMA Write' if write else 'DMA Read'} {'PASID 0x0' if walked else 'NO_PASID'}] Request device "
                       f"[{seg:04x}:{bus:02x}:{dev:02x}.{fn:d}] fault addr 0x{page:x} [fault reason 0x{reason:02x}] "
                       f"{_VTD_REASONS[reason]}")
         return 1
