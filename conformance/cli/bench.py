@@ -1,4 +1,4 @@
-"""`bench ioas|pagetable|server|explore`: benchmarks with same-run baselines."""
+"""`bench ioas|pagetable|dma|server|explore`: benchmarks with same-run baselines."""
 from __future__ import annotations
 
 import json
@@ -15,6 +15,18 @@ def _cmd_pagetable(args) -> int:
         print(f"bench pagetable: {e}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=2) if args.json else pagetable.render(result))
+    return 0
+
+
+def _cmd_dma(args) -> int:
+    from conformance.bench import dma
+
+    try:
+        result = dma.run(args.buffer_mb, args.size, args.transfers)
+    except (OSError, RuntimeError, subprocess.CalledProcessError) as e:  # no gcc, a blocked DMA
+        print(f"bench dma: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2) if args.json else dma.render(result))
     return 0
 
 
@@ -44,6 +56,13 @@ def register(sub) -> None:
     p.add_argument("--pages-lg2", type=int, default=20, help="log2 of the pages mapped (default 20)")
     p.add_argument("--python-pages-lg2", type=int, default=16, help="the same for the Python reference (default 16)")
     p.set_defaults(func=_cmd_pagetable)
+    d = bs.add_parser("dma", help="an edu device's DMA through the model's VT-d translation (4 KiB and 2 MiB "
+                                  "IOPTEs) against C -O2 doing the same walk and copy")
+    d.add_argument("--json", action="store_true", help="one JSON object for tools")
+    d.add_argument("--buffer-mb", type=int, default=8, help="the memory mapped and cycled over (default 8)")
+    d.add_argument("--size", type=int, default=4096, help="bytes per transfer (default 4096, edu's buffer)")
+    d.add_argument("--transfers", type=int, default=2000, help="transfers per direction and round (default 2000)")
+    d.set_defaults(func=_cmd_dma)
     i = bs.add_parser("ioas", help="ioctls per second of the model's IOAS ioctls (python3 -m conformance.bench.ioas)")
     i.add_argument("rest", nargs="*", help="its own options after --")
     i.set_defaults(func=_cmd_ioas)

@@ -61,3 +61,14 @@ def test_bench_explore_reports_the_recorders_cost_as_a_ratio():
     direct, recorded, ratio = _ratio_run("explore")
     assert direct > 0 and recorded > 0
     assert abs(ratio - recorded / direct) <= 0.01 * ratio + 0.01
+
+
+def test_bench_dma_moves_bytes_through_the_model_and_reports_ratios():
+    from conformance.bench import dma
+
+    r = dma.run(buffer_mb=2, size=4096, transfers=20)
+    small = r["leaves"]["4K"]
+    for side in ("model", "c"):
+        assert all(v > 0 for v in small[side].values()), small
+    assert all(0 < q < 10 for q in small["model_over_c"].values()), small
+    assert "2M" in r["leaves"]  # measured, or skipped saying how many huge pages it lacked
