@@ -2,9 +2,11 @@
 bind, attach / replace / detach, GET_HW_INFO, the IOVA ranges the unit narrows, HWPT_ALLOC on a
 real driver, the VFIO type1 compat path, and DMA that must (and must not) reach memory.
 
-The devices come from --vfio-device or the VM profile (vm:vtd, vm:amd: QEMU's edu devices
-behind intel-iommu or amd-iommu); nothing here needs CONFIG_IOMMUFD_TEST, so the same tests run
-on a distribution kernel on a real machine. The DMA tests drive QEMU's edu DMA engine
+The devices come from --vfio-device, the VM profile (vm:vtd, vm:amd: QEMU's edu devices
+behind intel-iommu or amd-iommu) or the machine the model plays (model:vtd, model:amd: the same
+machines as captured, model/profiles/); nothing here needs CONFIG_IOMMUFD_TEST, so the same tests
+run on a distribution kernel on a real machine. What sysfs says (group, IDs, reserved regions,
+the unit's registers) is asked of the device object, which answers from the model's machine there. The DMA tests drive QEMU's edu DMA engine
 (conformance/vfio_device.Edu) and skip on another device. Expected errnos cite the kernel
 function they come from (Linux 7.2).
 """
