@@ -1,7 +1,8 @@
 """The kernel's own selftests: iommufd's (tools/testing/selftests/iommu) and VFIO's
 (tools/testing/selftests/vfio): build them from the test kernel's tree, run them in its VM (the
-VFIO ones on a profile with devices: vm:vtd), read their TAP; and the iommufd ones against the
-model through the preload library (run_selftests_model)."""
+VFIO ones on a profile with devices: vm:vtd), read their TAP; and the same binaries against the
+model through the preload library (run_selftests_model; the VFIO ones on the model's machine of
+the profile, run_vfio_selftests_model)."""
 from __future__ import annotations
 
 import contextlib
@@ -83,6 +84,7 @@ class SelftestResult:
     exit_status: int | None = None
     totals_line: str = ""  # the harness's own "# Totals: ..." line, to cross-check the parse
     skip_reasons: dict[str, str] = field(default_factory=dict)  # case -> the text after "# SKIP"
+    seconds: float | None = None  # the binary's wall time, where it was measured
 
 
 _TAP = re.compile(r"^(ok|not ok) \d+ (\S+)(?:\s+#\s*(SKIP|XFAIL|TODO)\b\s*(.*))?$", re.I)
@@ -137,13 +139,16 @@ def _run_in_vm(kernel: Path, bindir: Path, runs: list[tuple[str, str]], timeout:
     """One boot for every (binary, shell arguments) of `runs`, markers splitting the output:
     (a SelftestResult per binary with its exit status, each binary's output or None where it did
     not finish, the VmResult)."""
-    script = "; ".join(f'echo "@@@ {b}"; ./{b} {args}; echo "@@@ {b} exit $?"' for b, args in runs)
+    script = "; ".join(f't0=$(date +%s%N); echo "@@@ {b}"; ./{b} {args}; echo "@@@ {b} exit $?"; '
+                       f'echo "@@@ {b} ns $(($(date +%s%N) - t0))"' for b, args in runs)
     res = vm.run_in_vm(kernel, ["sh", "-c", script], cwd=str(bindir), hugepages=64, timeout=timeout, **vm_kw)
     results, outputs = [], []
     for b, _ in runs:
         m = re.search(rf"^@@@ {b}\n(.*?)^@@@ {b} exit (\d+)$", res.stdout, re.S | re.M)
         r = parse_kselftest(b, m[1] if m else "")
         r.exit_status = int(m[2]) if m else None
+        if t := re.search(rf"^@@@ {b} ns (\d+)$", res.stdout, re.M):
+            r.seconds = int(t[1]) / 1e9
         results.append(r)
         outputs.append(m[1] if m else None)
     return results, outputs, res
@@ -168,11 +173,17 @@ def run_vfio_selftests(kernel: Path, profile: str = "vtd", source: Path | None =
     results, outputs, res = _run_in_vm(kernel, bindir, runs, timeout, memory="4G", profile=prof,
                                        cmdline=("hugepagesz=1G", "hugepages=2", "hugepagesz=2M"))
     for r, output in zip(results, outputs):
-        if output is not None and r.exit_status == 4 and not (r.passed or r.failed or r.skipped):
-            lines = [ln.strip("# ") for ln in output.splitlines() if ln.strip()]
-            r.totals_line = "skipped as a whole: " + (next((ln for ln in lines if "SKIP" in ln), None)
-                                                       or (lines[-1] if lines else "exit 4 (KSFT_SKIP)"))
+        _whole_skip(r, output)
     return results, res.findings, res.stdout
+
+
+def _whole_skip(r: SelftestResult, output: str | None) -> None:
+    """A binary that exits 4 (KSFT_SKIP) before any case ran keeps its reason in totals_line,
+    "skipped as a whole: ...", from the line that says SKIP (or its last line)."""
+    if output is not None and r.exit_status == 4 and not (r.passed or r.failed or r.skipped):
+        lines = [ln.strip("# ") for ln in output.splitlines() if ln.strip() and not ln.startswith("@@@")]
+        r.totals_line = "skipped as a whole: " + (next((ln for ln in lines if "SKIP" in ln), None)
+                                                   or (lines[-1] if lines else "exit 4 (KSFT_SKIP)"))
 
 
 def run_selftests(kernel: Path, source: Path | None = None, timeout: float = 900,
@@ -287,3 +298,125 @@ def run_selftests_model(kernel: Path, source: Path | None = None, timeout: float
             results.append(r)
             outputs.append(f"@@@ {t}\n{out}")
     return results, Host.now(hugepages), "\n".join(outputs), time.monotonic() - start
+
+
+# -- the VFIO selftests on the model ------------------------------------------------------------
+
+HUGEPAGE_1G_PATH = Path("/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages")
+VFIO_HUGEPAGES_1G = 2  # as the VM reserves at boot (run_vfio_selftests)
+
+
+@dataclass(frozen=True)
+class VfioHost:
+    """What this machine and the server grant the VFIO selftests on the model, read at run time."""
+    hugepages: int  # 2 MiB huge pages reserved for the run
+    hugepages_1g: int  # 1 GiB huge pages reserved for the run
+    container: str  # what plays /dev/vfio/vfio: conformance.served_vfio.VFIO_CONTAINER
+
+    @classmethod
+    def now(cls, hugepages: int, hugepages_1g: int) -> "VfioHost":
+        from conformance.served_vfio import VFIO_CONTAINER
+        return cls(hugepages, hugepages_1g, VFIO_CONTAINER)
+
+
+_TYPE1 = ("VFIO's type1 container follows a VM_PFNMAP range to its PFNs and maps it "
+          "(vaddr_get_pfns() -> follow_fault_pfn(), vfio_iommu_type1.c); the model serves /dev/vfio/vfio "
+          "with iommufd's compat container, as CONFIG_IOMMUFD_VFIO_CONTAINER does, whose "
+          "pin_user_pages() refuses VM_IO|VM_PFNMAP (EFAULT)")
+VFIO_MODEL_EXCUSES: tuple[Excuse, ...] = (
+    Excuse("vfio_dma_mapping_mmio_test.vfio_type1_iommu.*", lambda h: h.container == "iommufd", _TYPE1),
+    Excuse("vfio_dma_mapping_mmio_test.vfio_type1v2_iommu.*", lambda h: h.container == "iommufd", _TYPE1),
+    Excuse("*hugetlb_2mb*", lambda h: h.hugepages < 1,
+           "MAP_HUGETLB | MAP_HUGE_2MB needs a 2 MiB huge page on this host (none could be reserved): the test skips"),
+    Excuse("*hugetlb_1gb*", lambda h: h.hugepages_1g < 1,
+           "MAP_HUGETLB | MAP_HUGE_1GB needs a 1 GiB huge page on this host (none could be reserved: "
+           "gigantic pages at run time need CONFIG_CONTIG_ALLOC and contiguous free memory): the test skips"),
+)
+
+
+def vfio_model_failure_reason(case: str, host: VfioHost) -> str | None:
+    """Why the model may fail (or skip) VFIO selftest `case` on this host, or None."""
+    for e in VFIO_MODEL_EXCUSES:
+        if fnmatch.fnmatchcase(case, e.pattern) and e.holds(host):
+            return e.reason
+    return None
+
+
+@contextlib.contextmanager
+def host_gigantic_pages(n: int, log: Callable[[str], None] = print):
+    """At least `n` 1 GiB huge pages reserved for the duration (put back after); yields how many
+    are free to the run (0 where this host has no 1 GiB page size or cannot allocate them)."""
+    try:
+        before = int(HUGEPAGE_1G_PATH.read_text())
+    except (OSError, ValueError):
+        yield 0
+        return
+    raised = False
+    if before < n:
+        try:
+            HUGEPAGE_1G_PATH.write_text(str(n))
+            raised = True
+        except OSError as e:
+            log(f"could not reserve {n} 1 GiB huge pages ({e.strerror})")
+    try:
+        free = int(HUGEPAGE_1G_PATH.with_name("free_hugepages").read_text())
+    except (OSError, ValueError):
+        free = 0
+    try:
+        yield free
+    finally:
+        if raised:
+            try:
+                HUGEPAGE_1G_PATH.write_text(str(before))
+            except OSError:
+                pass
+
+
+def vfio_model_unavailable() -> str | None:
+    """Why the VFIO selftests cannot run on the model here (checked now), or None."""
+    from conformance import sysfs_tree
+    return sysfs_tree.unavailable()
+
+
+def run_vfio_selftests_model(kernel: Path, profile: str = "vtd", source: Path | None = None, timeout: float = 900,
+                             log: Callable[[str], None] = print
+                             ) -> tuple[list[SelftestResult], VfioHost, str, float]:
+    """The VFIO selftest binaries the VM runs, each against the model's machine of `profile`
+    (`iommufd-conformance exec --profile PROFILE`: the preload library and server, in a private
+    mount namespace showing the profile's sysfs: conformance/sysfs_tree.py), on the same devices
+    (the first; init_perf_test on all): (results per binary, what the host granted, output,
+    seconds). The caller checks vfio_model_unavailable() first."""
+    from conformance.server import build_preload
+    from conformance.targets import ModelTarget
+    from model.profile import load
+
+    prof = load(ModelTarget(profile=profile).model_profile())
+    bdfs = [d.bdf for d in prof.devices]
+    if not bdfs:
+        raise vm.VmError(f"profile {prof.name} has no PCI devices to run the VFIO selftests on",
+                         vm.VmResult(None, "", ""))
+    bindir = build_vfio_selftests(kernel, source, log=log)
+    build_preload()
+    results, outputs = [], []
+    start = time.monotonic()
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    with host_hugepages(HUGEPAGES, log) as hugepages, host_gigantic_pages(VFIO_HUGEPAGES_1G, log) as gigantic:
+        for t in VFIO_SELFTESTS:
+            args = bdfs if t == "vfio_pci_device_init_perf_test" else bdfs[:1]
+            log(f"running {t} against the model's {prof.name}")
+            t0 = time.monotonic()
+            try:
+                res = subprocess.run([sys.executable, "-m", "conformance.cli", "exec", "--profile", profile, "--",
+                                      str(bindir / t), *args], cwd=bindir, capture_output=True, text=True,
+                                     timeout=timeout, env=env)
+                out, status = res.stdout + res.stderr, res.returncode
+            except subprocess.TimeoutExpired as e:
+                out = (e.stdout or b"").decode(errors="replace") + (e.stderr or b"").decode(errors="replace")
+                out, status = out + "\n# timed out", None
+            r = parse_kselftest(t, out)
+            r.exit_status = status
+            r.seconds = time.monotonic() - t0
+            _whole_skip(r, out)
+            results.append(r)
+            outputs.append(f"@@@ {t}\n{out}")
+    return results, VfioHost.now(hugepages, gigantic), "\n".join(outputs), time.monotonic() - start

@@ -44,13 +44,23 @@ MMAP_REQ = struct.Struct("<IIQQQii")
 OP_IOCTL, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE = 1, 2, 3, 4, 5, 6  # OP_INSTALLED: arg = fd or -errno
 OP_FILE_READ, OP_FILE_WRITE = 7, 8  # MMAP_REQ's layout: buffer, count, position, the file's descriptor (prot)
 OP_MM_COUNTERS = 9  # REQ, arg = a pid: rc = the model's mm->pinned_vm | mm->locked_vm << 32 (pages)
+# OP_DEBUGFS (FILE_MODEL): REQ + a debugfs path; the answer carries a memfd of the file's text
+# (SCM_RIGHTS) or an errno: the model's intel-iommu page-table dump (model/debugfs.py)
+OP_DEBUGFS = 10
 FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL = 0, 1, 2  # FILE_MODEL: reads of the model's files
 # FILE_OUTCOMES: the server answers the raise sites the model recorded since the last such
 # request (model/outcomes.py), as JSON {site: count} in one message, and closes: the pytest
 # plugin of a served run asks around each test (take_outcomes())
 FILE_OUTCOMES = 3
+# VFIO, served when the server plays a machine (conformance/served_vfio.py VfioServer,
+# `exec --profile`): the cdev /dev/vfio/devices/vfioN (arg N), the group /dev/vfio/N (arg N),
+# and /dev/vfio/vfio, which is iommufd's compat container (a FILE_IOMMU whose context accounts
+# pins to the mm, as iommufd_fops_open() does for vfio_misc_dev, main.c:327-331). FILE_IOMMU and
+# FILE_VFIO_CONTAINER carry the client's own socket's inode in arg: a descriptor number the
+# client passes as an argument (VFIO_DEVICE_BIND_IOMMUFD) is found by that inode.
+FILE_VFIO_CDEV, FILE_VFIO_GROUP, FILE_VFIO_CONTAINER = 4, 5, 6
 # INSTALL's errno field says what the file is, for the reads the client carries here
-INSTALL_PLAIN, INSTALL_VEVENTQ, INSTALL_FAULT, INSTALL_ACCESS = 0, 1, 2, 3
+INSTALL_PLAIN, INSTALL_VEVENTQ, INSTALL_FAULT, INSTALL_ACCESS, INSTALL_VFIO_DEVICE = 0, 1, 2, 3, 4
 # Server -> client: rc, errno, kind. DONE ends a call; during one the server may send INSTALL
 # (one descriptor in SCM_RIGHTS, rc = 1 for O_CLOEXEC; the client answers OP_INSTALLED), CLOSE
 # (rc = a descriptor it installed during this call; no answer) or PIECES (rc pieces of PIECE
@@ -86,6 +96,8 @@ def build_c(source: Path, kind: str, suffix: str, flags: list[str] = (), libs: l
 
 class Server:
     """Accepts connections on a Unix SOCK_SEQPACKET socket at `path`, one thread each."""
+
+    plays_machine = False  # a VfioServer (conformance/served_vfio.py) has VFIO's nodes
 
     def __init__(self, path: str, log=sys.stderr):
         self.path = path
@@ -124,8 +136,13 @@ class Server:
         try:
             msg, pid = _recv(conn)
             op, tid, kind, arg = REQ.unpack(msg) if len(msg) == REQ.size else (0, 0, -1, 0)
-            if op != OP_OPEN or kind not in (FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL, FILE_OUTCOMES):
+            vfio_kinds = (FILE_VFIO_CDEV, FILE_VFIO_GROUP, FILE_VFIO_CONTAINER)
+            if op != OP_OPEN or kind not in (FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL, FILE_OUTCOMES, *vfio_kinds):
                 conn.send(REP.pack(-1, errno.EINVAL, KIND_DONE))
+            elif kind in vfio_kinds and not self.plays_machine:
+                conn.send(REP.pack(-1, errno.ENOENT, KIND_DONE))  # no such node: no machine played
+            elif kind in (FILE_VFIO_CDEV, FILE_VFIO_GROUP):
+                self.open_vfio_node(conn, kind, arg, pid or opener, tid)
             elif kind == FILE_OUTCOMES:
                 sites: dict[str, int] = {}
                 for (_, _, site), n in outcomes.take().items():
@@ -144,6 +161,15 @@ class Server:
                 except IommufdError as e:
                     conn.send(REP.pack(-1, e.errno, KIND_DONE))
                 else:
+                    if kind == FILE_VFIO_CONTAINER:
+                        from model.pages import IOPT_PAGES_ACCOUNT_MM
+
+                        ictx.account_mode = IOPT_PAGES_ACCOUNT_MM
+                    if arg:  # (an older client sends none: its number then names nothing)
+                        # a socket closed before may have left its inode to this one: its
+                        # context goes first, as the kernel released it within close()
+                        self.settle(conn)
+                        register_client_file(ictx, (os.fstat(conn.fileno()).st_dev, arg))
                     conn.send(REP.pack(0, 0, KIND_DONE))
                     self.iommu_file(conn, ictx, opener)
         except OSError:
@@ -182,9 +208,12 @@ class Server:
 
         try:
             while True:
-                msg, pid = _recv(conn)
+                msg, pid = _recv(conn, 4096)
                 if not msg:
                     return
+                if len(msg) > REQ.size and REQ.unpack(msg[:REQ.size])[0] == OP_DEBUGFS:
+                    self.debugfs_file(conn, msg[REQ.size:].decode(errors="replace"))
+                    continue
                 if len(msg) == REQ.size and REQ.unpack(msg)[0] == OP_MM_COUNTERS:
                     conn.send(REP.pack(mm_counters(REQ.unpack(msg)[3]), 0, KIND_DONE))
                     continue
@@ -217,6 +246,36 @@ class Server:
         except OSError:
             return
 
+    def debugfs_file(self, conn: socket.socket, path: str) -> None:
+        """open() of /sys/kernel/debug/iommu/intel/BDF[/PASID]/domain_translation_struct: the
+        model's text now (seq_file's single_open() shows what the table holds at open), in a
+        memfd; ENOENT for a device the machine has not (no such debugfs directory)."""
+        try:
+            text = self.debugfs_text(path)
+        except IommufdError as e:
+            conn.send(REP.pack(-1, e.errno, KIND_DONE))
+            return
+        except Exception:
+            print(f"iommufd-conformance serve: {path}: the model failed to render it:\n{traceback.format_exc()}",
+                  file=self.log)
+            conn.send(REP.pack(-1, errno.EIO, KIND_DONE))
+            return
+        fd = os.memfd_create("domain_translation_struct", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, text.encode())
+            os.lseek(fd, 0, os.SEEK_SET)
+            conn.sendmsg([REP.pack(0, 0, KIND_DONE)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
+        finally:
+            os.close(fd)
+
+    def open_vfio_node(self, conn: socket.socket, kind: int, arg: int, pid: int, tid: int) -> None:
+        """A VFIO node's open (FILE_VFIO_CDEV, FILE_VFIO_GROUP): a VfioServer's."""
+        conn.send(REP.pack(-1, errno.ENOENT, KIND_DONE))
+
+    def debugfs_text(self, path: str) -> str:
+        """The text of a debugfs file the model has (a VfioServer's page-table dumps)."""
+        raise IommufdError(errno.ENOENT)
+
     def iommu_file(self, conn: socket.socket, ictx: IommufdCtx, opener: int) -> None:
         """One open /dev/iommu: its requests until the last descriptor of it closes."""
         files = ClientFiles(conn)
@@ -236,17 +295,15 @@ class Server:
                 # after fork() may be a child of the process that opened the file
                 rc, err, pieces = self.handle(ictx, pid or opener, msg, files)
                 if pieces:
-                    fds = sorted({fd for _, _, fd, _ in pieces})
-                    body = b"".join(PIECE.pack(a, n, off, fds.index(fd)) for a, n, fd, off in pieces)
-                    conn.sendmsg([REP.pack(len(pieces), 0, KIND_PIECES) + body],
-                                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+                    send_pieces(conn, pieces)
                 conn.send(REP.pack(rc, err, KIND_DONE))
         except OSError:
             pass
         finally:
             self.wait_for_files(ictx)
-            with ictx.lock:
-                ictx.release()
+            # fput() of the client's file: released with its last reference (a VFIO device or
+            # group that took the context holds one: model/file.py iommufd_ctx_put())
+            release_client_file(ictx)
             with self.open_lock:
                 del self.open[conn]
             released.set()
@@ -277,7 +334,7 @@ class Server:
                 hung_up = any(e & (select.POLLHUP | select.POLLRDHUP) for _, e in _poll(c))
             except (OSError, ValueError):
                 hung_up = True
-            if hung_up and all(f.released or f.hung_up() for f in list(ictx.files.files)):
+            if hung_up and (ictx is None or all(f.released or f.hung_up() for f in list(ictx.files.files))):
                 ev.wait(10)
 
     def handle(self, ictx: IommufdCtx, pid: int, msg: bytes, files: "ClientFiles") -> tuple[int, int, list]:
@@ -315,6 +372,39 @@ class Server:
             return -1, errno.EIO, []
 
 
+def register_client_file(ictx: IommufdCtx, inode: tuple[int, int]) -> None:
+    """The client's /dev/iommu (its socket end, by inode) as the open file of `ictx` in the
+    model's table of files (model/file.py), so that iommufd_ctx_from_fd() of the client's
+    descriptor number finds it, as it finds an IommufdFile's standing descriptor."""
+    from model import file as mfile
+
+    f = mfile._OpenFile(ictx, inode)
+    with mfile._FILES_LOCK:
+        old = mfile._FILES.get(inode)
+        if old is not None:
+            # a closed client socket's file a driver still holds (a bound VFIO device): its
+            # inode number is free again and now names this one; the old file keeps its
+            # references under a name no descriptor has
+            old.inode = ("closed", id(old))
+            mfile._FILES[old.inode] = old
+        mfile._FILES[inode] = f
+        mfile._BY_CTX[id(ictx)] = f
+
+
+def release_client_file(ictx: IommufdCtx) -> None:
+    """The client's last descriptor of its /dev/iommu is gone: the file's reference goes
+    (iommufd_ctx_put()); the context is released now unless a driver still holds it."""
+    from model import file as mfile
+
+    with mfile._FILES_LOCK:
+        registered = id(ictx) in mfile._BY_CTX
+    if registered:
+        mfile.iommufd_ctx_put(ictx)
+    else:
+        with ictx.lock:
+            ictx.release()
+
+
 def mm_counters(pid: int) -> int:
     """The model's mm->pinned_vm and mm->locked_vm of process `pid`, in pages (what the kernel
     shows as VmPin and VmLck in /proc/PID/status), packed for OP_MM_COUNTERS."""
@@ -324,6 +414,15 @@ def mm_counters(pid: int) -> int:
         pinned = SYSTEM_ACCOUNTS.mm_pinned_vm.get(pid, 0)
         locked = SYSTEM_ACCOUNTS.mm_locked_vm.get(pid, 0)
     return (pinned & 0xFFFFFFFF) | (locked & 0x7FFFFFFF) << 32
+
+
+def send_pieces(conn: socket.socket, pieces: list) -> None:
+    """KIND_PIECES: (address, length, memfd, offset) pieces for the client to map shared and
+    fixed, their memfds in SCM_RIGHTS."""
+    fds = sorted({fd for _, _, fd, _ in pieces})
+    body = b"".join(PIECE.pack(a, n, off, fds.index(fd)) for a, n, fd, off in pieces)
+    conn.sendmsg([REP.pack(len(pieces), 0, KIND_PIECES) + body],
+                 [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
 
 
 def _poll(conn: socket.socket) -> list:
@@ -372,7 +471,7 @@ class ClientFiles:
 
     def install(self, fd: int, cloexec: bool, kind: str = "") -> int:
         what = {"iommufd-viommu-event": INSTALL_VEVENTQ, "iommufd-pgfault": INSTALL_FAULT,
-                "iommufd_test_staccess": INSTALL_ACCESS}.get(kind, INSTALL_PLAIN)
+                "iommufd_test_staccess": INSTALL_ACCESS, "vfio-device": INSTALL_VFIO_DEVICE}.get(kind, INSTALL_PLAIN)
         self.conn.sendmsg([REP.pack(int(cloexec), what, KIND_INSTALL)],
                           [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))])
         try:
@@ -399,14 +498,18 @@ def take_outcomes(path: str) -> dict[str, int]:
         return json.loads(s.recv(1 << 22) or b"{}")
 
 
-def exec_program(argv: list[str], log=sys.stderr) -> int:
-    """Run `argv` with the preload library against a server in this process; its exit code."""
+def exec_program(argv: list[str], log=sys.stderr, make_server=Server) -> int:
+    """Run `argv` with the preload library against a server in this process; its exit code.
+    `make_server(path, log)`: the server (a VfioServer plays a machine's VFIO devices: the
+    preload library then takes /dev/vfio/ to it)."""
     lib = build_preload()
     with tempfile.TemporaryDirectory(prefix="iommufd-server-") as d:
-        server = Server(os.path.join(d, "sock"), log)
+        server = make_server(os.path.join(d, "sock"), log)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         env = dict(os.environ, IOMMUFD_CONFORMANCE_SERVER=server.path,
                    LD_PRELOAD=" ".join(filter(None, [str(lib), os.environ.get("LD_PRELOAD")])))
+        if server.plays_machine:
+            env["IOMMUFD_CONFORMANCE_VFIO"] = "1"
         try:
             return subprocess.run(argv, env=env).returncode
         finally:

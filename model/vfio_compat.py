@@ -207,3 +207,30 @@ def iommufd_vfio_ioctl(ucmd, cmd: int) -> int:
     if cmd == B.VFIO_IOMMU_UNMAP_DMA:
         return iommufd_vfio_unmap_dma(ucmd)
     raise IommufdError(errno.ENOTTY)  # VFIO_IOMMU_DIRTY_PAGES included
+
+
+def iommufd_vfio_compat_ioas_get_id(ictx) -> int:
+    """iommufd_vfio_compat_ioas_get_id() (vfio_compat.c:36): the compat IOAS's ID, ENODEV
+    without one (VFIO's group path attaches a device to it: vfio_iommufd_compat_attach_ioas())."""
+    return get_compat_ioas(ictx).id
+
+
+def iommufd_vfio_compat_ioas_create(ictx) -> None:
+    """iommufd_vfio_compat_ioas_create() (vfio_compat.c:80): VFIO_GROUP_SET_CONTAINER with an
+    iommufd makes the compat IOAS unless one is set (the new IOAS is aborted then); it is a
+    finalized object as if userspace made it (IOMMU_VFIO_IOAS_GET finds it, IOMMU_DESTROY may
+    destroy it). EINVAL in no-iommu mode (never set here: CONFIG_VFIO_NOIOMMU=n)."""
+    from model.ioas import IommufdIoas
+
+    table = ictx.objects
+    ioas = table.alloc(IommufdIoas())
+    if getattr(ictx, "no_iommu_mode", False):
+        table.abort(ioas)
+        raise IommufdError(errno.EINVAL)
+    try:
+        get_compat_ioas(ictx)
+    except IommufdError:
+        ictx.vfio_ioas = ioas
+        table.finalize(ioas)
+        return
+    table.abort(ioas)

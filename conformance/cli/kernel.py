@@ -8,6 +8,7 @@ from pathlib import Path
 
 from codegen import debian
 from conformance import kbuild, selftests, vm
+from model.profile import ProfileError
 from model.uapi import SERIES
 
 
@@ -34,10 +35,11 @@ def register(subparsers) -> None:
     s.add_argument("--source", type=Path, help="kernel source tree for the selftests (default: the kernel's)")
     s.add_argument("--timeout", type=float, default=900)
     s.add_argument("--series", default=SERIES, help=f"kernel series to build when --kernel is not given (default {SERIES})")
-    s.add_argument("--target", action="append", metavar="vm[:PROFILE]|model",
+    s.add_argument("--target", action="append", metavar="vm[:PROFILE]|model[:PROFILE]",
                    help="where to run them, repeatable: vm (the test kernel in QEMU, default; vm:vtd or vm:amd for "
                         "a machine with an IOMMU and devices), model (the same binaries against the model through the "
-                        "preload library); vm and model together compares them")
+                        "preload library; model:vtd or model:amd for --suite vfio: the model's machine of that "
+                        "profile, its sysfs in a private mount namespace); vm and model together compares them")
     s.add_argument("-v", "--verbose", action="store_true", help="print the selftests' full output")
     s.set_defaults(func=_cmd_selftest)
 
@@ -58,19 +60,30 @@ def _cmd_build(args) -> int:
 
 
 def _selftest_targets(args) -> list[tuple[str, str | None]]:
-    """(where, profile) per --target: vm[:PROFILE] or model; what the suite cannot run on is a usage error."""
+    """(where, profile) per --target: vm[:PROFILE] or model[:PROFILE]; what the suite cannot run
+    on is a usage error. The model plays a profile only for the VFIO selftests (the iommufd ones
+    use the mock IOMMU, which needs none)."""
     from conformance.cli import UsageError
 
     out = []
     for spec in dict.fromkeys(args.target or (["vm:vtd"] if args.suite == "vfio" else ["vm"])):
         where, _, profile = spec.partition(":")
-        if where not in ("vm", "model") or (profile and where != "vm"):
-            raise UsageError(f"kernel selftest --target {spec}: choose vm, vm:PROFILE or model")
-        if profile and profile not in vm.PROFILES:
+        if where not in ("vm", "model"):
+            raise UsageError(f"kernel selftest --target {spec}: choose vm, vm:PROFILE, model or model:PROFILE")
+        if where == "model" and args.suite != "vfio" and profile:
+            raise UsageError(f"kernel selftest --target {spec}: the iommufd selftests run on the model's mock IOMMU; "
+                             "use --target model (a profile is for --suite vfio)")
+        if profile and not profile.endswith(".json") and profile not in vm.PROFILES:
             raise UsageError(f"kernel selftest --target {spec}: unknown profile; choose one of {', '.join(vm.PROFILES)}")
-        if args.suite == "vfio" and (where == "model" or not vm.PROFILES[profile or "mock"].edu):
+        if profile.endswith(".json") and where != "model":
+            raise UsageError(f"kernel selftest --target {spec}: a profile file is for the model (model:FILE.json)")
+        if args.suite == "vfio" and where == "vm" and not vm.PROFILES[profile or "mock"].edu:
             raise UsageError(f"kernel selftest --suite vfio --target {spec}: the VFIO selftests need PCI devices "
-                             "behind an IOMMU: --target vm:vtd or vm:amd (the model has no VFIO devices)")
+                             "behind an IOMMU: --target vm:vtd or vm:amd")
+        if args.suite == "vfio" and where == "model" and not profile.endswith(".json") and \
+                not (profile and vm.PROFILES[profile].edu and vm.PROFILES[profile].model_profile):
+            raise UsageError(f"kernel selftest --suite vfio --target {spec}: the model needs a machine with PCI "
+                             "devices to play: --target model:vtd or model:amd")
         out.append((where, profile or None))
     return out
 
@@ -83,12 +96,23 @@ def _cmd_selftest(args) -> int:
         kernel = args.kernel.resolve() if args.kernel else kbuild.build_kernel(args.source, log=_err,
                                                                                series=args.series)
         for target, profile in targets:
+            if args.suite == "vfio" and target == "model":
+                why = selftests.vfio_model_unavailable()
+                if why is not None:
+                    print(f"model:{profile}: SKIPPED, the VFIO selftests cannot run on the model here: {why}")
+                    continue
+                results, host, output, seconds = selftests.run_vfio_selftests_model(
+                    kernel, profile, args.source, timeout=args.timeout, log=_err)
+                bad |= _report_vfio_model(results, host, output if args.verbose else None, seconds, profile,
+                                          runs.get(f"vm:{profile}"))
+                continue
             if args.suite == "vfio":
                 start = time.monotonic()
                 results, findings, output = selftests.run_vfio_selftests(kernel, profile, args.source,
                                                                          timeout=args.timeout, log=_err)
                 bad |= _report_vfio(results, findings, output if args.verbose else None, time.monotonic() - start,
                                     profile)
+                runs[f"vm:{profile}"] = results
                 continue
             if target == "vm":
                 start = time.monotonic()
@@ -101,7 +125,7 @@ def _cmd_selftest(args) -> int:
                 bad |= _report_model(results, host, output if args.verbose else None, seconds,
                                      runs.get("vm"))
             runs[target] = results
-    except (kbuild.KernelBuildError, debian.DependencyError, debian.FetchError, vm.VmError) as e:
+    except (kbuild.KernelBuildError, debian.DependencyError, debian.FetchError, vm.VmError, ProfileError) as e:
         _err(f"kernel selftest: {e}")
         return 1
     except subprocess.CalledProcessError as e:
@@ -140,7 +164,8 @@ def _report_vfio(results, findings, output, seconds, profile) -> bool:
     modes: dict[str, list[int]] = {m: [0, 0, 0] for m in selftests.VFIO_MODES}
     for r in results:
         whole = r.totals_line.startswith("skipped as a whole")
-        print(f"vm:{profile}: {r.name}: " + (r.totals_line if whole else _totals(r)))
+        took = "" if r.seconds is None else f" [{r.seconds:.1f} s]"
+        print(f"vm:{profile}: {r.name}: " + (r.totals_line if whole else _totals(r)) + took)
         bad |= r.exit_status is None or bool(r.failed) or (r.exit_status not in (0, 4) and not r.failed) or \
             (r.exit_status == 4 and not whole and not r.skipped)
         for i, cases in enumerate((r.passed, r.failed, r.skipped)):
@@ -157,6 +182,80 @@ def _report_vfio(results, findings, output, seconds, profile) -> bool:
     for f in findings:
         print("  " + f.replace("\n", "\n  "))
     return bad or bool(findings)
+
+
+def _vfio_modes(results) -> dict[str, list[int]]:
+    modes: dict[str, list[int]] = {m: [0, 0, 0] for m in selftests.VFIO_MODES}
+    for r in results:
+        for i, cases in enumerate((r.passed, r.failed, r.skipped)):
+            for c in cases:
+                if (m := selftests.vfio_mode(c)) is not None:
+                    modes[m][i] += 1
+    return modes
+
+
+def _report_vfio_model(results, host, output, seconds, profile, vm_results) -> bool:
+    """The VFIO selftests on the model's machine: each binary's totals and time (beside the
+    VM's when both ran), then pass/fail/skip per iommu mode. A failure fails the command unless
+    an excuse holds now (selftests.VFIO_MODEL_EXCUSES); so does a case the VM passes that the
+    model skips or does not run, and a binary the VM ran that the model skipped as a whole for
+    another reason."""
+    if output:
+        print(output)
+    where = f"model:{profile}"
+    print(f"{where}: this host: {host.hugepages} 2 MiB and {host.hugepages_1g} 1 GiB huge pages; "
+          f"/dev/vfio/vfio played by {host.container}'s compat container")
+    bad = False
+    vm_by_name = {r.name: r for r in vm_results or []}
+    told: dict[str, int] = {}  # each excuse's text once, then its number
+
+    def why(reason: str | None) -> str:
+        if reason is None:
+            return "NO KNOWN REASON"
+        if reason in told:
+            return f"excuse {told[reason]} (above)"
+        told[reason] = len(told) + 1
+        return f"excuse {told[reason]}: {reason}"
+
+    for r in results:
+        v = vm_by_name.get(r.name)
+        whole = r.totals_line.startswith("skipped as a whole")
+        took = "" if r.seconds is None else f" [{r.seconds:.1f} s" + (
+            f"; vm {v.seconds:.1f} s]" if v is not None and v.seconds is not None else "]")
+        vtxt = "" if v is None else ("; vm: " + (v.totals_line if v.totals_line.startswith("skipped as a whole")
+                                                  else f"{len(v.passed)} pass, {len(v.failed)} fail, "
+                                                       f"{len(v.skipped)} skip"))
+        print(f"{where}: {r.name}: " + (r.totals_line if whole else _totals(r)) + took + vtxt)
+        bad |= r.exit_status is None or (r.exit_status not in (0, 4) and not r.failed) or \
+            (r.exit_status == 4 and not whole and not r.skipped)
+        for c in r.failed:
+            reason = selftests.vfio_model_failure_reason(c, host)
+            on_vm = "" if v is None else " (passes on the kernel)" if c in v.passed else " (fails on the kernel too)"
+            print(f"  FAIL {c}{on_vm}: {why(reason)}")
+            bad |= reason is None
+        for c, said in r.skip_reasons.items():
+            reason = selftests.vfio_model_failure_reason(c, host)
+            if v is not None and c in v.passed:
+                print(f"  SKIP {c} on the model, passes on the kernel ({said}): {why(reason)}")
+                bad |= reason is None
+            else:
+                print(f"  SKIP {c}: {said}")
+        if v is not None:
+            vwhole = v.totals_line.startswith("skipped as a whole")
+            if whole and not vwhole:
+                print("  SKIPPED AS A WHOLE on the model, the kernel ran it")
+                bad = True
+            elif whole and vwhole and r.totals_line != v.totals_line:
+                print("  skipped as a whole on both, for different reasons")
+                bad = True
+            for c in sorted(set(v.passed) - set(r.passed) - set(r.failed) - set(r.skipped)):
+                print(f"  MISSING {c}: passed on the kernel, not run on the model")
+                bad = True
+    modes = _vfio_modes(results)
+    print(f"{where}: per iommu mode (pass, fail, skip): " +
+          "; ".join(f"{m} {p}/{f}/{s}" for m, (p, f, s) in modes.items()))
+    print(f"{where}: {seconds:.1f} s")
+    return bad
 
 
 def _report_model(results, host, output, seconds, vm_results) -> bool:

@@ -20,6 +20,17 @@
  * (access, fault queue, vEVENTQ) are socket ends here: their read() and write() go to the server
  * (the kernel's fops rules), pread()/pwrite() are ESPIPE, and readlink() of /proc/self/fd/N
  * names them as the kernel does ("anon_inode:[iommufd-pgfault]", "/dev/iommu").
+ *
+ * VFIO, when the server plays a machine (IOMMUFD_CONFORMANCE_VFIO set: `exec --profile`):
+ * open() of /dev/vfio/devices/vfioN (a device's cdev), /dev/vfio/N (group N) and /dev/vfio/vfio
+ * (the container: iommufd's compat container, a /dev/iommu, as CONFIG_IOMMUFD_VFIO_CONTAINER
+ * serves it) connect to the server too; a device file carries its ioctls, mmap() of its regions
+ * and pread()/pwrite()/read()/write() at region offsets there, and VFIO_GROUP_GET_DEVICE_FD's
+ * device file comes back as an installed descriptor. open() / fopen() of
+ * /sys/kernel/debug/iommu/intel/BDF/domain_translation_struct read-only gives the model's text
+ * of that device's page table, made at open (a memfd). A /dev/iommu connection tells the server
+ * its own socket's inode at open, so that a descriptor number the program passes in an argument
+ * (VFIO_DEVICE_BIND_IOMMUFD's iommufd, VFIO_GROUP_SET_CONTAINER's container) names its context.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -36,6 +47,7 @@
 #include <sys/syscall.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -76,17 +88,21 @@ struct preload_piece {
 
 enum { KIND_DONE, KIND_INSTALL, KIND_CLOSE, KIND_PIECES };
 enum { OP_IOCTL = 1, OP_MMAP, OP_INSTALLED, OP_OPEN, OP_READ, OP_WRITE, OP_FILE_READ, OP_FILE_WRITE,
-       OP_MM_COUNTERS };
-enum { FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL };
-enum { INSTALL_PLAIN, INSTALL_VEVENTQ, INSTALL_FAULT, INSTALL_ACCESS };
+       OP_MM_COUNTERS, OP_DEBUGFS };
+/* FILE_OUTCOMES (3) is the server's own */
+/* FILE_VFIO_CONTAINER: /dev/vfio/vfio, iommufd's misc device there (its rlimit accounting is mm's) */
+enum { FILE_IOMMU, FILE_FAIL_NTH, FILE_MODEL, FILE_VFIO_CDEV = 4, FILE_VFIO_GROUP, FILE_VFIO_CONTAINER };
+enum { INSTALL_PLAIN, INSTALL_VEVENTQ, INSTALL_FAULT, INSTALL_ACCESS, INSTALL_VFIO_DEVICE };
 /* what a descriptor of ours is: a served /dev/iommu, a fail-nth file, a vEVENTQ or fault queue
  * the model handed out (its reads and writes go to the server, which applies the kernel's rules),
  * or a selftest access file (no read or write at all) */
-enum { SERVED_NONE, SERVED_IOMMU, SERVED_FAIL_NTH, SERVED_VEVENTQ, SERVED_FAULT, SERVED_ACCESS };
+enum { SERVED_NONE, SERVED_IOMMU, SERVED_FAIL_NTH, SERVED_VEVENTQ, SERVED_FAULT, SERVED_ACCESS,
+       SERVED_CONTAINER, SERVED_VFIO_DEVICE, SERVED_VFIO_GROUP };
 #define MAX_PIECES 64
 
 static unsigned char served[MAX_FDS]; /* fds connected to the server: SERVED_* */
-static uint64_t fail_nth_pos[MAX_FDS]; /* the file position of a fail-nth file (read()) */
+static uint64_t fail_nth_pos[MAX_FDS]; /* the file position of a fail-nth file or a VFIO device (read()) */
+static int served_arg[MAX_FDS]; /* N of /dev/vfio/devices/vfioN or /dev/vfio/N (-1: an anonymous device file) */
 static int model_conn[MAX_FDS]; /* an event queue's connection for its reads (0: none yet) */
 
 static void *next(const char *name)
@@ -110,16 +126,59 @@ static int is_iommu(const char *path)
 	return path && strcmp(path, "/dev/iommu") == 0;
 }
 
+static int vfio_served(void)
+{
+	return getenv("IOMMUFD_CONFORMANCE_VFIO") != NULL;
+}
+
+/* /dev/vfio/vfio, /dev/vfio/devices/vfioN, /dev/vfio/N: the FILE_* kind to open (N in *arg), or -1 */
+static int vfio_kind(const char *path, uint32_t *arg)
+{
+	unsigned int n;
+	int end = -1;
+
+	if (!path || strncmp(path, "/dev/vfio/", 10) || !vfio_served())
+		return -1;
+	if (!strcmp(path, "/dev/vfio/vfio"))
+		return FILE_VFIO_CONTAINER;
+	if (sscanf(path, "/dev/vfio/devices/vfio%u%n", &n, &end) == 1 && end > 0 && !path[end]) {
+		*arg = n;
+		return FILE_VFIO_CDEV;
+	}
+	end = -1;
+	if (path[10] >= '0' && path[10] <= '9' && sscanf(path, "/dev/vfio/%u%n", &n, &end) == 1 && end > 0 &&
+	    !path[end]) {
+		*arg = n;
+		return FILE_VFIO_GROUP;
+	}
+	return -1;
+}
+
+/* /sys/kernel/debug/iommu/intel/BDF/domain_translation_struct (and BDF/PASID/...) */
+static int is_debugfs_pgtable(const char *path, int flags)
+{
+	static const char prefix[] = "/sys/kernel/debug/iommu/intel/", suffix[] = "/domain_translation_struct";
+	size_t n = path ? strlen(path) : 0;
+
+	return n > sizeof(prefix) + sizeof(suffix) - 2 && (flags & O_ACCMODE) == O_RDONLY && vfio_served() &&
+	       !strncmp(path, prefix, sizeof(prefix) - 1) && !strcmp(path + n - (sizeof(suffix) - 1), suffix);
+}
+
+static int debugfs_open(const char *path, int flags);
+
 static int64_t call_server(int fd, const void *req, size_t len, int prot);
 static pid_t status_pid(const char *path);
 static int status_open(const char *path, int flags);
 
-/* A new connection to the server for an open() of `kind` (of thread `tid`, a fail-nth file). */
-static int connect_server(int flags, int kind, uint32_t tid)
+/* A new connection to the server for an open() of `kind`: `arg` is the thread of a fail-nth
+ * file, N of a VFIO device's or group's node; a /dev/iommu (or /dev/vfio/vfio, `served_as`
+ * SERVED_CONTAINER) sends its socket's inode instead. */
+static int connect_server_as(int flags, int kind, uint32_t arg, int served_as)
 {
 	const char *path = getenv("IOMMUFD_CONFORMANCE_SERVER");
 	struct sockaddr_un sun = { .sun_family = AF_UNIX };
-	struct preload_req req = { .op = OP_OPEN, .tid = gettid(), .request = kind, .arg = tid };
+	struct preload_req req = { .op = OP_OPEN, .tid = gettid(), .request = kind, .arg = arg };
+	struct stat st;
 	int fd;
 
 	if (!path || strlen(path) >= sizeof(sun.sun_path)) {
@@ -130,6 +189,8 @@ static int connect_server(int flags, int kind, uint32_t tid)
 	fd = socket(AF_UNIX, SOCK_SEQPACKET | ((flags & O_CLOEXEC) ? SOCK_CLOEXEC : 0), 0);
 	if (fd < 0)
 		return -1;
+	if ((kind == FILE_IOMMU || kind == FILE_VFIO_CONTAINER) && fstat(fd, &st) == 0)
+		req.arg = (uint64_t)st.st_ino;
 	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || call_server(fd, &req, sizeof(req), 0) < 0) {
 		int e = errno;
 
@@ -138,10 +199,27 @@ static int connect_server(int flags, int kind, uint32_t tid)
 		return -1;
 	}
 	if (fd < MAX_FDS) {
-		served[fd] = kind == FILE_IOMMU ? SERVED_IOMMU : kind == FILE_FAIL_NTH ? SERVED_FAIL_NTH : SERVED_NONE;
+		served[fd] = served_as;
 		fail_nth_pos[fd] = 0;
+		served_arg[fd] = (int)arg;
 	}
 	return fd;
+}
+
+static int connect_server(int flags, int kind, uint32_t arg)
+{
+	return connect_server_as(flags, kind, arg,
+				 kind == FILE_IOMMU ? SERVED_IOMMU : kind == FILE_FAIL_NTH ? SERVED_FAIL_NTH :
+				 kind == FILE_VFIO_CDEV ? SERVED_VFIO_DEVICE : kind == FILE_VFIO_GROUP ? SERVED_VFIO_GROUP :
+				 SERVED_NONE);
+}
+
+/* open() of a VFIO node the server plays */
+static int vfio_open(int kind, uint32_t arg, int flags)
+{
+	return connect_server_as(flags, kind, arg,
+				 kind == FILE_VFIO_CONTAINER ? SERVED_CONTAINER :
+				 kind == FILE_VFIO_CDEV ? SERVED_VFIO_DEVICE : SERVED_VFIO_GROUP);
 }
 
 /*
@@ -201,8 +279,14 @@ static int is_fault_setting(int dirfd, const char *path)
 			mode = va_arg(ap, mode_t);                             \
 			va_end(ap);                                            \
 		}                                                              \
+		uint32_t vfio_arg = 0;                                         \
+		int vfio = vfio_kind(path, &vfio_arg);                         \
 		if (is_iommu(path))                                            \
 			return connect_server(flags, FILE_IOMMU, 0);           \
+		if (vfio >= 0)                                                 \
+			return vfio_open(vfio, vfio_arg, flags);               \
+		if (is_debugfs_pgtable(path, flags))                           \
+			return debugfs_open(path, flags);                      \
 		if (fail_nth_tid(path))                                        \
 			return connect_server(flags, FILE_FAIL_NTH, fail_nth_tid(path)); \
 		if (status_pid(path) && (flags & O_ACCMODE) == O_RDONLY)      \
@@ -299,8 +383,11 @@ static int64_t call_server_locked(int fd, const void *req, size_t len, int prot)
 			if (nfds == 1 && fds[0] < MAX_FDS) { /* a model file, not the server's connection */
 				served[fds[0]] = buf.rep.err == INSTALL_VEVENTQ ? SERVED_VEVENTQ :
 						 buf.rep.err == INSTALL_FAULT ? SERVED_FAULT :
-						 buf.rep.err == INSTALL_ACCESS ? SERVED_ACCESS : SERVED_NONE;
+						 buf.rep.err == INSTALL_ACCESS ? SERVED_ACCESS :
+						 buf.rep.err == INSTALL_VFIO_DEVICE ? SERVED_VFIO_DEVICE : SERVED_NONE;
 				model_conn[fds[0]] = 0;
+				served_arg[fds[0]] = -1;
+				fail_nth_pos[fds[0]] = 0;
 			}
 			if (send(fd, &ans, sizeof(ans), MSG_NOSIGNAL) != sizeof(ans))
 				goto gone;
@@ -350,6 +437,13 @@ static int served_fioasync(void *argp)
 	return 0;
 }
 
+/* descriptors whose ioctls the server answers: /dev/iommu, the VFIO container, device and group */
+#define IOCTL_SERVED(fd) (served[fd] == SERVED_IOMMU || served[fd] == SERVED_CONTAINER || \
+			  served[fd] == SERVED_VFIO_DEVICE || served[fd] == SERVED_VFIO_GROUP)
+/* descriptors whose mmap() the server makes (a group has no .mmap: the socket's ENODEV is its answer) */
+#define MMAP_SERVED(fd) ((fd) >= 0 && (fd) < MAX_FDS && (served[fd] == SERVED_IOMMU || \
+			 served[fd] == SERVED_CONTAINER || served[fd] == SERVED_VFIO_DEVICE))
+
 int ioctl(int fd, unsigned long request, ...)
 {
 	struct preload_req req = { .op = OP_IOCTL, .request = request };
@@ -364,7 +458,7 @@ int ioctl(int fd, unsigned long request, ...)
 		return served_fioasync(arg);
 	/* FIONREAD too: for a character device do_vfs_ioctl() leaves it to the driver (the model's
 	 * vfs.py answers it as iommufd does); the socket here would answer its own queue */
-	if (fd < 0 || fd >= MAX_FDS || served[fd] != SERVED_IOMMU ||
+	if (fd < 0 || fd >= MAX_FDS || !IOCTL_SERVED(fd) ||
 	    (((request >> 8) & 0xff) != IOMMUFD_TYPE && request != FIONREAD))
 		return ((int (*)(int, unsigned long, void *))next("ioctl"))(fd, request, arg);
 	req.arg = (uint64_t)(uintptr_t)arg;
@@ -407,14 +501,14 @@ static void *served_mmap(void *addr, size_t length, int prot, int flags, int fd,
 
 void *mmap(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
 {
-	if (fd >= 0 && fd < MAX_FDS && served[fd] == SERVED_IOMMU && !(flags & MAP_ANONYMOUS))
+	if (MMAP_SERVED(fd) && !(flags & MAP_ANONYMOUS))
 		return served_mmap(addr, length, prot, flags, fd, offset);
 	return ((void *(*)(void *, size_t, int, int, int, off_t))next("mmap"))(addr, length, prot, flags, fd, offset);
 }
 
 void *mmap64(void *addr, size_t length, int prot, int flags, int fd, off_t offset)
 {
-	if (fd >= 0 && fd < MAX_FDS && served[fd] == SERVED_IOMMU && !(flags & MAP_ANONYMOUS))
+	if (MMAP_SERVED(fd) && !(flags & MAP_ANONYMOUS))
 		return served_mmap(addr, length, prot, flags, fd, offset);
 	return ((void *(*)(void *, size_t, int, int, int, off_t))next("mmap64"))(addr, length, prot, flags, fd, offset);
 }
@@ -446,9 +540,21 @@ static const char *served_link(int dirfd, const char *path)
 	fd = strtol(rest, &end, 10);
 	if (*end || fd < 0 || fd >= MAX_FDS)
 		return NULL;
+	static __thread char name[48];
+
 	switch (served[fd]) {
 	case SERVED_IOMMU:
 		return "/dev/iommu";
+	case SERVED_CONTAINER:
+		return "/dev/vfio/vfio";
+	case SERVED_VFIO_DEVICE:
+		if (served_arg[fd] < 0)
+			return "anon_inode:[vfio-device]"; /* vfio_device_open_file() */
+		snprintf(name, sizeof(name), "/dev/vfio/devices/vfio%d", served_arg[fd]);
+		return name;
+	case SERVED_VFIO_GROUP:
+		snprintf(name, sizeof(name), "/dev/vfio/%d", served_arg[fd]);
+		return name;
 	case SERVED_VEVENTQ:
 		return "anon_inode:[iommufd-viommu-event]";
 	case SERVED_FAULT:
@@ -497,6 +603,7 @@ static int dup_result(int oldfd, int newfd)
 		model_conn[newfd] = 0;
 		served[newfd] = oldfd >= 0 && oldfd < MAX_FDS ? served[oldfd] : SERVED_NONE;
 		fail_nth_pos[newfd] = oldfd >= 0 && oldfd < MAX_FDS ? fail_nth_pos[oldfd] : 0;
+		served_arg[newfd] = oldfd >= 0 && oldfd < MAX_FDS ? served_arg[oldfd] : 0;
 	}
 	return newfd;
 }
@@ -541,6 +648,9 @@ static ssize_t fail_nth_write(int fd, const void *buf, size_t count)
 #define IS_FAIL_NTH(fd) ((fd) >= 0 && (fd) < MAX_FDS && served[fd] == SERVED_FAIL_NTH)
 #define IS_EVENTQ(fd) ((fd) >= 0 && (fd) < MAX_FDS && (served[fd] == SERVED_VEVENTQ || served[fd] == SERVED_FAULT))
 #define IS_ACCESS(fd) ((fd) >= 0 && (fd) < MAX_FDS && served[fd] == SERVED_ACCESS)
+#define IS_VFIO_DEVICE(fd) ((fd) >= 0 && (fd) < MAX_FDS && served[fd] == SERVED_VFIO_DEVICE)
+/* a group's fops have no .read / .write: vfs_read() / vfs_write() answer EINVAL */
+#define IS_VFIO_GROUP(fd) ((fd) >= 0 && (fd) < MAX_FDS && served[fd] == SERVED_VFIO_GROUP)
 /* A model file is an anonymous inode's: alloc_file_pseudo() gives it no FMODE_PREAD /
  * FMODE_PWRITE (pread and pwrite are ESPIPE before its fops are asked, a negative position
  * EINVAL first), and the access file's fops have no .read / .write (vfs_read() and vfs_write()
@@ -549,9 +659,13 @@ static ssize_t fail_nth_write(int fd, const void *buf, size_t count)
 	if (IS_EVENTQ(fd) || IS_ACCESS(fd)) {                                  \
 		errno = (offset) < 0 ? EINVAL : ESPIPE;                        \
 		return -1;                                                     \
+	}                                                                      \
+	if (IS_VFIO_GROUP(fd)) {                                               \
+		errno = EINVAL;                                                \
+		return -1;                                                     \
 	}
 #define ANON_NO_RW(fd)                                                         \
-	if (IS_ACCESS(fd)) {                                                   \
+	if (IS_ACCESS(fd) || IS_VFIO_GROUP(fd)) {                              \
 		errno = EINVAL;                                                \
 		return -1;                                                     \
 	}
@@ -573,6 +687,25 @@ static ssize_t eventq_rw(int op, int fd, uintptr_t buf, size_t count, off_t pos)
 	return call_server(model_conn[fd], &req, sizeof(req), 0);
 }
 
+/* The VFIO device's read or write (vfio_device_fops_read/write() -> vfio_pci_core_read/write())
+ * in the server, on the device's own connection: at `pos`, or at and advancing the file's
+ * position when `pos` is NULL. A negative position is EINVAL (ksys_pread64()). */
+static ssize_t vfio_device_rw(int op, int fd, uintptr_t buf, size_t count, const off_t *pos)
+{
+	struct preload_mmap_req req = { .op = op, .tid = gettid(), .start = buf, .length = count,
+					.offset = pos ? (uint64_t)*pos : fail_nth_pos[fd] };
+	int64_t rc;
+
+	if (pos && *pos < 0) {
+		errno = EINVAL;
+		return -1;
+	}
+	rc = call_server(fd, &req, sizeof(req), 0);
+	if (rc > 0 && !pos)
+		fail_nth_pos[fd] += rc;
+	return rc;
+}
+
 ssize_t read(int fd, void *buf, size_t count)
 {
 	ANON_NO_RW(fd);
@@ -580,6 +713,8 @@ ssize_t read(int fd, void *buf, size_t count)
 		return fail_nth_read(fd, buf, count, NULL);
 	if (IS_EVENTQ(fd))
 		return eventq_rw(OP_FILE_READ, fd, (uintptr_t)buf, count, 0);
+	if (IS_VFIO_DEVICE(fd))
+		return vfio_device_rw(OP_FILE_READ, fd, (uintptr_t)buf, count, NULL);
 	return ((ssize_t (*)(int, void *, size_t))next("read"))(fd, buf, count);
 }
 
@@ -590,6 +725,8 @@ ssize_t pread(int fd, void *buf, size_t count, off_t offset)
 		return fail_nth_read(fd, buf, count, &offset);
 	if (IS_EVENTQ(fd))
 		return eventq_rw(OP_FILE_READ, fd, (uintptr_t)buf, count, offset);
+	if (IS_VFIO_DEVICE(fd))
+		return vfio_device_rw(OP_FILE_READ, fd, (uintptr_t)buf, count, &offset);
 	return ((ssize_t (*)(int, void *, size_t, off_t))next("pread"))(fd, buf, count, offset);
 }
 
@@ -600,6 +737,8 @@ ssize_t pread64(int fd, void *buf, size_t count, off_t offset)
 		return fail_nth_read(fd, buf, count, &offset);
 	if (IS_EVENTQ(fd))
 		return eventq_rw(OP_FILE_READ, fd, (uintptr_t)buf, count, offset);
+	if (IS_VFIO_DEVICE(fd))
+		return vfio_device_rw(OP_FILE_READ, fd, (uintptr_t)buf, count, &offset);
 	return ((ssize_t (*)(int, void *, size_t, off_t))next("pread64"))(fd, buf, count, offset);
 }
 
@@ -610,6 +749,8 @@ ssize_t write(int fd, const void *buf, size_t count)
 		return fail_nth_write(fd, buf, count);
 	if (IS_EVENTQ(fd))
 		return eventq_rw(OP_FILE_WRITE, fd, (uintptr_t)buf, count, 0);
+	if (IS_VFIO_DEVICE(fd))
+		return vfio_device_rw(OP_FILE_WRITE, fd, (uintptr_t)buf, count, NULL);
 	return ((ssize_t (*)(int, const void *, size_t))next("write"))(fd, buf, count);
 }
 
@@ -620,6 +761,8 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
 		return fail_nth_write(fd, buf, count);
 	if (IS_EVENTQ(fd))
 		return eventq_rw(OP_FILE_WRITE, fd, (uintptr_t)buf, count, offset);
+	if (IS_VFIO_DEVICE(fd))
+		return vfio_device_rw(OP_FILE_WRITE, fd, (uintptr_t)buf, count, &offset);
 	return ((ssize_t (*)(int, const void *, size_t, off_t))next("pwrite"))(fd, buf, count, offset);
 }
 
@@ -630,6 +773,8 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset)
 		return fail_nth_write(fd, buf, count);
 	if (IS_EVENTQ(fd))
 		return eventq_rw(OP_FILE_WRITE, fd, (uintptr_t)buf, count, offset);
+	if (IS_VFIO_DEVICE(fd))
+		return vfio_device_rw(OP_FILE_WRITE, fd, (uintptr_t)buf, count, &offset);
 	return ((ssize_t (*)(int, const void *, size_t, off_t))next("pwrite64"))(fd, buf, count, offset);
 }
 
@@ -667,6 +812,7 @@ int close(int fd)
 {
 	if (fd >= 0 && fd < MAX_FDS) {
 		served[fd] = SERVED_NONE;
+		served_arg[fd] = 0;
 		if (model_conn[fd])
 			real_close(model_conn[fd]);
 		model_conn[fd] = 0;
@@ -760,10 +906,71 @@ static int status_open(const char *path, int flags)
 	return fd;
 }
 
+/*
+ * The model's debugfs page-table dump (model/debugfs.py): the server renders the device's table
+ * now, as seq_file's single_open() does at open, and hands the text over in a memfd.
+ */
+static int debugfs_open(const char *path, int flags)
+{
+	struct {
+		struct preload_req req;
+		char path[256];
+	} msg = { .req = { .op = OP_DEBUGFS, .tid = gettid() } };
+	struct preload_rep rep;
+	union {
+		char space[CMSG_SPACE(sizeof(int))];
+		struct cmsghdr align;
+	} control;
+	struct iovec iov = { &rep, sizeof(rep) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = control.space,
+			     .msg_controllen = sizeof(control.space) };
+	size_t n = strlen(path);
+	int conn, fd = -1, e = EIO;
+	ssize_t got;
+
+	if (n >= sizeof(msg.path)) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	memcpy(msg.path, path, n);
+	conn = connect_server(O_CLOEXEC, FILE_MODEL, 0);
+	if (conn < 0)
+		return -1;
+	if (send(conn, &msg, sizeof(msg.req) + n, MSG_NOSIGNAL) == (ssize_t)(sizeof(msg.req) + n) &&
+	    (got = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC)) >= (ssize_t)sizeof(rep)) {
+		for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c))
+			if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+				memcpy(&fd, CMSG_DATA(c), sizeof(int));
+		e = rep.err ? rep.err : fd < 0 ? EIO : 0;
+	}
+	real_close(conn);
+	if (e) {
+		if (fd >= 0)
+			real_close(fd);
+		errno = e;
+		return -1;
+	}
+	if (!(flags & O_CLOEXEC))
+		fcntl(fd, F_SETFD, 0);
+	return fd;
+}
+
+static FILE *debugfs_fopen(const char *path)
+{
+	int fd = debugfs_open(path, O_RDONLY | O_CLOEXEC);
+	FILE *f = fd < 0 ? NULL : fdopen(fd, "r");
+
+	if (fd >= 0 && !f)
+		real_close(fd);
+	return f;
+}
+
 FILE *fopen(const char *path, const char *mode)
 {
 	pid_t pid = status_pid(path);
 
+	if (mode && mode[0] == 'r' && !strchr(mode, '+') && is_debugfs_pgtable(path, O_RDONLY))
+		return debugfs_fopen(path);
 	if (pid && mode && mode[0] == 'r' && !strchr(mode, '+'))
 		return status_with_model(path, pid);
 	return ((FILE *(*)(const char *, const char *))next("fopen"))(path, mode);
@@ -773,6 +980,8 @@ FILE *fopen64(const char *path, const char *mode)
 {
 	pid_t pid = status_pid(path);
 
+	if (mode && mode[0] == 'r' && !strchr(mode, '+') && is_debugfs_pgtable(path, O_RDONLY))
+		return debugfs_fopen(path);
 	if (pid && mode && mode[0] == 'r' && !strchr(mode, '+'))
 		return status_with_model(path, pid);
 	return ((FILE *(*)(const char *, const char *))next("fopen64"))(path, mode);
