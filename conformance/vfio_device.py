@@ -354,15 +354,7 @@ class Edu:
     def _dma(self, src: int, dst: int, n: int, to_pci: bool, timeout: float) -> None:
         if not 0 < n <= self.MAX_XFER:
             raise ValueError(f"edu transfers 1..{self.MAX_XFER} bytes, not {n}")
-        for reg, v in ((self.REG_DMA_SRC, src), (self.REG_DMA_DST, dst), (self.REG_DMA_CNT, n)):
-            self.write32(reg, v & 0xFFFFFFFF)
-            self.write32(reg + 4, v >> 32)
-        self.write32(self.REG_DMA_CMD, self.DMA_RUN | (self.DMA_TO_PCI if to_pci else 0))
-        deadline = time.monotonic() + timeout
-        while self.read32(self.REG_DMA_CMD) & self.DMA_RUN:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"edu {self.dev.bdf}: DMA did not complete in {timeout} s")
-            time.sleep(0.005)
+        edu_transfer(self, src, dst, n, to_pci, timeout)
 
     def read_iova(self, iova: int, n: int, buf_off: int = 0, timeout: float = 10) -> None:
         """The device reads n bytes at `iova` into its buffer (EDU_DMA_FROM_PCI)."""
@@ -374,3 +366,17 @@ class Edu:
 
     def close(self) -> None:
         self.bar.munmap()
+
+
+def edu_transfer(regs, src: int, dst: int, n: int, to_pci: bool, timeout: float = 10) -> None:
+    """One DMA of edu's engine through BAR0's registers (`regs`: read32/write32 of BAR0, a mapping
+    or region reads and writes), waiting for the engine to finish; TimeoutError when it does not."""
+    for reg, v in ((Edu.REG_DMA_SRC, src), (Edu.REG_DMA_DST, dst), (Edu.REG_DMA_CNT, n)):
+        regs.write32(reg, v & 0xFFFFFFFF)
+        regs.write32(reg + 4, v >> 32)
+    regs.write32(Edu.REG_DMA_CMD, Edu.DMA_RUN | (Edu.DMA_TO_PCI if to_pci else 0))
+    deadline = time.monotonic() + timeout
+    while regs.read32(Edu.REG_DMA_CMD) & Edu.DMA_RUN:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"edu: a DMA {src:#x} -> {dst:#x} did not complete in {timeout} s")
+        time.sleep(0.002)

@@ -88,3 +88,60 @@ def test_the_executor_alone_replays_a_campaign(guest, tmp_path):
     guest.record = None
     ran, seconds = guest.replay(requests, tmp_path)
     assert out["failure"] is None and ran == len(requests) > out["steps"] and seconds > 0
+
+
+@pytest.fixture(scope="module")
+def vtd_guest():
+    with executor.Guest(None, "vtd") as channel:
+        channel.hello(explore.user_memory(), explore.MEMFD, explore.CLOSED_FD)
+        yield channel
+
+
+@needs_kernel
+def test_device_rules_on_vtd_agree_and_move_bytes_by_dma(vtd_guest):
+    """On vm:vtd the model plays the captured machine: a campaign of the device rules (no mock
+    objects) agrees step by step, binds, attaches and runs edu DMA on both sides."""
+    ran = []
+    base = explore.with_rules(explore.ModelVsKernel, explore.MIXES["plain"])
+
+    class Counted(base):
+        def teardown(self):
+            ran.append((len(self.vfio), self.machine_faults))
+            super().teardown()
+
+    out = explore._campaign("vm", 40, 30, 3, None, Counted, vtd_guest, keep=False,
+                            devices=explore.device_rules("vtd"))
+    assert out["failure"] is None
+    assert ran and all(n == 2 for n, _ in ran)  # both devices of the profile, every example
+    sites = out["coverage"]["outcomes"]["model:explore"]
+    assert sites.get("IOMMU_GET_HW_INFO", {}).get("success")  # a device was bound (only then it answers)
+
+
+@needs_kernel
+def test_a_dma_the_model_gets_wrong_is_a_difference(vtd_guest, monkeypatch):
+    """The model's edu planted to write its buffer one byte off: the bytes the DMA left in user
+    memory differ from the kernel's, and the step says where."""
+    from model.hw import edu
+
+    real = edu.EduDevice.dma_write
+
+    def off_by_one(self, addr, data):
+        return real(self, addr + 1, data)
+
+    monkeypatch.setattr(edu.EduDevice, "dma_write", off_by_one)
+    M = type("E", (explore.ModelVsKernel,), {"OTHER": "vm", "CHANNEL": vtd_guest, "STEPS": 0,
+                                            **explore.device_rules("vtd")})
+    rule = lambda name: getattr(explore.ModelVsKernel, name).hypothesis_stateful_rule.function  # noqa: E731
+    s = M()
+    try:
+        ioas = rule("ioas_alloc")(s)
+        rule("vfio_bind")(s, 0, "own", 0, None)
+        rule("vfio_attach")(s, 0, ioas, None)
+        ctypes.memmove(explore.MEM, bytes(range(1, 101)), 100)
+        vtd_guest.call(executor.OP_PAGEMAP, arg=b"", mem=vtd_guest.sync())  # the guest's MEM as ours
+        rule("map")(s, ioas, True, 1 << 20, 0, 4 * PAGE_SIZE, B.IOMMU_IOAS_MAP_READABLE | B.IOMMU_IOAS_MAP_WRITEABLE)
+        rule("edu_dma")(s, 0, 1 << 20, (1 << 20) + PAGE_SIZE, 100)
+        with pytest.raises(AssertionError, match=r"MEM \+ 0x1000: model 00"):
+            s.same_user_memory()
+    finally:
+        s.teardown()
