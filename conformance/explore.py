@@ -1065,15 +1065,18 @@ def campaign(other: str, examples: int, steps: int, seed: int | None, db: str | 
 
 def device_rules(vm_profile: str | None) -> dict:
     """The machine's attributes that turn the device rules on for a VM profile with devices and a
-    captured profile the model plays (vm:vtd -> model/profiles/qemu-vtd.json); {} otherwise."""
+    captured profile the model plays (vm:vtd -> model/profiles/qemu-vtd.json, or this QEMU's
+    machine captured now when that file is another QEMU's: probe.profile_for_vm()); {} otherwise."""
     from conformance.vm import profile_named
 
     prof = profile_named(vm_profile)
     if not prof.edu or not prof.model_profile:
         return {}
+    from conformance.probe import profile_for_vm
     from model.profile import load
 
-    return {"PROFILE": prof.model_profile, "VFIO_DEVICES": tuple(d.bdf for d in load(prof.model_profile).devices),
+    played = profile_for_vm(prof.name)
+    return {"PROFILE": played, "VFIO_DEVICES": tuple(d.bdf for d in load(played).devices),
             "SILENT_FAULTS": bool(prof.silent_faults)}
 
 

@@ -402,3 +402,44 @@ def capture_profile(fd, name: str, bdfs: list[str]) -> dict:
         "devices": [_pci_device(b) for b in bdfs],
         "observed": _observe_vfio(fd, bdfs[0]),
     }
+
+
+def qemu_version(qemu: str | None = None) -> str:
+    """The first line of `qemu-system-x86_64 --version`, as a profile's provenance records it."""
+    import subprocess
+
+    from conformance import vm
+
+    out = subprocess.run([qemu or vm.QEMU, "--version"], capture_output=True, text=True).stdout.splitlines()
+    return out[0] if out else "unknown"
+
+
+def profile_for_vm(vm_profile: str, log=print, directory=None) -> str:
+    """The profile the model plays beside the VM machine `vm_profile` (explore's device rules): the
+    one model/profiles/ holds when this host's QEMU is the QEMU it was captured on; else this
+    QEMU's machine captured now (`probe --save-profile`, about 8 s), cached by QEMU version. The
+    unit QEMU emulates (its cap/ecap, EFR, the edu it offers) follows QEMU's version, so a model
+    of another version's machine would differ from this guest by design, not by a bug.
+    `directory`: where captures are kept (default: the cache's profiles/)."""
+    import hashlib
+    import subprocess
+    import sys
+
+    from codegen.debian import cache_dir
+    from conformance import vm
+    from model.profile import load
+
+    prof = vm.profile_named(vm_profile)
+    committed = load(prof.model_profile)
+    here = qemu_version()
+    if committed.provenance.get("qemu") == here:
+        return prof.model_profile
+    path = (directory or cache_dir() / "profiles") / f"{prof.model_profile}-{hashlib.sha256(here.encode()).hexdigest()[:12]}.json"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        log(f"{here} is not the QEMU {prof.model_profile} was captured on ({committed.provenance.get('qemu')}): "
+            f"capturing this QEMU's {prof.name} machine into {path}")
+        subprocess.run([sys.executable, "-m", "conformance.cli", "probe", "--target", f"vm:{prof.name}",
+                        "--save-profile", str(path), "--profile-name", prof.model_profile], check=True,
+                       stdout=subprocess.DEVNULL)
+    return str(path)

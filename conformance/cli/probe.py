@@ -36,7 +36,6 @@ def _save_profile(args, target) -> int:
     name = args.profile_name or out.stem
     if not target.in_process:
         import shutil
-        import subprocess
         import tempfile
 
         from conformance import vm
@@ -54,11 +53,12 @@ def _save_profile(args, target) -> int:
             data = json.loads(inside.read_text())
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+        from conformance.probe import qemu_version
+
         prof = vm.profile_named(target.profile)
-        qemu = subprocess.run([vm.QEMU, "--version"], capture_output=True, text=True).stdout.splitlines()
         data["provenance"].update(machine=" ".join([*prof.machine, "-device", vm.iommu_device_arg(prof) or "none",
                                                     *["-device edu"] * prof.edu]),
-                                  qemu=qemu[0] if qemu else "unknown", vm_profile=prof.name)
+                                  qemu=qemu_version(), vm_profile=prof.name)
     else:
         if target.name != "kernel":
             print("iommufd-conformance: --save-profile reads a machine: use --target kernel or vm:PROFILE",

@@ -145,3 +145,22 @@ def test_a_dma_the_model_gets_wrong_is_a_difference(vtd_guest, monkeypatch):
             s.same_user_memory()
     finally:
         s.teardown()
+
+
+@needs_kernel
+def test_another_qemu_plays_its_own_machine_captured_now(monkeypatch, tmp_path):
+    """explore's device rules compare the guest with the model of the same QEMU's machine: a host
+    QEMU other than the one model/profiles/ was captured on gets its machine captured (once,
+    cached by version), and the model plays that."""
+    from conformance import probe
+    from model.profile import load
+
+    real = probe.qemu_version()
+    assert probe.profile_for_vm("vtd") == "qemu-vtd" or load("qemu-vtd").provenance["qemu"] != real
+    monkeypatch.setattr(probe, "qemu_version", lambda qemu=None: real + " (another build)")
+    played = probe.profile_for_vm("vtd", log=lambda s: None, directory=tmp_path)
+    assert played.startswith(str(tmp_path)) and played.endswith(".json")
+    got = load(played)
+    assert got.unit.registers == load("qemu-vtd").unit.registers or real != load("qemu-vtd").provenance["qemu"]
+    assert got.provenance["vm_profile"] == "vtd" and len(got.devices) == 2
+    assert probe.profile_for_vm("vtd", log=lambda s: None, directory=tmp_path) == played  # cached
