@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import fcntl
 import mmap
 import os
 import threading
@@ -284,31 +283,11 @@ def iommufd_file_register(ictx: IommufdCtx, inode: tuple[int, int]) -> None:
         _BY_CTX[id(ictx)] = f
 
 
-def fget_inode(pid: int, fd: int) -> tuple[int, int]:
-    """fget(fd) in process `pid`'s table: the file's (st_dev, st_ino); IommufdError(EBADF) for a
-    number nothing has open, or an O_PATH descriptor (fget() skips FMODE_PATH files)."""
-    if fd < 0:
-        raise IommufdError(errno.EBADF)
-    try:
-        if pid == os.getpid():
-            st = os.fstat(fd)
-            fl = fcntl.fcntl(fd, fcntl.F_GETFL)
-        else:
-            st = os.stat(f"/proc/{pid}/fd/{fd}")
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                fl = int(next(ln for ln in f if ln.startswith("flags:")).split()[1], 8)
-    except (OSError, StopIteration, ValueError):
-        raise IommufdError(errno.EBADF) from None
-    if fl & getattr(os, "O_PATH", 0o10000000):
-        raise IommufdError(errno.EBADF)
-    return st.st_dev, st.st_ino
-
-
 def iommufd_ctx_from_fd(pid: int, fd: int) -> IommufdCtx:
     """iommufd_ctx_from_fd() (drivers/iommu/iommufd/main.c:680): fget() (EBADF), EBADFD for a file
     that is not an iommufd (f_op != &iommufd_fops), else the context with a reference taken (the
     file's, which iommufd_ctx_put() gives back)."""
-    inode = fget_inode(pid, fd)
+    inode = vfs.fget_inode(pid, fd)
     with _FILES_LOCK:
         f = _FILES.get(inode)
         if f is None or f.refs == 0:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import errno
-import fcntl
-import os
 
 from model import fault_inject, pages as _pages
 from model.domain import IOMMU_CACHE, IOMMU_READ, IOMMU_WRITE
@@ -12,6 +10,7 @@ from model.dma_buf import dma_buf_get, dma_buf_put
 from model.hooks import iommufd_test_dma_buf_iommufd_map, iommufd_test_syz_conv_iova_id
 from model.io_pagetable import IoPagetable, _Areas, iopt_disable_large_pages, iopt_enable_large_pages
 from model.limits import CAP_SYS_RESOURCE, PAGE_SIZE, U64_MAX, ULONG_MAX
+from model import vfs
 from model.objects import IommufdError, IommufdObject
 from model.uaccess import UserFault
 from model.uapi import B
@@ -128,25 +127,11 @@ def iopt_map_user_pages(ucmd, iopt: IoPagetable, iova: int, uptr: int, length: i
 
 
 def _fget(pid: int, fd: int):
-    """fget(): EBADF for a closed fd or an O_PATH one (fget skips FMODE_PATH).
-    The file is the fd of the calling process; the pages keep a reference (get_file())."""
-    own = pid == os.getpid()
-    if fd < 0:
-        raise IommufdError(errno.EBADF)
+    """fget() (model/vfs.py fget_inode(): EBADF for a closed fd or an O_PATH one). The file is
+    the fd of the calling process; the pages keep a reference (get_file())."""
+    inode = vfs.fget_inode(pid, fd)
     try:
-        if own:
-            st = os.fstat(fd)
-            fl = fcntl.fcntl(fd, fcntl.F_GETFL)
-        else:
-            st = os.stat(f"/proc/{pid}/fd/{fd}")
-            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
-                fl = int(next(l for l in f if l.startswith("flags:")).split()[1], 8)
-    except OSError:
-        raise IommufdError(errno.EBADF) from None
-    if fl & getattr(os, "O_PATH", 0o10000000):
-        raise IommufdError(errno.EBADF)
-    try:
-        return _pages.FileRef(pid, fd, (st.st_dev, st.st_ino))
+        return _pages.FileRef(pid, fd, inode)
     except OSError:  # gone meanwhile, or no descriptor left for the reference
         raise IommufdError(errno.EBADF) from None
 

@@ -9,6 +9,8 @@ driver. Everything else goes to the driver (vfs_ioctl()): None here.
 from __future__ import annotations
 
 import errno
+import fcntl
+import os
 from dataclasses import dataclass
 
 from model.objects import IommufdError
@@ -57,3 +59,23 @@ def do_vfs_ioctl(flags: FileFlags, task, cmd: int, arg: int) -> int | None:
     if cmd == FIOQSIZE:
         raise IommufdError(errno.ENOTTY)
     return None
+
+
+def fget_inode(pid: int, fd: int) -> tuple[int, int]:
+    """fget(fd) in process `pid`'s table: the file's (st_dev, st_ino); IommufdError(EBADF) for a
+    number nothing has open, or an O_PATH descriptor (fget() skips FMODE_PATH files)."""
+    if fd < 0:
+        raise IommufdError(errno.EBADF)
+    try:
+        if pid == os.getpid():
+            st = os.fstat(fd)
+            fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+        else:
+            st = os.stat(f"/proc/{pid}/fd/{fd}")
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                fl = int(next(ln for ln in f if ln.startswith("flags:")).split()[1], 8)
+    except (OSError, StopIteration, ValueError):
+        raise IommufdError(errno.EBADF) from None
+    if fl & getattr(os, "O_PATH", 0o10000000):
+        raise IommufdError(errno.EBADF)
+    return st.st_dev, st.st_ino

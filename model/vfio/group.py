@@ -31,7 +31,8 @@ import errno
 import re
 import threading
 
-from model.file import fget_inode, iommufd_ctx_from_fd, iommufd_ctx_put
+from model.file import iommufd_ctx_from_fd, iommufd_ctx_put
+from model.vfs import fget_inode
 from model.objects import IommufdError
 from model.uapi import B
 from model.vfio.vfio import VfioDeviceFile, vfio_df_close, vfio_df_open
